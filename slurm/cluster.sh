@@ -1,0 +1,453 @@
+#!/usr/bin/env bash
+# A real one-machine SLURM cluster on loopback: munged, mariadbd + slurmdbd (accounting, for sacct),
+# slurmctld and N virtual slurmd nodes n1..nN. For tests and for trying zoobot-hpc without a cluster.
+#
+#   cluster.sh start [--nodes N] [--cpus-per-node C] [--root DIR]   start (no-op when already running)
+#   cluster.sh stop   [--root DIR]                                  cancel jobs, stop every daemon
+#   cluster.sh status [--root DIR]                                  exit 0 when running, 1 otherwise
+#   cluster.sh env    [--root DIR]                                  print `export SLURM_CONF=...`
+#
+# Everything lives under the root (default $ZOOBOT_SLURM_ROOT or /tmp/zoobot-hpc-slurm); see slurm/README.md.
+set -euo pipefail
+
+ROOT=${ZOOBOT_SLURM_ROOT:-/tmp/zoobot-hpc-slurm}
+NODES=2
+CPUS_PER_NODE=2
+SIZE_GIVEN=0
+START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
+STOP_WAIT_S=5
+CTLD_PORT=6817
+DBD_PORT=6819
+FIRST_NODE_PORT=17001
+MUNGE_SOCKET=/run/munge/munge.socket.2
+MYSQL_SOCKET=/run/mysqld/mysqld.sock
+DB_NAME=zoobot_slurm_acct_db
+DAEMON_MARKER=ZOOBOT_SLURM_DAEMON_ROOT
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+    sed -n '5,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+say() { echo "cluster.sh: $*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
+
+set_paths() {
+    ROOT=$(realpath -m "$ROOT")
+    CONF_DIR=$ROOT/etc
+    CONF=$CONF_DIR/slurm.conf
+    PID_DIR=$ROOT/pids
+    LOG_DIR=$ROOT/log
+    STATE_FILE=$ROOT/cluster.env
+}
+
+# ---------------------------------------------------------------- daemon bookkeeping (PIDs we started)
+
+pid_of() { cat "$PID_DIR/$1.pid" 2>/dev/null || true; }
+
+# The executable a daemon entry runs as, e.g. slurmd-n2 -> slurmd.
+comm_of() { echo "${1%%-*}"; }
+
+# Alive: the saved PID runs the expected executable and is not a zombie waiting to be reaped.
+is_alive() {
+    local pid stat
+    pid=$(pid_of "$1")
+    [[ -n $pid ]] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ $stat == "$pid ($(comm_of "$1")) "[^Z]* ]]
+}
+
+# Daemons this root started, in start order.
+started_daemons() { cat "$PID_DIR/order" 2>/dev/null || true; }
+
+launch() {
+    local name=$1
+    shift
+    setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        SLURM_CONF="$CONF" "$DAEMON_MARKER=$ROOT" "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1 &
+    local pid=$! waited=0
+    echo "$pid" >"$PID_DIR/$name.pid"
+    echo "$name" >>"$PID_DIR/order"
+    # Wait until the forked shell has exec'd (through setsid, env, setpriv) into the daemon, so that is_alive
+    # can check its name; a launcher that dies first is reported by the caller's wait_for.
+    while [[ -e /proc/$pid && $(cat "/proc/$pid/comm" 2>/dev/null) != "$(comm_of "$name")" ]] && ((waited < 100)); do
+        sleep 0.05
+        waited=$((waited + 1))
+    done
+}
+
+log_files_of() {
+    case $1 in
+    munged | mariadbd) echo "$LOG_DIR/$1.out" ;;
+    *) echo "$LOG_DIR/$1.log $LOG_DIR/$1.out" ;;
+    esac
+}
+
+fail_start() {
+    local name=$1 message=$2 file
+    say "$name $message; last lines of its log:"
+    for file in $(log_files_of "$name"); do
+        [[ -s $file ]] && {
+            echo "==> $file" >&2
+            tail -n 20 "$file" >&2
+        }
+    done
+    say "stopping what was started"
+    stop_cluster >/dev/null 2>&1 || true
+    exit 1
+}
+
+# wait_for NAME WHAT COMMAND...: poll COMMAND until it succeeds; fail if daemon NAME dies or time runs out.
+wait_for() {
+    local name=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + START_TIMEOUT_S))
+    until "$@" >/dev/null 2>&1; do
+        if [[ -e $PID_DIR/$name.pid ]] && ! is_alive "$name"; then
+            fail_start "$name" "exited before it was $what"
+        fi
+        ((SECONDS < deadline)) || fail_start "$name" "was not $what within ${START_TIMEOUT_S}s"
+        sleep 0.1
+    done
+}
+
+wait_for_idle_nodes() {
+    local node deadline=$((SECONDS + START_TIMEOUT_S))
+    until all_nodes_idle; do
+        for node in $(node_list); do
+            is_alive "slurmd-$node" || fail_start "slurmd-$node" "exited before its node was idle"
+        done
+        ((SECONDS < deadline)) ||
+            fail_start slurmctld "did not see all $NODES node(s) idle within ${START_TIMEOUT_S}s:" \
+                "$(SLURM_CONF=$CONF sinfo -h -N -o '%N=%T' | tr '\n' ' ')"
+        sleep 0.1
+    done
+}
+
+terminate() {
+    local name=$1 pid waited=0
+    pid=$(pid_of "$name")
+    if is_alive "$name"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        while is_alive "$name" && ((waited < STOP_WAIT_S * 10)); do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+        if is_alive "$name"; then
+            kill -KILL "$pid" 2>/dev/null || true
+            while is_alive "$name"; do sleep 0.1; done
+        fi
+    fi
+    rm -f "$PID_DIR/$name.pid"
+}
+
+# PIDs of processes started for this root that are still alive: slurmstepd outlives slurmd, and a daemon
+# whose pid file was lost is found the same way. All of them carry this root's marker in their environment.
+marked_pids() {
+    local environ_file pid
+    for environ_file in $(grep -lzxF "$DAEMON_MARKER=$ROOT" /proc/[0-9]*/environ 2>/dev/null); do
+        pid=${environ_file#/proc/}
+        pid=${pid%/environ}
+        [[ $(cat "/proc/$pid/stat" 2>/dev/null) == "$pid ("*") "[^Z]* ]] && echo "$pid"
+    done
+    return 0
+}
+
+kill_marked_leftovers() {
+    local pids waited=0
+    pids=$(marked_pids)
+    [[ -n $pids ]] || return 0
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    while [[ -n $(marked_pids) ]] && ((waited < STOP_WAIT_S * 10)); do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    pids=$(marked_pids)
+    # shellcheck disable=SC2086
+    [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- probes
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+munge_works() { munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET"; }
+mysql_works() { mariadb --socket="$MYSQL_SOCKET" -uroot -e 'select 1'; }
+controller_works() { SLURM_CONF=$CONF scontrol ping | grep -q 'is UP'; }
+idle_node_count() { SLURM_CONF=$CONF sinfo -h -N -t idle -o %N 2>/dev/null | sort -u | wc -l; }
+all_nodes_idle() { [[ $(idle_node_count) -eq $NODES ]]; }
+
+is_running() {
+    local name daemons
+    daemons=$(started_daemons)
+    [[ -n $daemons && -r $STATE_FILE ]] || return 1
+    for name in $daemons; do
+        is_alive "$name" || return 1
+    done
+    controller_works >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- configuration
+
+node_list() {
+    local i names=()
+    for ((i = 1; i <= NODES; i++)); do names+=("n$i"); done
+    echo "${names[*]}"
+}
+
+ensure_hosts_entries() {
+    local name missing=()
+    for name in $(node_list); do
+        getent hosts "$name" >/dev/null || missing+=("$name")
+    done
+    if ((${#missing[@]} > 0)); then
+        echo "127.0.0.1 ${missing[*]}" >>/etc/hosts
+    fi
+}
+
+write_configs() {
+    local host memory_mb node_memory_mb node_names node_ports first_job_id
+    host=$(hostname -s)
+    memory_mb=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
+    node_memory_mb=$((memory_mb / NODES))
+    ((node_memory_mb > 0)) || node_memory_mb=1
+    if ((NODES == 1)); then
+        node_names=n1
+        node_ports=$FIRST_NODE_PORT
+    else
+        node_names="n[1-$NODES]"
+        node_ports="[$FIRST_NODE_PORT-$((FIRST_NODE_PORT + NODES - 1))]"
+    fi
+    # slurmctld -c restarts job ids; starting them from the clock keeps ids unique across restarts.
+    first_job_id=$(($(date +%s) % 50000000 + 1000))
+
+    cat >"$CONF" <<EOF
+# Written by slurm/cluster.sh: a loopback cluster of $NODES virtual node(s) on $host.
+ClusterName=zoobot-local
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=5
+CredType=cred/munge
+MpiDefault=none
+SwitchType=switch/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
+ReturnToService=2
+KillWait=5
+MinJobAge=300
+FirstJobId=$first_job_id
+MailProg=/bin/true
+StateSaveLocation=$ROOT/state
+SlurmdSpoolDir=$ROOT/spool/slurmd-%n
+SlurmctldPidFile=$ROOT/run/slurmctld.pid
+SlurmdPidFile=$ROOT/run/slurmd-%n.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=$host
+AccountingStoragePort=$DBD_PORT
+JobCompType=jobcomp/none
+NodeName=$node_names NodeHostname=$host NodeAddr=127.0.0.1 Port=$node_ports CPUs=$CPUS_PER_NODE Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS_PER_NODE ThreadsPerCore=1 RealMemory=$node_memory_mb State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+EOF
+
+    # slurmdbd has no -f: it reads slurmdbd.conf from the folder of $SLURM_CONF, and insists on mode 600.
+    (
+        umask 077
+        cat >"$CONF_DIR/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+DbdHost=$host
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+LogFile=$LOG_DIR/slurmdbd.log
+PidFile=$ROOT/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=$DB_NAME
+EOF
+    )
+    chmod 600 "$CONF_DIR/slurmdbd.conf"
+}
+
+# ---------------------------------------------------------------- start / stop
+
+start_munged() {
+    if munge_works >/dev/null 2>&1; then return; fi # a munged is already serving the socket: share it
+    [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing: run slurm/install.sh"
+    rm -f "$MUNGE_SOCKET"
+    mkdir -p /run/munge
+    chown munge:munge /run/munge
+    chmod 755 /run/munge
+    launch munged setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F
+    wait_for munged "serving $MUNGE_SOCKET" munge_works
+}
+
+start_mariadbd() {
+    if mysql_works >/dev/null 2>&1; then return; fi # a mariadbd is already serving the socket: share it
+    if [[ ! -d $ROOT/db/mysql ]]; then
+        rm -rf "$ROOT/db"
+        mariadb-install-db --user=mysql --datadir="$ROOT/db" --auth-root-authentication-method=socket \
+            --skip-test-db >>"$LOG_DIR/mariadbd.out" 2>&1 ||
+            fail_start mariadbd "could not initialise its data directory $ROOT/db"
+    fi
+    rm -f "$MYSQL_SOCKET"
+    mkdir -p /run/mysqld
+    chown mysql:mysql /run/mysqld
+    launch mariadbd mariadbd --user=mysql --datadir="$ROOT/db" --socket="$MYSQL_SOCKET" \
+        --bind-address=127.0.0.1 --skip-networking
+    wait_for mariadbd "answering on $MYSQL_SOCKET" mysql_works
+}
+
+start_cluster() {
+    [[ $(id -u) -eq 0 ]] || die "start must run as root (the daemons run as root, munge and mysql)"
+    local binary
+    for binary in slurmctld slurmd slurmdbd sinfo munged mariadbd mariadb-install-db; do
+        command -v "$binary" >/dev/null || die "$binary is not installed: run slurm/install.sh"
+    done
+    if is_running; then
+        # shellcheck disable=SC1090
+        source "$STATE_FILE"
+        if ((SIZE_GIVEN)) && [[ $RUNNING_NODES != "$NODES" || $RUNNING_CPUS_PER_NODE != "$CPUS_PER_NODE" ]]; then
+            die "already running at $ROOT with $RUNNING_NODES node(s) x $RUNNING_CPUS_PER_NODE CPUs; stop it first"
+        fi
+        echo "SLURM cluster already running at $ROOT ($RUNNING_NODES nodes); source $ROOT/env.sh"
+        return
+    fi
+    ((NODES >= 1)) || die "--nodes must be >= 1, got $NODES"
+    ((CPUS_PER_NODE >= 1)) || die "--cpus-per-node must be >= 1, got $CPUS_PER_NODE"
+    stop_cluster >/dev/null 2>&1 || true # clears stale pid files and half-started daemons of this root
+
+    local port started_at=$SECONDS
+    for port in "$CTLD_PORT" "$DBD_PORT" $(seq "$FIRST_NODE_PORT" $((FIRST_NODE_PORT + NODES - 1))); do
+        port_open "$port" && die "port $port is already in use (another slurm daemon?): $(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)"
+    done
+
+    mkdir -p "$CONF_DIR" "$PID_DIR" "$LOG_DIR" "$ROOT/run" "$ROOT/state" "$ROOT/spool"
+    rm -rf "$ROOT/state"/* "$ROOT/spool"/*
+    rm -f "$PID_DIR/order"
+    write_configs
+    ensure_hosts_entries
+
+    start_munged
+    start_mariadbd
+    mariadb --socket="$MYSQL_SOCKET" -uroot -e "DROP DATABASE IF EXISTS $DB_NAME" ||
+        die "could not reset the accounting database $DB_NAME"
+
+    launch slurmdbd slurmdbd -D
+    wait_for slurmdbd "listening on port $DBD_PORT" port_open "$DBD_PORT"
+    launch slurmctld slurmctld -D -c -f "$CONF"
+    wait_for slurmctld "answering scontrol ping" controller_works
+    local node
+    for node in $(node_list); do
+        launch "slurmd-$node" slurmd -D -N "$node" -f "$CONF"
+    done
+    wait_for_idle_nodes
+
+    printf 'export SLURM_CONF=%q\nexport ZOOBOT_SLURM_ROOT=%q\n' "$CONF" "$ROOT" >"$ROOT/env.sh"
+    printf 'RUNNING_NODES=%s\nRUNNING_CPUS_PER_NODE=%s\n' "$NODES" "$CPUS_PER_NODE" >"$STATE_FILE"
+    echo "SLURM cluster up at $ROOT: nodes $(node_list) x $CPUS_PER_NODE CPUs in $((SECONDS - started_at))s;" \
+        "source $ROOT/env.sh"
+}
+
+cancel_all_jobs() {
+    controller_works >/dev/null 2>&1 || return 0
+    local jobs waited=0
+    jobs=$(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null || true)
+    [[ -n $jobs ]] || return 0
+    # shellcheck disable=SC2086
+    SLURM_CONF=$CONF scancel $jobs 2>/dev/null || true
+    while [[ -n $(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null) ]] && ((waited < 150)); do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+}
+
+stop_cluster() {
+    local name daemons
+    daemons=$(started_daemons)
+    [[ -n $daemons ]] && cancel_all_jobs
+    # Reverse start order: slurmds while slurmctld is still up (they ignore TERM without it), then the rest.
+    for name in $(echo "$daemons" | tac); do
+        terminate "$name"
+    done
+    kill_marked_leftovers
+    rm -f "$PID_DIR"/*.pid "$PID_DIR/order" "$STATE_FILE"
+    echo "SLURM cluster at $ROOT stopped"
+}
+
+show_status() {
+    local name daemons
+    daemons=$(started_daemons)
+    if [[ -z $daemons ]]; then
+        echo "SLURM cluster at $ROOT: not running"
+        return 1
+    fi
+    for name in $daemons; do
+        if is_alive "$name"; then
+            echo "$name: running (pid $(pid_of "$name"))"
+        else
+            echo "$name: NOT running"
+        fi
+    done
+    if is_running; then
+        SLURM_CONF=$CONF sinfo -N -o '%N %T %c %m' || true
+        SLURM_CONF=$CONF squeue || true
+        return 0
+    fi
+    echo "SLURM cluster at $ROOT: not (fully) running; 'cluster.sh stop' then 'start' to restart it"
+    return 1
+}
+
+# ---------------------------------------------------------------- command line
+
+COMMAND=${1:-}
+[[ -n $COMMAND ]] || usage
+shift
+while (($# > 0)); do
+    case $1 in
+    --nodes)
+        NODES=${2:?--nodes needs a value}
+        SIZE_GIVEN=1
+        shift 2
+        ;;
+    --cpus-per-node)
+        CPUS_PER_NODE=${2:?--cpus-per-node needs a value}
+        SIZE_GIVEN=1
+        shift 2
+        ;;
+    --root)
+        ROOT=${2:?--root needs a value}
+        shift 2
+        ;;
+    *) die "unknown option '$1' (see: $HERE/cluster.sh with no arguments)" ;;
+    esac
+done
+[[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a positive integer, got '$NODES'"
+[[ $CPUS_PER_NODE =~ ^[0-9]+$ ]] || die "--cpus-per-node must be a positive integer, got '$CPUS_PER_NODE'"
+set_paths
+
+case $COMMAND in
+start) start_cluster ;;
+stop) stop_cluster ;;
+status) show_status ;;
+env)
+    [[ -r $CONF ]] || die "no cluster configuration at $CONF: run 'cluster.sh start' first"
+    printf 'export SLURM_CONF=%q\nexport ZOOBOT_SLURM_ROOT=%q\n' "$CONF" "$ROOT"
+    ;;
+*) usage ;;
+esac

@@ -1,0 +1,59 @@
+"""Preemption through submitit's local executor (no SLURM): signal mid-epoch twice, requeue, exact resume."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.launch.conftest import (
+    assert_same_weights,
+    final_weights,
+    segments,
+    signal_local_tasks,
+    wait_for,
+    write_test_config,
+)
+from tests.wandb_records import offline_run_files, read_offline_run
+from zoobot_hpc.launch.submit import plan_runs, submit_plan
+
+
+def _log_mentions(job, pattern: str, at_least: int = 1):
+    def check():
+        text = job.paths.stdout.read_text() if job.paths.stdout.exists() else ""
+        return len(re.findall(pattern, text)) >= at_least
+
+    return check
+
+
+@pytest.mark.timeout(420)
+def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, demo_dataset):
+    interrupted_cfg = write_test_config(tmp_path / "a", demo_dataset, name="interrupted", resources__executor="local")
+    baseline_cfg = write_test_config(tmp_path / "b", demo_dataset, name="baseline", resources__executor="local")
+    interrupted = submit_plan(plan_runs(interrupted_cfg))
+    baseline = submit_plan(plan_runs(baseline_cfg))
+    job = interrupted.jobs[0]
+    run_dir = interrupted.plan.runs[0].run_dir
+
+    wait_for(_log_mentions(job, r"epoch 1/2 batch"), 180, "the first training batch")
+    assert signal_local_tasks(int(job.job_id))
+    wait_for(lambda: len(segments(run_dir)) == 2, 120, "the requeued second segment")
+    wait_for(_log_mentions(job, r"epoch 2/2 batch"), 180, "the second epoch after resume")
+    assert signal_local_tasks(int(job.job_id))
+    wait_for(lambda: len(segments(run_dir)) == 3, 120, "the requeued third segment")
+
+    metrics = job.result()
+    baseline.jobs[0].result()
+    assert metrics["validation/accuracy"] >= 0.0
+
+    starts = segments(run_dir)
+    assert starts[0]["resumed_from"] is None
+    assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:])
+    log_text = job.paths.stdout.read_text()
+    assert log_text.count("preemption signal: saved") == 2
+    assert_same_weights(final_weights(run_dir), final_weights(baseline.plan.runs[0].run_dir))
+
+    runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
+    assert len(runs) == 3
+    assert len({run.run_id for run in runs}) == 1
+    assert runs[-1].metric("requeue_count")[-1] == 2

@@ -1,0 +1,397 @@
+"""Build a shard dataset from a CSV/parquet catalog: parallel over shards, resumable, with an error report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from zoobot_hpc.data.shard_format import (
+    DEFAULT_SHARD_SIZE_BYTES,
+    FORMAT_VERSION,
+    IDS_KEY,
+    IMAGE_CHANNELS,
+    MANIFEST_NAME,
+    SPLITS,
+    DatasetError,
+    Manifest,
+    ShardInfo,
+    ShardWriter,
+    file_sha256,
+    images_per_shard,
+    label_dtype_name,
+    shard_file_name,
+    write_manifest,
+)
+
+REPORT_NAME = "build_report.json"
+HASH_SPLITS = ("train", "val", "test")
+ON_ERROR_CHOICES = ("fail", "skip")
+_WRITE_BLOCK = 64
+
+
+def hash_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> np.ndarray:
+    """Assign each id to train/val/test by a deterministic sha256 hash of the id (stable across runs)."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(
+            f"split_fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}"
+        )
+    position = np.array(
+        [int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "big") / 2**64 for i in ids],
+        dtype=np.float64,
+    )
+    bucket = np.searchsorted(np.cumsum(fractions)[:2], position, side="right")
+    return np.array(HASH_SPLITS, dtype=object)[bucket]
+
+
+def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """Load a JPEG/PNG (PIL) or .npy image as uint8 (size, size, channels): centre-cropped square, resized.
+
+    `.npy` arrays are (H, W) or (H, W, C) with C in 1, 3, 4; uint8 is used as is, floats must lie in [0, 1].
+    """
+    if not str(path):
+        raise ValueError("image path is empty")
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        image = _array_to_image(np.load(path), path)
+    else:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()
+    image = image.convert("RGB" if channels == 3 else "L")
+    if image.size != (size, size):
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
+
+
+def _array_to_image(array: np.ndarray, path: Path) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"{path}: array shape {array.shape} is not (H, W) or (H, W, C) with C in 1, 3, 4")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(f"{path}: float arrays must be finite and within [0, 1]")
+        array = np.round(array * 255)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"{path}: array dtype {array.dtype} is not uint8 or float")
+    return Image.fromarray(array.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker process needs to write (or reuse) one shard."""
+
+    path: Path
+    split: str
+    ids: tuple[str, ...]
+    image_paths: tuple[str, ...]
+    labels: dict[str, np.ndarray]
+    size: int
+    channels: int
+    on_error: str
+
+
+@dataclass
+class ShardResult:
+    """A finished shard (None when every image failed or the build must fail) and its failed images."""
+
+    info: ShardInfo | None
+    failures: list[dict[str, str]] = field(default_factory=list)
+    reused: bool = False
+
+
+def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarray], list[dict[str, str]]]:
+    images, failures = {}, []
+    for row in rows:
+        try:
+            images[row] = load_image(task.image_paths[row], task.size, task.channels)
+        except Exception as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            failures.append({"id": task.ids[row], "path": task.image_paths[row], "error": message})
+    return images, failures
+
+
+def _existing_shard(task: ShardTask) -> ShardResult | None:
+    """Reuse a finished shard from an earlier run when it holds exactly the images this build would write."""
+    if not task.path.is_file():
+        return None
+    try:
+        with h5py.File(task.path, "r") as handle:
+            stored_ids = tuple(handle[IDS_KEY].asstr()[:])
+            stored_shape = tuple(int(n) for n in handle.attrs["image_shape"])
+            stored_columns = json.loads(handle.attrs["label_columns"])
+    except (OSError, KeyError, ValueError):
+        return None
+    expected_columns = {name: label_dtype_name(values) for name, values in task.labels.items()}
+    if stored_shape != (task.size, task.size, task.channels) or stored_columns != expected_columns:
+        return None
+    stored = set(stored_ids)
+    missing = [row for row, id_ in enumerate(task.ids) if id_ not in stored]
+    kept = [id_ for id_ in task.ids if id_ in stored]
+    if tuple(kept) != stored_ids or (missing and task.on_error != "skip"):
+        return None
+    retried, failures = _load_rows(task, missing)
+    if retried:
+        return None
+    info = ShardInfo(task.path.name, len(stored_ids), task.path.stat().st_size, file_sha256(task.path))
+    return ShardResult(info, failures, reused=True)
+
+
+def build_shard(task: ShardTask) -> ShardResult:
+    """Write one shard from its catalog rows (or reuse a finished one); runs in a worker process."""
+    existing = _existing_shard(task)
+    if existing is not None:
+        return existing
+    failures = []
+    kept_rows: list[int] = []
+    with ShardWriter(task.path, (task.size, task.size, task.channels), task.split) as writer:
+        for start in range(0, len(task.ids), _WRITE_BLOCK):
+            rows = range(start, min(start + _WRITE_BLOCK, len(task.ids)))
+            images, block_failures = _load_rows(task, rows)
+            failures += block_failures
+            if block_failures and task.on_error == "fail":
+                continue
+            if images:
+                writer.append(np.stack(list(images.values())), [task.ids[row] for row in images])
+                kept_rows += list(images)
+        if (failures and task.on_error == "fail") or not kept_rows:
+            return ShardResult(None, failures)
+        info = writer.finish({name: values[kept_rows] for name, values in task.labels.items()})
+    return ShardResult(info, failures)
+
+
+def read_catalog(catalog: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or parquet catalog with pandas."""
+    catalog = Path(catalog)
+    if not catalog.is_file():
+        raise DatasetError(f"{catalog}: catalog file does not exist")
+    suffix = catalog.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(catalog)
+    if suffix in (".csv", ".gz", ".txt"):
+        return pd.read_csv(catalog)
+    raise DatasetError(f"{catalog}: catalog must be .csv or .parquet, got {suffix!r}")
+
+
+def _label_arrays(
+    catalog: Path, frame: pd.DataFrame, id_col: str, label_cols: Sequence[str], allow_nan: Sequence[str]
+) -> dict[str, np.ndarray]:
+    labels = {}
+    for name in label_cols:
+        column = frame[name]
+        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+            raise DatasetError(f"{catalog}: label column {name!r} is {column.dtype}, expected numbers")
+        values = column.to_numpy()
+        values = values.astype(label_dtype_name(values))
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values) & ~(np.isnan(values) if name in allow_nan else False)
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise DatasetError(
+                    f"{catalog}: label column {name!r} has {int(bad.sum())} non-finite values "
+                    f"(first {values[first]} at id {frame[id_col].iloc[first]!r}); pass it in allow_nan if "
+                    "missing labels are expected"
+                )
+        labels[name] = values
+    return labels
+
+
+def _check_build_args(
+    catalog: Path,
+    frame: pd.DataFrame,
+    columns: dict[str, str | None],
+    label_cols: Sequence[str],
+    allow_nan: Sequence[str],
+    channels: int,
+    size: int,
+    on_error: str,
+) -> None:
+    for role, name in columns.items():
+        if name is not None and name not in frame.columns:
+            raise DatasetError(f"{catalog}: no {role} column {name!r} (columns: {list(frame.columns)})")
+    for name in label_cols:
+        if name not in frame.columns:
+            raise DatasetError(f"{catalog}: no label column {name!r} (columns: {list(frame.columns)})")
+    unknown_nan = [name for name in allow_nan if name not in label_cols]
+    if unknown_nan:
+        raise ValueError(f"allow_nan names columns that are not label columns: {unknown_nan}")
+    if channels not in IMAGE_CHANNELS:
+        raise ValueError(f"channels must be one of {IMAGE_CHANNELS}, got {channels}")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+    if frame.empty:
+        raise DatasetError(f"{catalog}: catalog has no rows")
+
+
+def _assign_splits(
+    catalog: Path,
+    frame: pd.DataFrame,
+    ids: np.ndarray,
+    split_col: str | None,
+    split_fractions: Sequence[float],
+    labelled: bool,
+) -> np.ndarray:
+    if split_col is None:
+        return hash_split(ids, split_fractions) if labelled else np.full(len(ids), "predict", dtype=object)
+    splits = frame[split_col].astype(str).to_numpy(dtype=object)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise DatasetError(
+            f"{catalog}: split column {split_col!r} has values {unknown[:5]} (allowed: {SPLITS})"
+        )
+    return splits
+
+
+def _plan_tasks(
+    out_dir: Path,
+    catalog: Path,
+    frame: pd.DataFrame,
+    ids: np.ndarray,
+    splits: np.ndarray,
+    labels: dict[str, np.ndarray],
+    image_col: str,
+    size: int,
+    channels: int,
+    shard_size_bytes: int,
+    on_error: str,
+) -> list[ShardTask]:
+    image_paths = np.array(
+        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
+        dtype=object,
+    )
+    per_shard = images_per_shard((size, size, channels), shard_size_bytes)
+    tasks = []
+    for split in SPLITS:
+        rows = np.flatnonzero(splits == split)
+        for index, start in enumerate(range(0, len(rows), per_shard)):
+            chunk = rows[start : start + per_shard]
+            tasks.append(
+                ShardTask(
+                    path=out_dir / shard_file_name(split, index),
+                    split=split,
+                    ids=tuple(ids[chunk]),
+                    image_paths=tuple(image_paths[chunk]),
+                    labels={name: values[chunk] for name, values in labels.items()},
+                    size=size,
+                    channels=channels,
+                    on_error=on_error,
+                )
+            )
+    return tasks
+
+
+def _run_tasks(tasks: list[ShardTask], num_workers: int, progress: bool) -> list[ShardResult]:
+    bar = tqdm(total=sum(len(t.ids) for t in tasks), unit="img", desc="building shards", disable=not progress)
+    results = []
+    with bar:
+        if num_workers <= 1:
+            for task in tasks:
+                results.append(build_shard(task))
+                bar.update(len(task.ids))
+        else:
+            with ProcessPoolExecutor(max_workers=num_workers) as pool:
+                for task, result in zip(tasks, pool.map(build_shard, tasks), strict=True):
+                    results.append(result)
+                    bar.update(len(task.ids))
+    return results
+
+
+def _write_report(out_dir: Path, catalog: Path, on_error: str, results: list[ShardResult]) -> Path:
+    failures = [failure for result in results for failure in result.failures]
+    report = {
+        "catalog": str(catalog),
+        "on_error": on_error,
+        "failed_count": len(failures),
+        "failed": failures,
+        "shards_written": sum(r.info is not None and not r.reused for r in results),
+        "shards_reused": sum(r.reused for r in results),
+    }
+    path = out_dir / REPORT_NAME
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def build_dataset(
+    catalog: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    image_col: str = "file_loc",
+    id_col: str = "id_str",
+    label_cols: Sequence[str] = (),
+    size: int = 224,
+    channels: int = 3,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_col: str | None = None,
+    num_workers: int = 1,
+    shard_size_bytes: int = DEFAULT_SHARD_SIZE_BYTES,
+    on_error: str = "fail",
+    progress: bool = True,
+    allow_nan: Sequence[str] = (),
+) -> Manifest:
+    """Build a shard dataset in `out_dir` from a CSV/parquet catalog and return its manifest.
+
+    Image paths are relative to the catalog's folder unless absolute. Rows are split by a hash of the id
+    (`split_fractions` for train/val/test) or by `split_col`; with no label columns and no `split_col` every
+    row goes to `predict`. Unreadable images are listed in `build_report.json` and either skipped
+    (`on_error='skip'`) or fail the build after all other shards are written. Re-running resumes: finished
+    shards are reused. The manifest is written last.
+    """
+    catalog = Path(catalog)
+    out_dir = Path(out_dir)
+    frame = read_catalog(catalog)
+    columns = {"image": image_col, "id": id_col, "split": split_col}
+    _check_build_args(catalog, frame, columns, label_cols, allow_nan, channels, size, on_error)
+    ids = frame[id_col].astype(str).to_numpy(dtype=object)
+    repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+    if len(repeated):
+        raise DatasetError(
+            f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}"
+        )
+    labels = _label_arrays(catalog, frame, id_col, label_cols, allow_nan)
+    splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    tasks = _plan_tasks(
+        out_dir, catalog, frame, ids, splits, labels, image_col, size, channels, shard_size_bytes, on_error
+    )
+    results = _run_tasks(tasks, num_workers, progress)
+    report = _write_report(out_dir, catalog, on_error, results)
+    failures = [failure for result in results for failure in result.failures]
+    if failures and on_error == "fail":
+        first = failures[0]
+        raise DatasetError(
+            f"{catalog}: {len(failures)} unreadable images (first {first['path']}: {first['error']}); "
+            f"all listed in {report}; fix them or use on_error='skip'"
+        )
+    shard_splits: dict[str, list[ShardInfo]] = {}
+    for task, result in zip(tasks, results, strict=True):
+        if result.info is not None:
+            shard_splits.setdefault(task.split, []).append(result.info)
+    if not shard_splits:
+        raise DatasetError(f"{catalog}: no image could be read; see {report}")
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        image_shape=(size, size, channels),
+        label_columns={name: label_dtype_name(values) for name, values in labels.items()},
+        allow_nan=tuple(allow_nan),
+        splits={split: tuple(infos) for split, infos in shard_splits.items()},
+        id_column=id_col,
+        source=str(catalog.resolve()),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_manifest(out_dir, manifest)
+    return manifest

@@ -1,0 +1,152 @@
+"""ShardDataModule: train / val / test / predict loaders over a shard dataset, DDP-equal and resumable.
+
+Every loader builds its own ``DistributedSampler`` (rank and world size from the attached
+Trainer, else a single replica), so Lightning must not replace them: the launcher passes
+``Trainer(use_distributed_sampler=False)`` (Lightning would in any case leave
+``DistributedSampler`` subclasses alone). Val/test/predict samplers pad by repeating samples so
+that every rank runs the same number of batches; the few repeated samples of the last batch are
+counted twice in metrics, and predictions should be de-duplicated by ``index``.
+
+Batches leave the workers as uint8 (pinned when a GPU is used); Lightning moves them to the
+device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image`` into float32
+``(B, C, S, S)`` on the device with :func:`augment_batch`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from zoobot_hpc.data.augment import AugmentConfig, augment_batch
+from zoobot_hpc.data.dataset import ShardDataset, collate_samples
+from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+
+_STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+def set_hdf5_locking_env(locking: bool | None, worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: make ``HDF5_USE_FILE_LOCKING`` agree with ``locking``."""
+    if locking is not None:
+        os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking else "FALSE"
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Loaders over ``dataset_dir`` (a shard dataset with ``manifest.json``); ``batch_size`` is per rank.
+
+    Train uses a :class:`ResumableDataLoader` (its ``{epoch, consumed}`` state is checkpointed by
+    Lightning); val/test/predict are unshuffled and padded to equal length on every rank.
+    ``predict_split`` names the split ``predict_dataloader`` reads.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        batch_size: int,
+        num_workers: int = 4,
+        label_cols: Sequence[str] | None = None,
+        seed: int = 42,
+        augment: AugmentConfig | None = None,
+        locking: bool | None = False,
+        pin_memory: bool = True,
+        prefetch_factor: int = 4,
+        persistent_workers: bool | None = None,
+        predict_split: str = "test",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.dataset_dir = Path(dataset_dir)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.label_cols = None if label_cols is None else tuple(label_cols)
+        self.seed = seed
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.locking = locking
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
+        self.predict_split = predict_split
+        self.datasets: dict[str, ShardDataset] = {}
+
+    def setup(self, stage: str) -> None:
+        """Check the splits ``stage`` needs (for ``fit``: train, and val when the dataset has one).
+
+        Files are opened lazily by whichever process reads; errors name the dataset and the problem.
+        """
+        splits = (self.predict_split,) if stage == "predict" else _STAGE_SPLITS[stage]
+        for split in splits:
+            self._dataset(split)
+        if stage == "fit" and "val" in self._dataset("train").manifest.splits:
+            self._dataset("val")
+
+    def _dataset(self, split: str) -> ShardDataset:
+        if split not in self.datasets:
+            self.datasets[split] = ShardDataset(self.dataset_dir, split, self.label_cols, self.locking)
+        return self.datasets[split]
+
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) from the attached Trainer, else (1, 0)."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = self.num_workers > 0
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": collate_samples,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "prefetch_factor": self.prefetch_factor if workers else None,
+            "persistent_workers": self.persistent_workers and workers,
+            "worker_init_fn": functools.partial(set_hdf5_locking_env, self.locking) if workers else None,
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
+        world_size, rank = self._replicas()
+        dataset = self._dataset("train")
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+
+    def _eval_dataloader(self, split: str) -> DataLoader:
+        world_size, rank = self._replicas()
+        dataset = self._dataset(split)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """The val split, in order, padded to the same number of batches on every rank."""
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split, in order, padded to the same number of batches on every rank."""
+        return self._eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """``predict_split``, in order, padded to the same number of batches on every rank."""
+        return self._eval_dataloader(self.predict_split)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Augment (training) or resize (otherwise) the uint8 images on the device they arrived on."""
+        training = bool(self.trainer is not None and self.trainer.training)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        batch["image"] = augment_batch(
+            batch["image"],
+            batch["index"],
+            epoch=epoch,
+            seed=self.seed,
+            config=self.augment,
+            training=training,
+        )
+        return batch

@@ -1,0 +1,235 @@
+"""ShardDataset: a map-style dataset over one split of an HDF5 shard dataset (uint8 samples).
+
+HDF5 files are opened lazily by the process that reads them and reopened after a fork (h5py
+handles must never cross a process boundary), at most ``max_open_files`` at a time. Batches are
+read shard by shard in sorted order through ``__getitems__`` (used by ``DataLoader`` when
+batching): images by direct chunk reads (one image per uncompressed chunk), labels and ids with
+one sorted selection per shard. A worker keeps no per-sample Python objects, so its memory does
+not grow with the dataset's size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from zoobot_hpc.data.shard_format import (
+    IDS_KEY,
+    IMAGES_KEY,
+    LABELS_GROUP,
+    DatasetError,
+    Manifest,
+    open_shard,
+    read_manifest,
+)
+
+_TORCH_LABEL_DTYPES = {"int64": torch.int64, "float32": torch.float32}
+
+
+@dataclass
+class _OpenShard:
+    file: h5py.File
+    images: h5py.Dataset
+    ids: h5py.Dataset
+    labels: dict[str, h5py.Dataset]
+    direct_chunks: bool
+
+
+def _reads_whole_chunks(images: h5py.Dataset) -> bool:
+    """True when each image is one unfiltered chunk, so raw chunk bytes are the pixels."""
+    return images.chunks == (1, *images.shape[1:]) and images.id.get_create_plist().get_nfilters() == 0
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a DataLoader worker it lives in shared memory.
+
+    Reading straight into shared memory lets :func:`collate_samples` hand the batch to the main
+    process without the copy ``default_collate`` would make.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate``, except that images read as one batch by ``__getitems__`` are not copied."""
+    images = [sample["image"] for sample in samples]
+    base = _common_batch_tensor(images)
+    if base is None:
+        return torch.utils.data.default_collate(list(samples))
+    rest = torch.utils.data.default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
+    return {"image": base, **rest}
+
+
+def _common_batch_tensor(images: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, ...) tensor whose consecutive rows are exactly ``images``, or None."""
+    first = images[0]
+    storage = first.untyped_storage()
+    numel = first.numel()
+    if storage.nbytes() != len(images) * numel * first.element_size():
+        return None
+    for row, image in enumerate(images):
+        if (
+            image.untyped_storage().data_ptr() != storage.data_ptr()
+            or image.storage_offset() != row * numel
+            or not image.is_contiguous()
+        ):
+            return None
+    return torch.empty(0, dtype=first.dtype).set_(storage).view(len(images), *first.shape)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """One split of a shard dataset: ``index -> dict(image, id, index, **labels)``.
+
+    ``image`` is a uint8 tensor ``(H, W, C)``, ``id`` a str, ``index`` the int position in the
+    split, and each label a 0-d tensor (int64 for int columns, float32 for float columns).
+    ``label_cols=None`` reads every label column of the manifest. ``locking`` is passed to
+    ``h5py.File`` (``False`` for Lustre/GPFS/NFS; ``None``: HDF5's default / environment).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        split: str,
+        label_cols: Sequence[str] | None = None,
+        locking: bool | None = False,
+        *,
+        max_open_files: int = 64,
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.manifest: Manifest = read_manifest(self.dataset_dir)
+        if split not in self.manifest.splits or not self.manifest.splits[split]:
+            raise DatasetError(
+                f"{self.dataset_dir}: split {split!r} has no shards (splits: {sorted(self.manifest.splits)})"
+            )
+        if max_open_files < 1:
+            raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
+        self.split = split
+        available = self.manifest.label_columns
+        self.label_cols = tuple(available) if label_cols is None else tuple(label_cols)
+        unknown = [name for name in self.label_cols if name not in available]
+        if unknown:
+            raise DatasetError(
+                f"{self.dataset_dir}: label columns {unknown} do not exist (available: {sorted(available)})"
+            )
+        self.label_dtypes = {name: _TORCH_LABEL_DTYPES[available[name]] for name in self.label_cols}
+        self.locking = locking
+        self.max_open_files = max_open_files
+        shards = self.manifest.splits[split]
+        self.shard_paths = tuple(self.dataset_dir / shard.file for shard in shards)
+        counts = np.array([shard.count for shard in shards], dtype=np.int64)
+        self.shard_starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])
+        self.image_shape = tuple(self.manifest.image_shape)
+        self._reset_handles()
+
+    def __len__(self) -> int:
+        return int(self.shard_starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Read several samples at once, shard by shard in sorted order (returned in request order)."""
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
+            bad = positions[(positions < 0) | (positions >= len(self))][0]
+            raise IndexError(f"index {bad} out of range for split {self.split!r} of size {len(self)}")
+        images = _batch_buffer((positions.size, *self.image_shape))
+        ids = np.empty(positions.size, dtype=object)
+        labels = {name: torch.empty(positions.size, dtype=dtype) for name, dtype in self.label_dtypes.items()}
+        shard_of = np.searchsorted(self.shard_starts, positions, side="right") - 1
+        for shard_index in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard_index)
+            local = positions[rows] - self.shard_starts[shard_index]
+            self._read_shard(int(shard_index), local, rows, images, ids, labels)
+        return [
+            {
+                "image": images[k],
+                "id": ids[k],
+                "index": int(positions[k]),
+                **{name: values[k] for name, values in labels.items()},
+            }
+            for k in range(positions.size)
+        ]
+
+    def _read_shard(
+        self,
+        shard_index: int,
+        local: np.ndarray,
+        rows: np.ndarray,
+        images: torch.Tensor,
+        ids: np.ndarray,
+        labels: dict[str, torch.Tensor],
+    ) -> None:
+        shard = self._open(shard_index)
+        unique_local, inverse = np.unique(local, return_inverse=True)
+        image_bytes = images.numpy().reshape(images.shape[0], -1)
+        for row, position in zip(rows.tolist(), local.tolist(), strict=True):
+            if shard.direct_chunks:
+                shard.images.id.read_direct_chunk((position, 0, 0, 0), out=image_bytes[row])
+            else:
+                shard.images.read_direct(images[row].numpy(), np.s_[position])
+        ids[rows] = shard.ids.asstr()[unique_local][inverse]
+        for name, values in labels.items():
+            column = torch.from_numpy(shard.labels[name][unique_local][inverse])
+            values[torch.from_numpy(rows)] = column.to(values.dtype)
+
+    def _open(self, shard_index: int) -> _OpenShard:
+        if os.getpid() != self._pid:
+            self._reset_handles()
+        shard = self._handles.get(shard_index)
+        if shard is not None:
+            self._handles.move_to_end(shard_index)
+            return shard
+        if len(self._handles) >= self.max_open_files:
+            _, oldest = self._handles.popitem(last=False)
+            oldest.file.close()
+        path = self.shard_paths[shard_index]
+        handle = open_shard(path, locking=self.locking)
+        try:
+            images = handle[IMAGES_KEY]
+            if images.shape[1:] != self.image_shape:
+                raise DatasetError(
+                    f"{path}: images have shape {images.shape[1:]}, manifest says {self.image_shape}"
+                )
+            shard = _OpenShard(
+                file=handle,
+                images=images,
+                ids=handle[IDS_KEY],
+                labels={name: handle[LABELS_GROUP][name] for name in self.label_cols},
+                direct_chunks=_reads_whole_chunks(images),
+            )
+        except KeyError as error:
+            handle.close()
+            raise DatasetError(f"{path}: shard lacks an expected dataset ({error})") from error
+        except DatasetError:
+            handle.close()
+            raise
+        self._handles[shard_index] = shard
+        return shard
+
+    def _reset_handles(self) -> None:
+        """Forget handles (inherited ones belong to another process) and remember who owns the new ones."""
+        self._handles: OrderedDict[int, _OpenShard] = OrderedDict()
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the files this process opened."""
+        if os.getpid() == self._pid:
+            for shard in self._handles.values():
+                shard.file.close()
+        self._reset_handles()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = OrderedDict()
+        return state

@@ -1,0 +1,67 @@
+"""submitit executors from a config's resources: SLURM or local, with the same job semantics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import submitit
+
+from zoobot_hpc.config import RunConfig
+
+
+def slurm_executor(config: RunConfig, folder: Path, job_name: str) -> submitit.SlurmExecutor:
+    """One SLURM task per device, USR2 `signal_delay_s` before the time limit, a failed rank ends the job."""
+    res = config.resources
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=res.max_time_limit_requeues)
+    params: dict = {
+        "job_name": job_name,
+        "time": res.time_min,
+        "nodes": res.nodes,
+        "ntasks_per_node": res.tasks_per_node,
+        "cpus_per_task": res.cpus_per_task,
+        "signal_delay_s": res.signal_delay_s,
+        "array_parallelism": res.array_parallelism,
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "setup": list(res.setup),
+        "additional_parameters": {"requeue": True, **res.sbatch_extra},
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb:
+        params["mem"] = f"{int(res.mem_gb * 1024)}M"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(res, key):
+            params[key] = getattr(res, key)
+    executor.update_parameters(**params)
+    return executor
+
+
+def local_executor(config: RunConfig, folder: Path) -> submitit.LocalExecutor:
+    """submitit's local executor: the same signal-before-timeout, checkpoint and requeue semantics, one node."""
+    res = config.resources
+    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=res.max_time_limit_requeues)
+    executor.update_parameters(
+        timeout_min=res.time_min,
+        tasks_per_node=res.tasks_per_node,
+        gpus_per_node=res.gpus_per_node,
+        signal_delay_s=min(res.signal_delay_s, 30 * res.time_min),
+        setup=list(res.setup),
+    )
+    return executor
+
+
+def make_executor(
+    config: RunConfig, folder: Path, cluster: str, job_name: str
+) -> submitit.SlurmExecutor | submitit.LocalExecutor:
+    """The executor for `cluster` ('slurm' or 'local') writing its files to `folder`."""
+    if cluster == "slurm":
+        return slurm_executor(config, folder, job_name)
+    return local_executor(config, folder)
+
+
+def sbatch_script(config: RunConfig, folder: Path, job_name: str, array_size: int) -> str:
+    """The sbatch script SLURM receives (for --dry-run), as submitit writes it."""
+    executor = slurm_executor(config, folder, job_name)
+    if array_size > 1:
+        executor.parameters["map_count"] = array_size
+    return executor._make_submission_file_text(executor._submitit_command_str, "DRYRUN")

@@ -1,0 +1,92 @@
+"""The callable that submitit runs on every task of a job: train one run, and requeue it when preempted.
+
+Preemption has one owner. submitit installs its USR2 handler (checkpoint + `scontrol requeue`) before this
+callable runs; the first thing we do is put a flag in its place, so that the training loop can stop every
+rank at the same step and write one full-state checkpoint. Only then does rank 0 hand over to submitit's
+handler, which requeues the job and exits; the other ranks leave without writing a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from zoobot_hpc.checkpointing import PreemptionFlag
+from zoobot_hpc.config import RunConfig
+
+log = logging.getLogger("zoobot_hpc")
+
+
+def configure_job_logging() -> None:
+    """Plain timestamped log lines (batch jobs write to files, not terminals)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
+
+
+def compute_node_environment() -> None:
+    """Compute nodes read weights from the cache the login node filled; they never try to download."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "300")
+
+
+def requeue_self() -> None:
+    """After a preemption checkpoint in a job we did not submit (`zoobot-hpc train` under sbatch):
+    rank 0 requeues the SLURM job; every rank exits. Outside SLURM, say how to resume."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id is None:
+        log.info("stopped on a signal with a checkpoint written; run the same command again to resume")
+        sys.exit(0)
+    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        log.info("requeued SLURM job %s", job_id)
+    sys.exit(0)
+
+
+@dataclass
+class TrainingJob(submitit.helpers.Checkpointable):
+    """Train `config` in `run_dir` (resuming from its checkpoints); `group` is the sweep's name, if any."""
+
+    config: dict[str, Any]
+    run_dir: str
+    group: str | None = None
+
+    def __call__(self) -> dict[str, float]:
+        flag = PreemptionFlag().install()
+        configure_job_logging()
+        compute_node_environment()
+        from zoobot_hpc.launch.environment import SubmititEnvironment
+        from zoobot_hpc.train import run_training
+
+        environment = SubmititEnvironment()
+        outcome = run_training(
+            RunConfig.model_validate(self.config),
+            Path(self.run_dir),
+            flag=flag,
+            cluster_environment=environment,
+            group=self.group,
+            interactive=False,
+        )
+        if outcome.preempted:
+            self._hand_over_preemption(flag, environment.global_rank())
+        return outcome.metrics
+
+    @staticmethod
+    def _hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
+        if rank == 0:
+            log.info("checkpoint written on every rank; handing over to submitit to requeue")
+            flag.hand_over()
+            raise RuntimeError("submitit did not requeue the preempted job")
+        sys.stdout.flush()
+        os._exit(0)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The requeued job is this same job: it resumes from the run dir's newest valid checkpoint."""
+        return submitit.helpers.DelayedSubmission(self)

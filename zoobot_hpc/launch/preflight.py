@@ -1,0 +1,121 @@
+"""Checks run on the login node before anything is queued; each failure is one line naming what is wrong."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from zoobot_hpc.config import RunConfig
+from zoobot_hpc.data.shard_format import DatasetError
+from zoobot_hpc.data.validate import validate_dataset
+from zoobot_hpc.model.encoders import ensure_encoder_weights
+from zoobot_hpc.model.tree import TreeSchema
+
+
+class PreflightError(RuntimeError):
+    """A problem found before submission; nothing was submitted."""
+
+
+def required_label_columns(config: RunConfig) -> list[str]:
+    """The dataset columns the configured model trains on."""
+    model = config.model
+    if model.kind == "tree":
+        return TreeSchema(model.question_answer_pairs, model.dependencies).label_cols
+    return [model.label_col]
+
+
+def slurm_reachable() -> bool:
+    """True when SLURM's clients are installed and its controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
+
+
+def resolve_executor(config: RunConfig) -> str:
+    """The executor a config asks for; `auto` is SLURM when a controller answers, else submitit's local one."""
+    choice = config.resources.executor
+    if choice == "auto":
+        return "slurm" if slurm_reachable() else "local"
+    return choice
+
+
+def check_resources(config: RunConfig, executor: str) -> None:
+    res = config.resources
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise PreflightError("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
+    if executor == "local" and res.nodes > 1:
+        raise PreflightError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
+
+
+def check_dataset(config: RunConfig) -> None:
+    """The dataset validates and holds what the model needs: label columns, channels, a train and val split."""
+    try:
+        summary = validate_dataset(
+            config.data.dataset_dir,
+            required_label_cols=required_label_columns(config),
+            locking=config.data.hdf5_locking,
+        )
+    except DatasetError as exc:
+        raise PreflightError(f"data.dataset_dir: {exc}") from None
+    for split in ("train", "val"):
+        if summary.split_counts.get(split, 0) == 0:
+            raise PreflightError(f"data.dataset_dir={config.data.dataset_dir}: no '{split}' split to train on")
+    channels = summary.image_shape[2]
+    if channels == 1 and not config.model.greyscale:
+        raise PreflightError(
+            f"data.dataset_dir={config.data.dataset_dir} has 1-channel images; set model.greyscale=true"
+        )
+    train_count = summary.split_counts["train"]
+    if train_count < config.world_size:
+        raise PreflightError(
+            f"the train split has {train_count} images, fewer than the {config.world_size} ranks of the job"
+        )
+
+
+def check_encoder(config: RunConfig, allow_download: bool) -> None:
+    """Pretrained weights are in the local cache now (fetched here when allowed), not on the compute node."""
+    model = config.model
+    if not model.pretrained or model.zoobot_checkpoint_loc is not None:
+        if model.zoobot_checkpoint_loc is not None and not Path(model.zoobot_checkpoint_loc).is_file():
+            raise PreflightError(f"model.zoobot_checkpoint_loc={model.zoobot_checkpoint_loc}: file not found")
+        return
+    try:
+        ensure_encoder_weights(model.name, allow_download=allow_download)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PreflightError(f"model.name={model.name}: {exc}") from None
+
+
+def check_writable(directory: Path) -> None:
+    """The output directory can be created and written to."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"output_dir={directory}: not writable ({exc.strerror or exc})") from None
+    if not os.access(directory, os.W_OK):
+        raise PreflightError(f"output_dir={directory}: not writable")
+
+
+def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_download: bool = True) -> None:
+    """Run every check once per distinct dataset / encoder among `configs`; raises PreflightError."""
+    seen_datasets: set[tuple] = set()
+    seen_encoders: set[tuple] = set()
+    for config in configs:
+        check_resources(config, executor)
+        key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
+        if key not in seen_datasets:
+            check_dataset(config)
+            seen_datasets.add(key)
+        encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
+        if encoder_key not in seen_encoders:
+            check_encoder(config, allow_download)
+            seen_encoders.add(encoder_key)
+    check_writable(output_dir)

@@ -1,0 +1,161 @@
+"""`zoobot-hpc status` and `cancel`: the scheduler's view of runs joined with what their run dirs say."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoobot_hpc import run_dir as layout
+
+
+@dataclass
+class RunStatus:
+    name: str
+    run_dir: Path
+    executor: str | None
+    job_id: str | None
+    state: str
+    requeues: int
+    epoch: str
+    best: str
+    latest_checkpoint: str | None
+
+    def line(self) -> str:
+        checkpoint = Path(self.latest_checkpoint).name if self.latest_checkpoint else "-"
+        return (
+            f"{self.name:<40} {self.job_id or '-':>12} {self.state:<11} requeues={self.requeues:<2} "
+            f"epoch={self.epoch:<7} best={self.best:<22} ckpt={checkpoint}"
+        )
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """Job id -> state from sacct (squeue for jobs sacct does not know yet)."""
+    states: dict[str, str] = {}
+    if not job_ids:
+        return states
+    if shutil.which("sacct"):
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+    missing = [j for j in job_ids if j not in states]
+    if missing and shutil.which("squeue"):
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True, text=True, check=False
+        ).stdout
+        for line in out.splitlines():
+            job, _, state = line.partition("|")
+            states[job.strip()] = state.strip()
+    return states
+
+
+def _process_alive(pid: str) -> bool:
+    try:
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return False
+    return fields[0] != "Z"
+
+
+def local_state(job_id: str, submitit_folder: Path) -> str:
+    """State of a submitit local job: its controller process, else the result it pickled."""
+    if _process_alive(job_id):
+        return "RUNNING"
+    result = Path(submitit_folder) / f"{job_id}_0_result.pkl"
+    if not result.exists():
+        return "ENDED"
+    with open(result, "rb") as handle:
+        outcome = pickle.load(handle)[0]
+    return "COMPLETED" if outcome == "success" else "FAILED"
+
+
+def _format_best(progress: dict | None, summary: dict | None) -> str:
+    source = summary or progress
+    if not source or source.get("best") is None:
+        return "-"
+    return f"{source['monitor']}={source['best']:.4g}"
+
+
+def collect_status(path: Path) -> list[RunStatus]:
+    """One RunStatus per run under `path` (a run dir or a sweep dir)."""
+    runs = layout.find_run_dirs(path)
+    submissions = {r: layout.read_json(r / layout.SUBMISSION) or {} for r in runs}
+    slurm_ids = [s["job_id"] for s in submissions.values() if s.get("executor") == "slurm"]
+    states = slurm_states(slurm_ids)
+    result = []
+    for run in runs:
+        sub = submissions[run]
+        progress = layout.read_json(run / layout.PROGRESS)
+        summary = layout.read_json(run / layout.SUMMARY)
+        job_id = sub.get("job_id")
+        if sub.get("executor") == "slurm":
+            state = states.get(job_id, "UNKNOWN")
+        elif sub.get("executor") == "local":
+            state = local_state(job_id, Path(sub["submitit_folder"]))
+        else:
+            state = "FINISHED" if summary else "NOT-SUBMITTED"
+        epoch = f"{progress['epoch']}/{progress['max_epochs']}" if progress else "-"
+        result.append(
+            RunStatus(
+                name=run.name,
+                run_dir=run,
+                executor=sub.get("executor"),
+                job_id=job_id,
+                state=state,
+                requeues=max(len(layout.read_segments(run)) - 1, 0),
+                epoch=epoch,
+                best=_format_best(progress, summary),
+                latest_checkpoint=(progress or {}).get("latest_checkpoint"),
+            )
+        )
+    return result
+
+
+def cancel_runs(path: Path) -> list[str]:
+    """Cancel the jobs of every run under `path`; returns the job ids signalled."""
+    cancelled = []
+    slurm_ids = []
+    for run in layout.find_run_dirs(path):
+        sub = layout.read_json(run / layout.SUBMISSION) or {}
+        if sub.get("executor") == "slurm":
+            slurm_ids.append(sub["job_id"])
+        elif sub.get("executor") == "local":
+            try:
+                os.kill(int(sub["job_id"]), signal.SIGINT)
+                cancelled.append(sub["job_id"])
+            except ProcessLookupError:
+                pass
+    if slurm_ids:
+        subprocess.run(["scancel", *sorted(set(slurm_ids))], check=True)
+        cancelled += slurm_ids
+    return cancelled
+
+
+def follow(submission_logs: list[Path], is_done, poll_s: float = 1.0) -> None:
+    """Print the new lines of each job's log until `is_done()`; for watching a local or queued job by hand."""
+    offsets = {path: 0 for path in submission_logs}
+    while True:
+        finished = is_done()
+        for path in submission_logs:
+            if not path.exists():
+                continue
+            with open(path, errors="replace") as handle:
+                handle.seek(offsets[path])
+                chunk = handle.read()
+                offsets[path] = handle.tell()
+            if chunk:
+                print(chunk, end="", flush=True)
+        if finished:
+            return
+        time.sleep(poll_s)

@@ -1,0 +1,165 @@
+"""`zoobot-hpc submit`: expand a config into runs, check everything on the login node, submit one job or one array."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
+from zoobot_hpc.launch.executor import make_executor, sbatch_script
+from zoobot_hpc.launch.job import TrainingJob
+from zoobot_hpc.launch.preflight import preflight, resolve_executor
+from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    point: Point
+    config: RunConfig
+    run_dir: Path
+
+
+@dataclass
+class Plan:
+    """What a submit would do: the runs, where they go, and which executor runs them."""
+
+    runs: list[PlannedRun]
+    executor: str
+    base_dir: Path
+    sweep_name: str | None
+    source: str
+    overrides: list[str] = field(default_factory=list)
+    grid_file: str | None = None
+
+    @property
+    def submitit_dir(self) -> Path:
+        return self.base_dir / "submitit"
+
+
+def plan_runs(
+    config_path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    grid_file: str | Path | None = None,
+    sweep_name: str | None = None,
+) -> Plan:
+    """Expand overrides and grid into validated run configs with their run directories (nothing is written)."""
+    raw = load_yaml(config_path)
+    fixed, swept = parse_overrides(overrides)
+    for key, value in fixed.items():
+        apply_override(raw, key.split("."), value)
+    axes, include = load_grid(grid_file) if grid_file else ({}, [])
+    overlap = set(axes) & set(swept)
+    if overlap:
+        raise ConfigError(f"{sorted(overlap)[0]} is swept both on the command line and in {grid_file}")
+    points = expand_points({**axes, **swept}, include)
+    base = build_config(raw, source=str(config_path))
+    is_sweep = len(points) > 1 or bool(grid_file)
+    sweep = (sweep_name or f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}") if is_sweep else None
+    base_dir = base.output_dir / (sweep or base.name)
+
+    runs: list[PlannedRun] = []
+    names: set[str] = set()
+    for index, point in enumerate(points):
+        name = run_name(point) if is_sweep else base.name
+        if name in names:
+            name = f"{name}-{index}"
+        names.add(name)
+        point_raw = _deep_copy(raw)
+        for key, value in point.items():
+            apply_override(point_raw, key.split("."), value)
+        point_raw["name"] = name
+        where = f"{config_path} [{name}]" if is_sweep else str(config_path)
+        config = build_config(point_raw, source=where)
+        runs.append(PlannedRun(name, point, config, base_dir / name if is_sweep else base_dir))
+    return Plan(
+        runs=runs,
+        executor=resolve_executor(base),
+        base_dir=base_dir,
+        sweep_name=sweep,
+        source=str(config_path),
+        overrides=list(overrides),
+        grid_file=str(grid_file) if grid_file else None,
+    )
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def describe_plan(plan: Plan) -> str:
+    """The resolved config(s) and the sbatch script, for --dry-run."""
+    parts = [f"# executor: {plan.executor}; {len(plan.runs)} run(s) under {plan.base_dir}"]
+    for run in plan.runs:
+        parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(run.config)}")
+    job_name = plan.sweep_name or plan.runs[0].config.name
+    if plan.executor == "slurm" or plan.runs[0].config.resources.executor != "local":
+        parts.append("# --- sbatch script\n" + sbatch_script(plan.runs[0].config, plan.submitit_dir, job_name,
+                                                              len(plan.runs)))
+    return "\n".join(parts)
+
+
+@dataclass
+class Submission:
+    plan: Plan
+    jobs: list[submitit.Job]
+
+    def log_paths(self) -> list[Path]:
+        return [job.paths.stdout for job in self.jobs]
+
+
+def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
+    """Check everything, then submit the plan's runs: one job, or one job array. Returns without waiting."""
+    configs = [run.config for run in plan.runs]
+    preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download)
+    for run in plan.runs:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / layout.CONFIG).write_text(dump_config(run.config))
+    job_name = plan.sweep_name or plan.runs[0].config.name
+    executor = make_executor(plan.runs[0].config, plan.submitit_dir, plan.executor, job_name)
+    calls = [
+        TrainingJob(run.config.model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
+        for run in plan.runs
+    ]
+    if len(calls) == 1:
+        jobs = [executor.submit(calls[0])]
+    else:
+        with executor.batch():
+            jobs = [executor.submit(call) for call in calls]
+    submitted = time.time()
+    for run, job in zip(plan.runs, jobs):
+        layout.write_json(
+            run.run_dir / layout.SUBMISSION,
+            {
+                "executor": plan.executor,
+                "job_id": job.job_id,
+                "submitit_folder": str(plan.submitit_dir.resolve()),
+                "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr),
+                "point": run.point,
+                "sweep": plan.sweep_name,
+                "submitted": submitted,
+            },
+        )
+    if plan.sweep_name:
+        layout.write_json(
+            plan.base_dir / layout.SWEEP,
+            {
+                "sweep": plan.sweep_name,
+                "source": plan.source,
+                "overrides": plan.overrides,
+                "grid_file": plan.grid_file,
+                "executor": plan.executor,
+                "submitted": submitted,
+                "runs": [
+                    {"name": r.name, "point": r.point, "run_dir": str(r.run_dir), "job_id": j.job_id}
+                    for r, j in zip(plan.runs, jobs)
+                ],
+            },
+        )
+    return Submission(plan, jobs)

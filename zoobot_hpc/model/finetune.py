@@ -1,0 +1,416 @@
+"""FinetuneableZoobot LightningModules: a timm encoder plus a dropout + linear head, trained with AdamW.
+
+Batches are dicts: `image` float32 (B, C, H, W) in [0, 1] plus the model's `label_cols`.
+"""
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.regression import MeanSquaredError
+
+from zoobot_hpc.model.encoders import create_encoder, encoder_from_checkpoint
+from zoobot_hpc.model.param_groups import apply_lr_scale, finetuning_param_groups
+from zoobot_hpc.model.schedulers import (
+    create_scheduler,
+    set_schedule_position,
+    steps_on_epochs,
+    validate_scheduler_kwargs,
+)
+from zoobot_hpc.model.tree import DirichletConcentrations, TreeSchema, tree_loss, vote_fractions
+
+STAGES = ("train", "validation", "test")
+TRAINING_MODES = ("full", "head_only")
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU RNG seeded to `seed`, leaving the global RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check(valid: bool, message: str) -> None:
+    if not valid:
+        raise ValueError(message)
+
+
+class FinetuneableZoobotAbstract(L.LightningModule):
+    """Shared encoder, optimiser, schedule, logging and checkpoint behaviour of the finetuneable models.
+
+    Args:
+        name: timm encoder name: any timm name, `hf_hub:owner/repo` or `local-dir:/path`.
+        encoder: an in-memory encoder instead of `name` (pooled output, `num_features`); not saved in hparams,
+            so pass it again to `load_from_checkpoint`.
+        zoobot_checkpoint_loc: a Lightning checkpoint whose `encoder.*` weights to start from.
+        pretrained: load the named encoder's pretrained weights (ignored when restoring a checkpoint).
+        timm_kwargs: extra `timm.create_model` keywords (e.g. drop_path_rate).
+        greyscale: one input channel instead of three.
+        learning_rate: AdamW lr of the head and the top encoder block.
+        training_mode: 'full' (encoder and head) or 'head_only' (frozen encoder kept in eval mode).
+        layer_decay: lr factor per encoder block below the top (timm's layer grouping).
+        weight_decay: AdamW weight decay of the encoder's >1-D parameters (the head has none).
+        head_dropout_prob: dropout probability before the head's linear layer.
+        scheduler_kwargs: timm `create_scheduler_v2` keywords, e.g. {'sched': 'cosine', 'num_epochs': 50}.
+        seed: seeds the random initialisation of the head (and of a non-pretrained encoder).
+    """
+
+    task: ClassVar[str]
+    monitor_metric: ClassVar[str] = "validation/loss"
+    monitor_mode: ClassVar[str] = "min"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        encoder: nn.Module | None = None,
+        zoobot_checkpoint_loc: str | None = None,
+        pretrained: bool = True,
+        timm_kwargs: Mapping[str, Any] | None = None,
+        greyscale: bool = False,
+        learning_rate: float = 1e-4,
+        training_mode: str = "full",
+        layer_decay: float = 0.75,
+        weight_decay: float = 0.05,
+        head_dropout_prob: float = 0.5,
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        _check(
+            training_mode in TRAINING_MODES,
+            f"training_mode={training_mode!r} must be one of {TRAINING_MODES}",
+        )
+        _check(_is_real(learning_rate) and learning_rate > 0, f"learning_rate={learning_rate!r} must be > 0")
+        _check(
+            _is_real(layer_decay) and 0 <= layer_decay <= 1, f"layer_decay={layer_decay!r} must be in [0, 1]"
+        )
+        _check(_is_real(weight_decay) and weight_decay >= 0, f"weight_decay={weight_decay!r} must be >= 0")
+        _check(
+            _is_real(head_dropout_prob) and 0 <= head_dropout_prob < 1,
+            f"head_dropout_prob={head_dropout_prob!r} must be in [0, 1)",
+        )
+        _check(isinstance(seed, int) and not isinstance(seed, bool), f"seed={seed!r} must be an int")
+        _check(
+            sum(source is not None for source in (name or zoobot_checkpoint_loc, encoder)) == 1,
+            "give exactly one encoder source (name and/or zoobot_checkpoint_loc, or encoder); got "
+            f"name={name!r}, zoobot_checkpoint_loc={zoobot_checkpoint_loc!r}, "
+            f"encoder={type(encoder).__name__ if encoder is not None else None}",
+        )
+        self.save_hyperparameters(ignore=["encoder"])
+        self.hparams.scheduler_kwargs = validate_scheduler_kwargs(scheduler_kwargs)
+        self.hparams.timm_kwargs = None if timm_kwargs is None else dict(timm_kwargs)
+        self.metrics = nn.ModuleDict()
+
+        if encoder is not None:
+            self.encoder = create_encoder(encoder)
+        elif zoobot_checkpoint_loc is not None:
+            self.encoder, self.hparams.name, self.hparams.timm_kwargs = encoder_from_checkpoint(
+                zoobot_checkpoint_loc, name, timm_kwargs, greyscale
+            )
+        else:
+            with seeded(seed):
+                self.encoder = create_encoder(name, pretrained, timm_kwargs, greyscale)
+        if self.head_only:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    @property
+    def head_only(self) -> bool:
+        """Whether only the head trains (the encoder is frozen and kept in eval mode)."""
+        return self.hparams.training_mode == "head_only"
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the encoder takes."""
+        return 1 if self.hparams.greyscale else 3
+
+    @property
+    def label_cols(self) -> list[str]:
+        """The batch keys holding this model's labels."""
+        raise NotImplementedError
+
+    def linear_head(self, out_features: int, activation: nn.Module | None = None) -> nn.Sequential:
+        """Zoobot's head: dropout, one linear layer, optional activation; seeded by `seed`."""
+        with seeded(self.hparams.seed):
+            layers = [
+                nn.Dropout(self.hparams.head_dropout_prob),
+                nn.Linear(self.encoder.num_features, out_features),
+            ]
+        return nn.Sequential(*layers, *([activation] if activation is not None else []))
+
+    def add_stage_metric(self, metric_name: str, make_metric: Callable[[], Metric]) -> None:
+        """Register one `make_metric()` per stage, logged as f"{stage}/{metric_name}"."""
+        for stage in STAGES:
+            self.metrics[f"{stage}_{metric_name}"] = make_metric()
+
+    def log_stage_metric(
+        self, stage: str, metric_name: str, preds: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        """Update the stage's metric with a batch; log it per epoch (torchmetrics syncs it across ranks)."""
+        metric = self.metrics[f"{stage}_{metric_name}"]
+        metric.update(preds, target)
+        self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True)
+
+    def train(self, mode: bool = True) -> "FinetuneableZoobotAbstract":
+        """Set train/eval mode; in head_only mode the encoder stays in eval mode."""
+        super().train(mode)
+        if self.head_only:
+            self.encoder.eval()
+        return self
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's pooled features (B, num_features) of float images in [0, 1]."""
+        if self.head_only:
+            with torch.no_grad():
+                return self.encoder(images)
+        return self.encoder(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Head outputs (logits, values or concentrations) for float images (B, C, H, W) in [0, 1]."""
+        return self.head(self.embed(images))
+
+    def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The scalar training loss of a batch."""
+        raise NotImplementedError
+
+    def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        """Update and log the task's metrics for a batch (the loss is logged separately)."""
+
+    def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named predictions from head outputs."""
+        raise NotImplementedError
+
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
+        outputs = self(batch["image"])
+        loss = self.compute_loss(outputs, batch)
+        batch_size = batch["image"].shape[0]
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        self.log_metrics(outputs.detach(), batch, stage)
+        return loss
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "validation")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(
+        self, batch: Mapping[str, Any], batch_idx: int = 0, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
+        return self.predictions(self(batch["image"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """AdamW over layer-decayed groups; with `scheduler_kwargs`, timm's scheduler stepped by Lightning."""
+        hparams = self.hparams
+        groups = finetuning_param_groups(
+            self.encoder,
+            self.head,
+            learning_rate=hparams.learning_rate,
+            weight_decay=hparams.weight_decay,
+            layer_decay=hparams.layer_decay,
+            train_encoder=not self.head_only,
+        )
+        optimizer = torch.optim.AdamW(groups, lr=hparams.learning_rate)
+        scheduler_kwargs = hparams.scheduler_kwargs
+        scheduler = None
+        if scheduler_kwargs is not None:
+            on_epochs = steps_on_epochs(scheduler_kwargs)
+            updates_per_epoch = (
+                None if on_epochs or scheduler_kwargs.get("updates_per_epoch") else self._updates_per_epoch()
+            )
+            scheduler = create_scheduler(optimizer, scheduler_kwargs, updates_per_epoch)
+        if scheduler is None:
+            apply_lr_scale(optimizer)
+            return optimizer
+        interval = "epoch" if scheduler.t_in_epochs else "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _updates_per_epoch(self) -> int:
+        trainer = self.trainer
+        _ = trainer.estimated_stepping_batches  # loads the train dataloader, which sets num_training_batches
+        batches = trainer.num_training_batches
+        _check(
+            math.isfinite(batches),
+            "scheduler_kwargs step_on_epochs=False needs updates_per_epoch (train dataloader has no length)",
+        )
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Advance timm's scheduler: to the next epoch (per-epoch schedules) or to `global_step` updates."""
+        set_schedule_position(scheduler, epoch=self.current_epoch + 1, num_updates=self.global_step)
+
+    def on_train_start(self) -> None:
+        """Put the schedule at the current position, so a run resumed from a checkpoint uses the right lrs."""
+        for config in self.trainer.lr_scheduler_configs:
+            set_schedule_position(config.scheduler, epoch=self.current_epoch, num_updates=self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Weights live in the checkpoint: restoring rebuilds the encoder without pretrained weights."""
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"].update(pretrained=False, zoobot_checkpoint_loc=None)
+
+
+class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
+    """Classifier with cross-entropy loss; logs loss and accuracy.
+
+    Args:
+        num_classes: number of classes (>= 2); labels are int64 class indices in `batch[label_col]`.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        class_weights: optional per-class loss weights (num_classes non-negative numbers).
+        class_names: optional names of the classes, in index order.
+        label_col: the batch key of the labels.
+        **kwargs: the arguments of `FinetuneableZoobotAbstract`.
+    """
+
+    task: ClassVar[str] = "classification"
+
+    def __init__(
+        self,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+        label_col: str = "label",
+        **kwargs: Any,
+    ) -> None:
+        _check(
+            isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 2,
+            f"num_classes={num_classes!r} must be an int >= 2",
+        )
+        _check(
+            _is_real(label_smoothing) and 0 <= label_smoothing < 1,
+            f"label_smoothing={label_smoothing!r} must be in [0, 1)",
+        )
+        _check(
+            class_weights is None
+            or (len(class_weights) == num_classes and all(_is_real(w) and w >= 0 for w in class_weights)),
+            f"class_weights={class_weights!r} must be {num_classes} non-negative numbers",
+        )
+        _check(
+            class_names is None or len(class_names) == num_classes,
+            f"class_names={class_names!r} must name {num_classes} classes",
+        )
+        _check(
+            isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str"
+        )
+        super().__init__(**kwargs)
+        self.hparams.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.hparams.class_names = None if class_names is None else list(class_names)
+        weights = None if class_weights is None else torch.tensor(self.hparams.class_weights)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.head = self.linear_head(num_classes)
+        self.add_stage_metric("accuracy", lambda: MulticlassAccuracy(num_classes, average="micro"))
+
+    @property
+    def label_cols(self) -> list[str]:
+        return [self.hparams.label_col]
+
+    def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(
+            outputs,
+            batch[self.hparams.label_col].long(),
+            weight=self.class_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+
+    def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        self.log_stage_metric(stage, "accuracy", outputs.argmax(dim=1), batch[self.hparams.label_col].long())
+
+    def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"probabilities": outputs.softmax(dim=1)}
+
+
+class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
+    """Regressor of one float label; logs loss and RMSE.
+
+    Args:
+        loss: 'mse' or 'mae'.
+        unit_interval: squash predictions into (0, 1) with a sigmoid.
+        label_col: the batch key of the float32 labels.
+        **kwargs: the arguments of `FinetuneableZoobotAbstract`.
+    """
+
+    task: ClassVar[str] = "regression"
+    LOSSES: ClassVar[dict[str, Callable[..., torch.Tensor]]] = {"mse": F.mse_loss, "mae": F.l1_loss}
+
+    def __init__(
+        self, loss: str = "mse", unit_interval: bool = False, label_col: str = "label", **kwargs: Any
+    ) -> None:
+        _check(loss in self.LOSSES, f"loss={loss!r} must be one of {sorted(self.LOSSES)}")
+        _check(
+            isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str"
+        )
+        super().__init__(**kwargs)
+        self.head = self.linear_head(1, nn.Sigmoid() if unit_interval else None)
+        self.add_stage_metric("rmse", lambda: MeanSquaredError(squared=False))
+
+    @property
+    def label_cols(self) -> list[str]:
+        return [self.hparams.label_col]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Predicted values (B,)."""
+        return super().forward(images).squeeze(-1)
+
+    def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.LOSSES[self.hparams.loss](outputs, batch[self.hparams.label_col].to(outputs.dtype))
+
+    def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        self.log_stage_metric(stage, "rmse", outputs, batch[self.hparams.label_col].to(outputs.dtype))
+
+    def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"values": outputs}
+
+
+class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
+    """Decision-tree model (Zoobot's schema): Dirichlet concentrations per answer, Dirichlet-multinomial loss.
+
+    Args:
+        question_answer_pairs: question -> its answers; the label column of each is f"{question}_{answer}".
+        dependencies: question -> the answer column it follows from, or None for a top-level question.
+        **kwargs: the arguments of `FinetuneableZoobotAbstract`.
+    """
+
+    task: ClassVar[str] = "tree"
+
+    def __init__(
+        self,
+        question_answer_pairs: Mapping[str, Sequence[str]],
+        dependencies: Mapping[str, str | None],
+        **kwargs: Any,
+    ) -> None:
+        schema = TreeSchema(question_answer_pairs, dependencies)
+        super().__init__(**kwargs)
+        self.hparams.question_answer_pairs = schema.question_answer_pairs
+        self.hparams.dependencies = schema.dependencies
+        self.schema = schema
+        self.head = self.linear_head(len(schema.label_cols), DirichletConcentrations())
+
+    @property
+    def label_cols(self) -> list[str]:
+        return self.schema.label_cols
+
+    def vote_counts(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The batch's vote counts (B, A) in `label_cols` order."""
+        return torch.stack([batch[column] for column in self.label_cols], dim=1).float()
+
+    def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return tree_loss(self.vote_counts(batch), outputs, self.schema).mean()
+
+    def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"concentrations": outputs, "vote_fractions": vote_fractions(outputs, self.schema)}
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

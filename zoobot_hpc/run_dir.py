@@ -1,0 +1,66 @@
+"""The layout of a run directory: what each file is called, and small readers/writers for its JSON files.
+
+```
+RUN_DIR/config.yaml         the resolved config this run trains
+RUN_DIR/submission.json     how it was submitted (executor, job id, array index, submitit folder)
+RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several)
+RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
+RUN_DIR/summary.json        final metrics, written when training ends
+RUN_DIR/checkpoints/        resume.ckpt (full state), last.ckpt, best.ckpt
+RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
+RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+SUBMISSION = "submission.json"
+SEGMENTS = "segments.jsonl"
+PROGRESS = "progress.json"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics"
+WANDB = "wandb"
+WANDB_RUN_ID = "wandb_run_id"
+SWEEP = "sweep.json"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Read a JSON file, or None when it does not exist."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def append_segment(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / SEGMENTS, "a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def read_segments(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / SEGMENTS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """A run directory itself, or every run directory of a sweep directory, in name order."""
+    path = Path(path)
+    if (path / CONFIG).exists():
+        return [path]
+    return sorted(p.parent for p in path.glob(f"*/{CONFIG}"))
