@@ -17,6 +17,7 @@ Run ``python benchmarks/loader_throughput.py --help`` for the sizes, workers and
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Iterable
@@ -41,7 +42,7 @@ UNIQUE_GALAXIES = 128
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=2000, help="number of images (default 2000)")
+    parser.add_argument("--images", type=int, default=3000, help="number of images")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for (a) and (b)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=224, help="shard / training image size")
@@ -166,6 +167,7 @@ def main() -> None:
     workdir_context = tempfile.TemporaryDirectory(prefix="loader-bench-") if args.workdir is None else None
     workdir = Path(workdir_context.name) if workdir_context else args.workdir
     print(f"{args.images} images, {args.workers} workers, batch {args.batch_size}, device {args.device}")
+    print(f"load average (1 min) at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     start = time.perf_counter()
     catalog = write_jpeg_folder(workdir / "jpegs", args.images, args.jpeg_size, args.workers)
@@ -202,10 +204,9 @@ def main() -> None:
 
     print(f"(a) JPEG folder, PIL + torchvision in workers: {rate_a:9.0f} img/s (float batches)")
     print(f"(b) HDF5 shards, ShardDataModule loader:      {rate_b:9.0f} img/s (uint8 batches)")
-    print(
-        f"(c) augment_batch on {args.device}:{'':<22}{seconds_c * 1e3:9.3f} ms/img ({1 / seconds_c:.0f} img/s)"
-    )
+    print(f"(c) augment_batch on {args.device}:{'':<22}{seconds_c * 1e3:9.3f} ms/img ({1 / seconds_c:.0f} img/s)")
     print(f"(d) one process, contiguous shard read:       {rate_d:9.0f} img/s")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"b/a = {rate_b / rate_a:.1f}   (target >= 10)")
     print(f"b/d = {rate_b / rate_d:.2f}  (target >= 0.5)")
     if workdir_context is not None:

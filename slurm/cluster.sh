@@ -149,18 +149,31 @@ terminate() {
 # whose pid file was lost is found the same way. All of them carry this root's marker in their environment.
 marked_pids() {
     local environ_file pid
-    for environ_file in $(grep -lzxF "$DAEMON_MARKER=$ROOT" /proc/[0-9]*/environ 2>/dev/null); do
+    while read -r environ_file; do
         pid=${environ_file#/proc/}
         pid=${pid%/environ}
         [[ $(cat "/proc/$pid/stat" 2>/dev/null) == "$pid ("*") "[^Z]* ]] && echo "$pid"
-    done
+    done < <(grep -lzxF "$DAEMON_MARKER=$ROOT" /proc/[0-9]*/environ 2>/dev/null)
     return 0
+}
+
+# The given PIDs and all their descendants (job tasks under a leftover slurmstepd).
+with_descendants() {
+    ps -eo pid=,ppid= | awk -v roots="$*" '
+        BEGIN { n = split(roots, list, " "); for (i = 1; i <= n; i++) keep[list[i]] = 1 }
+        { parent[$1] = $2 }
+        END {
+            do { grown = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grown = 1 } } while (grown)
+            for (p in keep) print p
+        }'
 }
 
 kill_marked_leftovers() {
     local pids waited=0
     pids=$(marked_pids)
     [[ -n $pids ]] || return 0
+    # shellcheck disable=SC2086
+    pids=$(with_descendants $pids)
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
     while [[ -n $(marked_pids) ]] && ((waited < STOP_WAIT_S * 10)); do
@@ -199,13 +212,15 @@ node_list() {
     echo "${names[*]}"
 }
 
+# Jobs resolve the node names (DDP takes MASTER_ADDR from the node list) and the daemons this host's name.
 ensure_hosts_entries() {
     local name missing=()
-    for name in $(node_list); do
+    for name in "$(hostname -s)" $(node_list); do
         getent hosts "$name" >/dev/null || missing+=("$name")
     done
     if ((${#missing[@]} > 0)); then
-        echo "127.0.0.1 ${missing[*]}" >>/etc/hosts
+        echo "127.0.0.1 ${missing[*]}" 2>/dev/null >>/etc/hosts ||
+            say "warning: could not add '127.0.0.1 ${missing[*]}' to /etc/hosts; jobs need MASTER_ADDR=127.0.0.1"
     fi
 }
 
@@ -337,7 +352,8 @@ start_cluster() {
         port_open "$port" && die "port $port is already in use (another slurm daemon?): $(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)"
     done
 
-    mkdir -p "$CONF_DIR" "$PID_DIR" "$LOG_DIR" "$ROOT/run" "$ROOT/state" "$ROOT/spool"
+    mkdir -p "$CONF_DIR" "$PID_DIR" "$LOG_DIR" "$ROOT/run" "$ROOT/state" "$ROOT/spool" 2>/dev/null ||
+        die "cannot create the cluster root --root $ROOT"
     rm -rf "$ROOT/state"/* "$ROOT/spool"/*
     rm -f "$PID_DIR/order"
     write_configs

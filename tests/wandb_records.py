@@ -68,7 +68,9 @@ def _update_config(config: dict[str, Any], items) -> None:
     for item in items:
         key = item.key or "/".join(item.nested_key)
         value = json.loads(item.value_json)
-        config[key] = value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+        config[key] = (
+            value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+        )
 
 
 def read_offline_run(path: Path) -> OfflineRun:

@@ -56,9 +56,7 @@ def main() -> None:
 @click.option("--label-col", "label_cols", multiple=True, help="Label column (repeat for several).")
 @click.option("--allow-nan", multiple=True, help="Label column where NaN (missing) is allowed (repeatable).")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(min=1), help="Image size (px).")
-@click.option(
-    "--channels", default=3, show_default=True, type=click.Choice(["1", "3"]), help="Image channels."
-)
+@click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]), help="Image channels.")
 @click.option("--split-fractions", default="0.8,0.1,0.1", show_default=True, type=Fractions())
 @click.option("--split-col", default=None, help="Column naming each row's split instead of the id hash.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
@@ -140,3 +138,150 @@ def inspect(dataset_dir: str, checksums: bool, locking: bool | None, label_cols:
     click.echo(summary.format())
     if not summary.is_valid:
         raise SystemExit(1)
+
+
+def _fail(error: Exception) -> None:
+    raise click.ClickException(str(error)) from error
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--grid", "grid_file", type=click.Path(exists=True, dir_okay=False), help="Grid file to sweep.")
+@click.option("--sweep-name", default=None, help="Name of the sweep directory (default: config name + time).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config(s) and sbatch script; submit nothing.")
+@click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading missing encoder weights.")
+def submit(
+    config: str,
+    overrides: tuple[str, ...],
+    grid_file: str | None,
+    sweep_name: str | None,
+    dry_run: bool,
+    follow: bool,
+    no_download: bool,
+) -> None:
+    """Submit CONFIG (with KEY=VALUE overrides; KEY=a,b,c sweeps) as one job or one job array."""
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.launch.preflight import PreflightError
+    from zoobot_hpc.launch.status import follow as follow_logs
+    from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan
+
+    try:
+        plan = plan_runs(config, overrides, grid_file, sweep_name)
+        if dry_run:
+            click.echo(describe_plan(plan))
+            return
+        submission = submit_plan(plan, allow_download=not no_download)
+    except (ConfigError, PreflightError, DatasetError) as error:
+        _fail(error)
+    where = plan.base_dir.resolve()
+    click.echo(f"submitted {len(submission.jobs)} run(s) with the {plan.executor} executor; run dir: {where}")
+    for run, job, log_path in zip(plan.runs, submission.jobs, submission.log_paths(), strict=True):
+        click.echo(f"  job {job.job_id}  {run.name}  log: {log_path}")
+    if plan.sweep_name:
+        click.echo(f"watch it: zoobot-hpc status {where}")
+    if follow:
+        follow_logs(submission.log_paths(), lambda: all(job.done() for job in submission.jobs))
+        click.echo(_results_text(plan.runs[0].run_dir))
+
+
+def _results_text(run_dir) -> str:
+    from zoobot_hpc import run_dir as layout
+    from zoobot_hpc.tracking import offline_segments
+
+    summary = layout.read_json(run_dir / layout.SUMMARY)
+    if summary is None:
+        return f"the run did not finish; see {run_dir}"
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["metrics"].items()) if k.startswith("validation/"))
+    lines = [
+        f"validation: {metrics}",
+        f"best {summary['monitor']}={summary['best']:.4g}: {summary['best_checkpoint']}",
+        f"checkpoints: {run_dir / layout.CHECKPOINTS}",
+    ]
+    segments = offline_segments(run_dir)
+    if segments:
+        lines.append(f"W&B offline run: {segments[-1]} (upload: zoobot-hpc sync {run_dir})")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Default: OUTPUT_DIR/NAME.")
+def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
+    """Run CONFIG in this process or allocation (salloc, workstation, your own sbatch script)."""
+    from pathlib import Path
+
+    from zoobot_hpc.checkpointing import PreemptionFlag
+    from zoobot_hpc.config import ConfigError, load_config
+    from zoobot_hpc.launch.job import configure_job_logging, requeue_self
+    from zoobot_hpc.train import run_training
+
+    try:
+        run_config = load_config(config, overrides)
+    except ConfigError as error:
+        _fail(error)
+    configure_job_logging()
+    flag = PreemptionFlag().install()
+    target = Path(run_dir) if run_dir else run_config.output_dir / run_config.name
+    outcome = run_training(run_config, target, flag=flag)
+    if outcome.preempted:
+        requeue_self()
+    click.echo(_results_text(target))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+def status(path: str) -> None:
+    """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint."""
+    from pathlib import Path
+
+    from zoobot_hpc.launch.status import collect_status
+
+    rows = collect_status(Path(path))
+    if not rows:
+        _fail(ValueError(f"{path}: no run directories (with config.yaml) found"))
+    for row in rows:
+        click.echo(row.line())
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+def cancel(path: str) -> None:
+    """Cancel the jobs of a sweep or run directory."""
+    from pathlib import Path
+
+    from zoobot_hpc.launch.status import cancel_runs
+
+    cancelled = cancel_runs(Path(path))
+    click.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}" if cancelled else "nothing to cancel")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the wandb sync commands only.")
+def sync(path: str, dry_run: bool) -> None:
+    """Upload the offline W&B runs under PATH, each requeued run's segments joined into one run."""
+    import shlex
+    from pathlib import Path
+
+    from zoobot_hpc import run_dir as layout
+    from zoobot_hpc.config import load_config
+    from zoobot_hpc.tracking import sync_command, sync_run
+
+    failures = 0
+    for run in layout.find_run_dirs(Path(path)):
+        config = load_config(run / layout.CONFIG)
+        command = sync_command(run, config)
+        if command is None:
+            continue
+        click.echo(shlex.join(command))
+        if not dry_run:
+            failures += sync_run(run, config) != 0
+    if failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -72,9 +72,14 @@ class TreeSettings(_ModelCommon):
         return self
 
 
-ModelSettings = Annotated[
-    ClassifierSettings | RegressorSettings | TreeSettings, Field(discriminator="kind")
-]
+ModelSettings = Annotated[ClassifierSettings | RegressorSettings | TreeSettings, Field(discriminator="kind")]
+
+
+class CallbackSpec(_Section):
+    """An extra Lightning callback, by import path (Lightning CLI's `class_path` / `init_args` convention)."""
+
+    class_path: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+    init_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class TrainerSettings(_Section):
@@ -91,6 +96,7 @@ class TrainerSettings(_Section):
     channels_last: bool = True
     limit_train_batches: int | None = Field(None, gt=0)
     limit_val_batches: int | None = Field(None, gt=0)
+    callbacks: list[CallbackSpec] = Field(default_factory=list)
 
 
 class ResourceSettings(_Section):
@@ -225,7 +231,7 @@ def _describe(exc: ValidationError) -> str:
     if err["type"] == "union_tag_invalid":
         return f"{key}.kind: {err['ctx']['tag']!r} is not one of {err['ctx']['expected_tags']}"
     if err["type"] == "value_error":
-        return f"{key}: {str(err['ctx']['error'])}" if key else str(err["ctx"]["error"])
+        return f"{key}: {err['ctx']['error']!s}" if key else str(err["ctx"]["error"])
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
     return f"{key}: {err['msg']}{shown}" if key else f"{err['msg']}"

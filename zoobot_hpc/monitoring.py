@@ -113,9 +113,7 @@ class ProgressFile(Callback):
             self.best = value if self.best is None else better(self.best, value)
         if trainer.global_rank:
             return
-        latest = sorted(
-            (self.path.parent / layout.CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime
-        )
+        latest = sorted((self.path.parent / layout.CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         layout.write_json(
             self.path,
             {

@@ -5,6 +5,7 @@ This is the single code path behind `zoobot-hpc train`, submitit's SLURM jobs an
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -72,6 +74,19 @@ def build_datamodule(config: RunConfig, label_cols: list[str]) -> ShardDataModul
     )
 
 
+def build_extra_callbacks(config: RunConfig) -> list[Callback]:
+    """Instantiate the config's extra callbacks from their import paths."""
+    callbacks = []
+    for spec in config.trainer.callbacks:
+        module_name, _, class_name = spec.class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"trainer.callbacks: cannot import {spec.class_path!r} ({exc})") from None
+        callbacks.append(cls(**spec.init_args))
+    return callbacks
+
+
 def resolve_precision(precision: str) -> str:
     """`auto` is bf16 mixed precision on GPUs that support it, full precision otherwise."""
     if precision != "auto":
@@ -113,6 +128,8 @@ def run_training(
     if interactive is None:
         interactive = sys.stderr.isatty()
     requeue_count = len(layout.read_segments(run_dir))
+    if not config.resources.gpus_per_node:
+        torch.set_num_threads(config.resources.cpus_per_task)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
     model = build_model(config)
@@ -141,6 +158,7 @@ def run_training(
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
         LearningRateMonitor(logging_interval="step"),
     ]
+    callbacks += build_extra_callbacks(config)
     if not interactive:
         callbacks.append(LogLineProgress())
     if config.trainer.early_stopping_patience:

@@ -29,7 +29,7 @@ def test_output_shape_dtype_range_and_layout(images: torch.Tensor, training: boo
     assert out.shape == (8, 1 if greyscale else 3, SIZE, SIZE)
     assert out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert out.std() > 0.05
 
 
@@ -55,7 +55,7 @@ def test_training_view_is_a_pure_function_of_seed_epoch_and_index(images: torch.
 def test_same_image_gets_different_views_at_different_indices(images: torch.Tensor) -> None:
     repeated = images[:1].expand(8, -1, -1, -1).contiguous()
     out = augment_batch(repeated, torch.arange(8), epoch=0, seed=0, config=AugmentConfig(), training=True)
-    assert len({tuple(view.flatten()[:: 997].tolist()) for view in out}) == 8
+    assert len({tuple(view.flatten()[::997].tolist()) for view in out}) == 8
 
 
 def test_eval_is_deterministic_center_crop_and_resize(images: torch.Tensor) -> None:
@@ -114,7 +114,7 @@ def test_shift_stays_within_translate() -> None:
 def test_draws_are_uniform_and_well_mixed() -> None:
     draws = uniform_draws(torch.arange(20_000), epoch=0, seed=2**40 + 3, streams=6)
     assert draws.shape == (20_000, 6)
-    assert 0.0 <= draws.min() and draws.max() < 1.0
+    assert draws.min() >= 0.0 and draws.max() < 1.0
     torch.testing.assert_close(draws.mean(dim=0), torch.full((6,), 0.5), atol=0.01, rtol=0)
     correlation = torch.corrcoef(draws.T)
     assert (correlation - torch.eye(6)).abs().max() < 0.03

@@ -88,8 +88,9 @@ def test_sweep_expansion_product_and_names():
 
 def test_plan_from_grid_file_gives_distinct_run_dirs(tmp_path):
     path = write_config(tmp_path, output_dir=str(tmp_path / "runs"))
-    plan = plan_runs(path, ["trainer.max_epochs=1"], grid_file=REPO / "configs" / "grids" / "lr_layer_decay.yaml",
-                     sweep_name="grid")
+    plan = plan_runs(
+        path, ["trainer.max_epochs=1"], grid_file=REPO / "configs" / "grids" / "lr_layer_decay.yaml", sweep_name="grid"
+    )
     assert plan.sweep_name == "grid"
     assert len(plan.runs) == 4
     assert len({run.run_dir for run in plan.runs}) == 4

@@ -96,8 +96,7 @@ def test_array_tasks_run_concurrently(slurm_cluster: SlurmCluster, tmp_path: Pat
 @pytest.mark.timeout(60)
 def test_requeued_job_restarts_with_restart_count(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     script = (
-        'echo "${SLURM_RESTART_COUNT:-0} $(date +%s.%N)" >> runs.txt; '
-        '[ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 60'
+        'echo "${SLURM_RESTART_COUNT:-0} $(date +%s.%N)" >> runs.txt; [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 60'
     )
     job_id = sbatch(slurm_cluster, "--requeue", "--output=/dev/null", "--wrap", script, cwd=tmp_path)
     runs = tmp_path / "runs.txt"
@@ -194,7 +193,7 @@ def test_submitit_multinode_job_sees_global_ranks(
     assert [result["global_rank"] for result in results] == [0, 1]
     assert {result["num_tasks"] for result in results} == {2}
     assert sorted(result["node"] for result in results) == list(slurm_cluster.nodes[:2])
-    assert job.state == "COMPLETED"
+    poll(lambda: job.get_info(mode="force").get("State") == "COMPLETED", 20, "submitit to see COMPLETED")
 
 
 @pytest.mark.timeout(90)

@@ -4,18 +4,8 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-import torch
 
 from tests.model.helpers import HUB_REPO, HUB_REVISION, save_encoder_in_hf_layout
-
-
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny models run fastest (and reproducibly) on one intra-op thread; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -24,18 +24,23 @@ def save_encoder_in_hf_layout(folder: Path, name: str = TINY_ENCODER, seed: int 
     return model
 
 
-def blob_images(brightness: torch.Tensor, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor:
-    """Float images (N, 3, size, size) in [0, 1]: a Gaussian blob of the given peak brightness plus noise."""
+def galaxy_images(redness: torch.Tensor, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Float images (N, 3, size, size) in [0, 1]: a Gaussian blob whose colour runs from blue (0) to red (1).
+
+    Colour, not brightness, carries the signal: ConvNeXt's per-pixel LayerNorm hides overall brightness.
+    """
     generator = torch.Generator().manual_seed(seed)
-    n = brightness.shape[0]
+    n = redness.shape[0]
     coords = torch.arange(size, dtype=torch.float32) - size / 2
     centres = (torch.rand(n, 2, generator=generator) - 0.5) * size / 4
     widths = 3 + 3 * torch.rand(n, 1, 1, generator=generator)
+    peaks = 0.5 + 0.4 * torch.rand(n, 1, 1, generator=generator)
     dy = coords.view(1, size, 1) - centres[:, 0].view(n, 1, 1)
     dx = coords.view(1, 1, size) - centres[:, 1].view(n, 1, 1)
-    blob = brightness.view(n, 1, 1) * torch.exp(-(dx**2 + dy**2) / (2 * widths**2))
+    blob = peaks * torch.exp(-(dx**2 + dy**2) / (2 * widths**2))
+    colour = torch.stack([0.4 + 0.6 * redness, torch.full_like(redness, 0.7), 1.0 - 0.6 * redness], dim=1)
     noise = 0.05 * torch.rand(n, 3, size, size, generator=generator)
-    return (blob.unsqueeze(1) + noise).clamp(0, 1)
+    return (blob.unsqueeze(1) * colour.view(n, 3, 1, 1) + noise).clamp(0, 1)
 
 
 class DictDataset(Dataset):
@@ -76,9 +81,7 @@ class LrRecorder(L.Callback):
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def on_before_optimizer_step(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
-    ) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         self.records.append(
             {
                 "step": trainer.global_step,

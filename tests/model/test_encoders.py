@@ -79,8 +79,7 @@ def test_hf_hub_name_loads_offline_from_the_cache(hf_cache):
     encoder = create_encoder(f"hf_hub:{HUB_REPO}", pretrained=True)
     reference = create_encoder(f"local-dir:{snapshot}", pretrained=True)
     assert all(
-        torch.equal(a, b)
-        for a, b in zip(encoder.state_dict().values(), reference.state_dict().values(), strict=True)
+        torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values(), strict=True)
     )
     assert encoder_weights_available(f"hf_hub:{HUB_REPO}")
     ensure_encoder_weights(f"hf_hub:{HUB_REPO}", allow_download=False)

@@ -18,11 +18,7 @@ def optimizer_of(model) -> torch.optim.Optimizer:
 def settings_per_parameter(model) -> dict[str, tuple[float, float]]:
     """(lr, weight_decay) of every named parameter, as the optimiser holds them."""
     optimizer = optimizer_of(model)
-    by_id = {
-        id(p): (group["lr"], group["weight_decay"])
-        for group in optimizer.param_groups
-        for p in group["params"]
-    }
+    by_id = {id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
     return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
 
 
@@ -35,9 +31,7 @@ def model(name: str, **kwargs) -> FinetuneableZoobotClassifier:
     return FinetuneableZoobotClassifier(name=name, pretrained=False, num_classes=3, **kwargs)
 
 
-@pytest.mark.parametrize(
-    ("name", "num_layers"), [("convnext_nano", 16), ("efficientnet_b0", 17), ("resnet18", 9)]
-)
+@pytest.mark.parametrize(("name", "num_layers"), [("convnext_nano", 16), ("efficientnet_b0", 17), ("resnet18", 9)])
 @pytest.mark.parametrize("scheduler_kwargs", [None, COSINE], ids=["no_scheduler", "cosine"])
 def test_every_parameter_gets_its_layer_decayed_lr(name, num_layers, scheduler_kwargs):
     classifier = model(name, scheduler_kwargs=scheduler_kwargs)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from timm.scheduler import create_scheduler_v2
 
-from tests.model.helpers import LrRecorder, blob_images, cpu_trainer, loader
+from tests.model.helpers import LrRecorder, cpu_trainer, galaxy_images, loader
 from zoobot_hpc.model import FinetuneableZoobotRegressor
 from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
 
@@ -16,8 +16,8 @@ SCHEDULE = {"sched": "cosine", "num_epochs": EPOCHS, "warmup_epochs": 1, "warmup
 
 
 def regression_data(n: int = 4 * BATCHES_PER_EPOCH, seed: int = 0) -> dict[str, torch.Tensor]:
-    brightness = torch.rand(n, generator=torch.Generator().manual_seed(seed))
-    return {"image": blob_images(brightness, seed=seed), "label": brightness}
+    redness = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    return {"image": galaxy_images(redness, seed=seed), "label": redness}
 
 
 def regressor(scheduler_kwargs) -> FinetuneableZoobotRegressor:

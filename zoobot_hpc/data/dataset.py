@@ -198,9 +198,7 @@ class ShardDataset(torch.utils.data.Dataset):
         try:
             images = handle[IMAGES_KEY]
             if images.shape[1:] != self.image_shape:
-                raise DatasetError(
-                    f"{path}: images have shape {images.shape[1:]}, manifest says {self.image_shape}"
-                )
+                raise DatasetError(f"{path}: images have shape {images.shape[1:]}, manifest says {self.image_shape}")
             shard = _OpenShard(
                 file=handle,
                 images=images,

@@ -87,8 +87,7 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, dataset: Any, *, sampler: ResumableDistributedSampler, **kwargs: Any) -> None:
         if not isinstance(sampler, ResumableDistributedSampler):
             raise ValueError(
-                "ResumableDataLoader needs a ResumableDistributedSampler, "
-                f"got sampler={type(sampler).__name__}"
+                f"ResumableDataLoader needs a ResumableDistributedSampler, got sampler={type(sampler).__name__}"
             )
         super().__init__(dataset, sampler=sampler, **kwargs)
 

@@ -27,7 +27,10 @@ log = logging.getLogger("zoobot_hpc")
 def configure_job_logging() -> None:
     """Plain timestamped log lines (batch jobs write to files, not terminals)."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
     )
 
 

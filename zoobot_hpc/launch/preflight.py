@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -92,6 +93,16 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
         raise PreflightError(f"model.name={model.name}: {exc}") from None
 
 
+def check_callbacks(config: RunConfig) -> None:
+    """Every extra callback's class imports here (the job imports it the same way)."""
+    for spec in config.trainer.callbacks:
+        module_name, _, class_name = spec.class_path.rpartition(".")
+        try:
+            getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise PreflightError(f"trainer.callbacks: cannot import {spec.class_path!r} ({exc})") from None
+
+
 def check_writable(directory: Path) -> None:
     """The output directory can be created and written to."""
     try:
@@ -110,6 +121,7 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
     seen_encoders: set[tuple] = set()
     for config in configs:
         check_resources(config, executor)
+        check_callbacks(config)
         key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
         if key not in seen_datasets:
             check_dataset(config)

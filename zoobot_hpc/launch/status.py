@@ -41,7 +41,16 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return states
     if shutil.which("sacct"):
         out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
+            [
+                "sacct",
+                "-X",
+                "-n",
+                "-P",
+                "-o",
+                "JobID,State",
+                "-j",
+                ",".join(sorted({j.split("_")[0] for j in job_ids})),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -52,7 +61,10 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     missing = [j for j in job_ids if j not in states]
     if missing and shutil.which("squeue"):
         out = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True, text=True, check=False
+            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout
         for line in out.splitlines():
             job, _, state = line.partition("|")

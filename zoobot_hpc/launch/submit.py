@@ -99,8 +99,9 @@ def describe_plan(plan: Plan) -> str:
         parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(run.config)}")
     job_name = plan.sweep_name or plan.runs[0].config.name
     if plan.executor == "slurm" or plan.runs[0].config.resources.executor != "local":
-        parts.append("# --- sbatch script\n" + sbatch_script(plan.runs[0].config, plan.submitit_dir, job_name,
-                                                              len(plan.runs)))
+        parts.append(
+            "# --- sbatch script\n" + sbatch_script(plan.runs[0].config, plan.submitit_dir, job_name, len(plan.runs))
+        )
     return "\n".join(parts)
 
 
@@ -132,7 +133,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
         with executor.batch():
             jobs = [executor.submit(call) for call in calls]
     submitted = time.time()
-    for run, job in zip(plan.runs, jobs):
+    for run, job in zip(plan.runs, jobs, strict=True):
         layout.write_json(
             run.run_dir / layout.SUBMISSION,
             {
@@ -158,7 +159,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "submitted": submitted,
                 "runs": [
                     {"name": r.name, "point": r.point, "run_dir": str(r.run_dir), "job_id": j.job_id}
-                    for r, j in zip(plan.runs, jobs)
+                    for r, j in zip(plan.runs, jobs, strict=True)
                 ],
             },
         )

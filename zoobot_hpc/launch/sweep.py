@@ -76,7 +76,7 @@ def expand_points(axes: dict[str, list[Any]], include: list[Point] | None = None
     points: list[Point] = []
     if axes:
         keys = list(axes)
-        points = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+        points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(axes[k] for k in keys))]
     for point in include or []:
         if point not in points:
             points.append(dict(point))

@@ -14,7 +14,7 @@ import huggingface_hub
 import timm
 import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-from timm.models import get_pretrained_cfg, parse_model_name
+from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_tag
 from torch import nn
 
 HF_CONFIG_FILE = "config.json"
@@ -65,9 +65,7 @@ def _prepare_module(module: nn.Module) -> nn.Module:
     if getattr(module, "num_classes", 0) and hasattr(module, "reset_classifier"):
         module.reset_classifier(0)
     if not isinstance(getattr(module, "num_features", None), int):
-        raise ValueError(
-            f"encoder {type(module).__name__} needs an int attribute num_features (its output width)"
-        )
+        raise ValueError(f"encoder {type(module).__name__} needs an int attribute num_features (its output width)")
     return module
 
 
@@ -82,7 +80,12 @@ def required_encoder_files(name: str) -> list[tuple[str, str | None]]:
             _hf_cached(repo_id, revision, (HF_CONFIG_FILE,)),
             _hf_cached(repo_id, revision, HF_WEIGHT_FILES),
         ]
-    cfg = get_pretrained_cfg(model_id)
+    if not timm.is_model(split_model_name_tag(model_id)[0]):
+        raise ValueError(f"encoder name={name!r} is not a timm model")
+    try:
+        cfg = get_pretrained_cfg(model_id)
+    except RuntimeError as error:
+        raise ValueError(f"encoder name={name!r}: {error}") from error
     if cfg is None:
         raise ValueError(f"encoder name={name!r}: timm has no pretrained weights for it")
     if cfg.hf_hub_id:
@@ -105,11 +108,12 @@ def ensure_encoder_weights(name: str, allow_download: bool) -> None:
     missing = [description for description, path in required_encoder_files(name) if path is None]
     if not missing:
         return
-    if allow_download and _downloadable(name):
+    if allow_download and parse_model_name(name)[0] != "local-dir":
         try:
             _download(name)
         except (OSError, HfHubHTTPError) as error:
-            raise EncoderWeightsError(f"encoder {name!r} is missing {'; '.join(missing)}: {error}") from error
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise EncoderWeightsError(f"encoder {name!r} is missing {'; '.join(missing)}: {reason}") from error
         missing = [description for description, path in required_encoder_files(name) if path is None]
         if not missing:
             return
@@ -134,11 +138,7 @@ def _hf_cached(repo_id: str, revision: str | None, filenames: tuple[str, ...]) -
 
 def _local_dir_files(folder: Path) -> list[tuple[str, str | None]]:
     config = folder / HF_CONFIG_FILE
-    weights = (
-        sorted(p for p in folder.glob("*") if p.name.endswith(LOCAL_WEIGHT_SUFFIXES))
-        if folder.is_dir()
-        else []
-    )
+    weights = sorted(p for p in folder.glob("*") if p.name.endswith(LOCAL_WEIGHT_SUFFIXES)) if folder.is_dir() else []
     return [
         (f"config file {config}", str(config) if config.is_file() else None),
         (
@@ -146,14 +146,6 @@ def _local_dir_files(folder: Path) -> list[tuple[str, str | None]]:
             str(weights[0]) if weights else None,
         ),
     ]
-
-
-def _downloadable(name: str) -> bool:
-    source, model_id = parse_model_name(name)
-    if source == "hf-hub":
-        return True
-    cfg = get_pretrained_cfg(model_id) if source is None else None
-    return cfg is not None and bool(cfg.hf_hub_id or cfg.url)
 
 
 def _download(name: str) -> None:
@@ -205,9 +197,7 @@ def encoder_from_checkpoint(
             raise ValueError(f"zoobot_checkpoint_loc={str(path)!r} names no encoder: pass name= as well")
     saved_channels = hparams.get("channels", 1 if hparams.get("greyscale") else 3)
     if saved_channels != (1 if greyscale else 3):
-        raise ValueError(
-            f"greyscale={greyscale} but zoobot_checkpoint_loc={str(path)!r} has {saved_channels} channels"
-        )
+        raise ValueError(f"greyscale={greyscale} but zoobot_checkpoint_loc={str(path)!r} has {saved_channels} channels")
     encoder = create_encoder(name, pretrained=False, timm_kwargs=timm_kwargs, greyscale=greyscale)
     prefix = "encoder."
     weights = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}

@@ -89,9 +89,7 @@ class FinetuneableZoobotAbstract(L.LightningModule):
             f"training_mode={training_mode!r} must be one of {TRAINING_MODES}",
         )
         _check(_is_real(learning_rate) and learning_rate > 0, f"learning_rate={learning_rate!r} must be > 0")
-        _check(
-            _is_real(layer_decay) and 0 <= layer_decay <= 1, f"layer_decay={layer_decay!r} must be in [0, 1]"
-        )
+        _check(_is_real(layer_decay) and 0 <= layer_decay <= 1, f"layer_decay={layer_decay!r} must be in [0, 1]")
         _check(_is_real(weight_decay) and weight_decay >= 0, f"weight_decay={weight_decay!r} must be >= 0")
         _check(
             _is_real(head_dropout_prob) and 0 <= head_dropout_prob < 1,
@@ -151,13 +149,30 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         for stage in STAGES:
             self.metrics[f"{stage}_{metric_name}"] = make_metric()
 
-    def log_stage_metric(
-        self, stage: str, metric_name: str, preds: torch.Tensor, target: torch.Tensor
-    ) -> None:
+    def log_stage_metric(self, stage: str, metric_name: str, preds: torch.Tensor, target: torch.Tensor) -> None:
         """Update the stage's metric with a batch; log it per epoch (torchmetrics syncs it across ranks)."""
         metric = self.metrics[f"{stage}_{metric_name}"]
         metric.update(preds, target)
         self.log(f"{stage}/{metric_name}", metric, on_step=False, on_epoch=True)
+
+    def reset_stage_metrics(self, stage: str) -> None:
+        """Fresh metric states for a stage, created in the running loop's grad mode.
+
+        States reset under `trainer.validate`'s inference mode would otherwise break in-place updates in the
+        validation loop of a later `fit` (which runs under no_grad).
+        """
+        for key, metric in self.metrics.items():
+            if key.startswith(f"{stage}_"):
+                metric.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_stage_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_stage_metrics("validation")
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_stage_metrics("test")
 
     def train(self, mode: bool = True) -> "FinetuneableZoobotAbstract":
         """Set train/eval mode; in head_only mode the encoder stays in eval mode."""
@@ -251,7 +266,12 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         set_schedule_position(scheduler, epoch=self.current_epoch + 1, num_updates=self.global_step)
 
     def on_train_start(self) -> None:
-        """Put the schedule at the current position, so a run resumed from a checkpoint uses the right lrs."""
+        """On resume, put the schedule at the restored epoch / update, as timm's train.py does.
+
+        The lrs then follow the schedule whatever the checkpoint's optimiser held; a fresh run keeps its start.
+        """
+        if self.global_step == 0:
+            return
         for config in self.trainer.lr_scheduler_configs:
             set_schedule_position(config.scheduler, epoch=self.current_epoch, num_updates=self.global_step)
 
@@ -301,9 +321,7 @@ class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
             class_names is None or len(class_names) == num_classes,
             f"class_names={class_names!r} must name {num_classes} classes",
         )
-        _check(
-            isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str"
-        )
+        _check(isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str")
         super().__init__(**kwargs)
         self.hparams.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.hparams.class_names = None if class_names is None else list(class_names)
@@ -344,13 +362,9 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
     task: ClassVar[str] = "regression"
     LOSSES: ClassVar[dict[str, Callable[..., torch.Tensor]]] = {"mse": F.mse_loss, "mae": F.l1_loss}
 
-    def __init__(
-        self, loss: str = "mse", unit_interval: bool = False, label_col: str = "label", **kwargs: Any
-    ) -> None:
+    def __init__(self, loss: str = "mse", unit_interval: bool = False, label_col: str = "label", **kwargs: Any) -> None:
         _check(loss in self.LOSSES, f"loss={loss!r} must be one of {sorted(self.LOSSES)}")
-        _check(
-            isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str"
-        )
+        _check(isinstance(label_col, str) and bool(label_col), f"label_col={label_col!r} must be a non-empty str")
         super().__init__(**kwargs)
         self.head = self.linear_head(1, nn.Sigmoid() if unit_interval else None)
         self.add_stage_metric("rmse", lambda: MeanSquaredError(squared=False))

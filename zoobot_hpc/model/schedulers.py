@@ -26,9 +26,7 @@ def validate_scheduler_kwargs(scheduler_kwargs: Mapping[str, Any] | None) -> dic
     if scheduler_kwargs is None:
         return None
     if not isinstance(scheduler_kwargs, Mapping):
-        raise ValueError(
-            f"scheduler_kwargs={scheduler_kwargs!r} must be a dict of create_scheduler_v2 keywords"
-        )
+        raise ValueError(f"scheduler_kwargs={scheduler_kwargs!r} must be a dict of create_scheduler_v2 keywords")
     kwargs = dict(scheduler_kwargs)
     unknown = sorted(set(kwargs) - SCHEDULER_KEYS)
     if unknown:

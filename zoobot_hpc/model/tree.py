@@ -91,17 +91,14 @@ def dirichlet_multinomial_nll(counts: torch.Tensor, concentrations: torch.Tensor
         + torch.lgamma(total_concentration)
         - torch.lgamma(total_count + total_concentration)
     )
-    log_terms = (
-        torch.lgamma(counts + 1) + torch.lgamma(concentrations) - torch.lgamma(counts + concentrations)
-    )
+    log_terms = torch.lgamma(counts + 1) + torch.lgamma(concentrations) - torch.lgamma(counts + concentrations)
     return -(log_norm - log_terms.sum(dim=-1))
 
 
 def tree_loss(counts: torch.Tensor, concentrations: torch.Tensor, schema: TreeSchema) -> torch.Tensor:
     """Dirichlet-multinomial NLL per galaxy summed over questions (as in Zoobot pretraining), shape (B,)."""
     per_question = [
-        dirichlet_multinomial_nll(counts[:, answers], concentrations[:, answers])
-        for answers in schema.question_slices
+        dirichlet_multinomial_nll(counts[:, answers], concentrations[:, answers]) for answers in schema.question_slices
     ]
     return torch.stack(per_question, dim=1).sum(dim=1)
 

@@ -1,0 +1,110 @@
+"""Every login-node check fails with one line naming the problem, and nothing is submitted or written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.launch.conftest import write_test_config
+from zoobot_hpc.cli import main
+
+
+def run_submit(config: Path, *args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, ["submit", str(config), *args], env=env)
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_submitted(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert not list(runs.rglob("submitit")) if runs.exists() else True
+    assert not list(runs.rglob("submission.json")) if runs.exists() else True
+
+
+@pytest.fixture
+def dataset_copy(tmp_path, demo_dataset) -> Path:
+    copy = tmp_path / "dataset"
+    shutil.copytree(demo_dataset, copy)
+    return copy
+
+
+def test_config_typo(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    result = run_submit(config, "model.learning_rat=1e-3")
+    assert_one_line_error(result, "unknown key 'model.learning_rat'")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_missing_shard(tmp_path, dataset_copy):
+    config = write_test_config(tmp_path, dataset_copy, resources__executor="local")
+    shard = sorted(dataset_copy.glob("train-*.h5"))[0]
+    shard.unlink()
+    assert_one_line_error(run_submit(config), "data.dataset_dir", shard.name)
+    assert_nothing_submitted(tmp_path)
+
+
+def test_label_column_the_model_needs_is_missing(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", model__label_col="morphology")
+    assert_one_line_error(run_submit(config), "morphology")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_encoder_weights_not_cached(tmp_path, demo_dataset):
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        resources__executor="local",
+        model__name="hf_hub:nobody/zoobot-encoder-not-cached",
+        model__pretrained=True,
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    assert_one_line_error(run_submit(config, "--no-download", env=env), "model.name", "not-cached")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_local_executor_cannot_span_nodes(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", resources__nodes=2)
+    assert_one_line_error(run_submit(config), "resources.nodes=2")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_tasks_must_match_gpus(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__tasks_per_node=1, resources__gpus_per_node=2)
+    assert_one_line_error(run_submit(config), "tasks_per_node=1", "gpus_per_node=2")
+
+
+def test_output_dir_not_writable(tmp_path, demo_dataset):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", output_dir=str(blocker / "runs"))
+    assert_one_line_error(run_submit(config), "output_dir", "not writable")
+
+
+def test_callback_that_does_not_import(tmp_path, demo_dataset):
+    config = write_test_config(
+        tmp_path, demo_dataset, resources__executor="local", trainer__callbacks=[{"class_path": "nowhere.Callback"}]
+    )
+    assert_one_line_error(run_submit(config), "trainer.callbacks", "nowhere.Callback")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_dry_run_prints_config_and_sbatch_script_and_submits_nothing(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="slurm", resources__partition="debug")
+    result = run_submit(config, "model.learning_rate=1e-4,3e-4", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("learning_rate: 0.0003") == 1
+    assert "#SBATCH --array=0-1%" in result.output
+    assert "#SBATCH --partition=debug" in result.output
+    assert "#SBATCH --signal=USR2@" in result.output
+    assert "--kill-on-bad-exit=1" in result.output
+    assert_nothing_submitted(tmp_path)

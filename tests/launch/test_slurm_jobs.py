@@ -1,0 +1,194 @@
+"""The whole job on the real loopback SLURM cluster: submit, DDP, job arrays, preemption and requeue, crashes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launch.conftest import (
+    assert_same_weights,
+    final_weights,
+    segments,
+    wait_for,
+    write_test_config,
+)
+from tests.launch.probes import read_probes
+from tests.wandb_records import offline_run_files, read_offline_run
+from zoobot_hpc import run_dir as layout
+
+pytestmark = pytest.mark.slurm
+
+SECRET = "wandb-test-secret-0123456789abcdef"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `zoobot-hpc` console script."""
+    return subprocess.run(
+        [sys.executable, "-m", "zoobot_hpc.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def submitted_job_ids(output: str) -> list[str]:
+    return re.findall(r"^\s+job (\S+)", output, flags=re.MULTILINE)
+
+
+def probe(out_dir: Path) -> list[dict]:
+    return [{"class_path": "tests.launch.probes.RankProbe", "init_args": {"out_dir": str(out_dir)}}]
+
+
+@pytest.mark.timeout(420)
+def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo_dataset, slurm_cluster):
+    config = write_test_config(tmp_path, demo_dataset, name="single", resources__executor="slurm")
+    result = cli("submit", str(config), env={"WANDB_API_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    [job_id] = submitted_job_ids(result.stdout)
+    slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=360)
+
+    run_dir = tmp_path / "runs" / "single"
+    for name in ("best.ckpt", "last.ckpt"):
+        assert (run_dir / layout.CHECKPOINTS / name).stat().st_size > 0
+    summary = layout.read_json(run_dir / layout.SUMMARY)
+    assert summary["epochs"] == 2
+
+    [run_file] = offline_run_files(run_dir)
+    run = read_offline_run(run_file)
+    assert run.run_id == f"single-{job_id}"
+    assert run.job_type == "classification"
+    assert run.config["model"]["learning_rate"] == pytest.approx(1e-3)
+    accuracy = run.metric("validation/accuracy")
+    assert len(accuracy) == 2
+    assert accuracy[-1] == pytest.approx(summary["metrics"]["validation/accuracy"], rel=1e-5)
+    assert run.metric("train/images_per_sec")
+    assert run.metric("lr-AdamW/pg1")
+    assert run.metric("requeue_count")[-1] == 0
+
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaked, f"the W&B API key was written to {leaked}"
+
+
+@pytest.mark.timeout(480)
+def test_ddp_two_nodes_and_two_tasks_split_data_evenly_and_stay_in_sync(tmp_path, demo_dataset, slurm_cluster):
+    layouts = {"2x1": (2, 1), "1x2": (1, 2)}
+    job_ids = {}
+    for label, (nodes, tasks) in layouts.items():
+        config = write_test_config(
+            tmp_path / label,
+            demo_dataset,
+            name=f"ddp-{label}",
+            resources__executor="slurm",
+            resources__nodes=nodes,
+            resources__tasks_per_node=tasks,
+            trainer__max_epochs=1,
+            trainer__callbacks=probe(tmp_path / label / "probe"),
+        )
+        result = cli("submit", str(config))
+        assert result.returncode == 0, result.stderr
+        [job_ids[label]] = submitted_job_ids(result.stdout)
+    for label, job_id in job_ids.items():
+        slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=420)
+        ranks = read_probes(tmp_path / label / "probe")
+        assert [r["rank"] for r in ranks] == [0, 1]
+        assert all(r["world_size"] == 2 for r in ranks)
+        assert ranks[0]["train_batches"] == ranks[1]["train_batches"] > 0
+        assert ranks[0]["val_batches"] == ranks[1]["val_batches"] > 0
+        assert not set(ranks[0]["train_indices"]) & set(ranks[1]["train_indices"])
+        assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
+        assert ranks[0]["weights_abs_sum"] == ranks[1]["weights_abs_sum"]
+        if label == "2x1":
+            assert {r["node"] for r in ranks} == {"n1", "n2"}
+
+
+@pytest.mark.timeout(480)
+def test_grid_is_one_array_job_with_its_own_run_dirs_and_wandb_names(tmp_path, demo_dataset, slurm_cluster):
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="grid",
+        resources__executor="slurm",
+        trainer__max_epochs=1,
+        trainer__limit_train_batches=3,
+        trainer__limit_val_batches=2,
+        data__num_workers=0,
+    )
+    grid = Path(__file__).resolve().parents[2] / "configs" / "grids" / "lr_layer_decay.yaml"
+    result = cli("submit", str(config), "--grid", str(grid), "--sweep-name", "lr-ld")
+    assert result.returncode == 0, result.stderr
+    job_ids = submitted_job_ids(result.stdout)
+    assert len(job_ids) == 4
+    array_ids = {job.split("_")[0] for job in job_ids}
+    assert len(array_ids) == 1, job_ids
+    assert sorted(job.split("_")[1] for job in job_ids) == ["0", "1", "2", "3"]
+    [array_id] = array_ids
+    slurm_cluster.wait_for_state(array_id, ["COMPLETED"], timeout=420)
+
+    sweep_dir = tmp_path / "runs" / "lr-ld"
+    sweep = layout.read_json(sweep_dir / layout.SWEEP)
+    names = sorted(run["name"] for run in sweep["runs"])
+    assert names == sorted(
+        f"learning_rate={lr},layer_decay={ld}" for lr in ("0.0003", "0.001") for ld in ("0.5", "0.75")
+    )
+    for name in names:
+        [run_file] = offline_run_files(sweep_dir / name)
+        run = read_offline_run(run_file)
+        assert (run.group, run.name) == ("lr-ld", name)
+
+    status = cli("status", str(sweep_dir))
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.strip().splitlines()
+    assert len(lines) == 4
+    assert all("COMPLETED" in line and "epoch=1/1" in line for line in lines), status.stdout
+
+
+@pytest.mark.timeout(600)
+def test_usr2_mid_epoch_requeues_and_ends_with_uninterrupted_weights(tmp_path, demo_dataset, slurm_cluster):
+    common = dict(resources__executor="slurm", resources__tasks_per_node=2)
+    interrupted = write_test_config(tmp_path / "a", demo_dataset, name="preempted", **common)
+    baseline = write_test_config(tmp_path / "b", demo_dataset, name="baseline", **common)
+    result = cli("submit", str(interrupted))
+    assert result.returncode == 0, result.stderr
+    [job_id] = submitted_job_ids(result.stdout)
+    baseline_result = cli("submit", str(baseline))
+    [baseline_id] = submitted_job_ids(baseline_result.stdout)
+
+    run_dir = tmp_path / "a" / "runs" / "preempted"
+    log_path = Path(layout.read_json(run_dir / layout.SUBMISSION)["stdout"])
+    wait_for(lambda: log_path.exists() and "epoch 1/2 batch" in log_path.read_text(), 300, "the first batch")
+    slurm_cluster.run("scancel", "--signal=USR2", job_id)
+    wait_for(lambda: len(segments(run_dir)) == 2, 240, "the requeued job to start again")
+    slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=360)
+    slurm_cluster.wait_for_state(baseline_id, ["COMPLETED"], timeout=360)
+
+    starts = segments(run_dir)
+    assert starts[1]["resumed_from"].endswith("resume.ckpt")
+    assert starts[1]["slurm_restart_count"] == "1"
+    assert_same_weights(final_weights(run_dir), final_weights(tmp_path / "b" / "runs" / "baseline"))
+    runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
+    assert len(runs) == 2
+    assert runs[0].run_id == runs[1].run_id == f"preempted-{job_id}"
+
+
+@pytest.mark.timeout(300)
+def test_a_crashing_rank_ends_the_job_promptly_with_failure(tmp_path, demo_dataset, slurm_cluster):
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="crash",
+        resources__executor="slurm",
+        resources__tasks_per_node=2,
+        trainer__callbacks=[{"class_path": "tests.launch.probes.CrashOnRank", "init_args": {"rank": 1, "step": 3}}],
+    )
+    result = cli("submit", str(config))
+    [job_id] = submitted_job_ids(result.stdout)
+    slurm_cluster.wait_for_state(job_id, ["RUNNING"], timeout=120)
+    with pytest.raises(RuntimeError, match="FAILED"):
+        slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=180)
