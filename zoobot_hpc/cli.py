@@ -283,5 +283,90 @@ def sync(path: str, dry_run: bool) -> None:
         raise SystemExit(1)
 
 
+
+def _inference_options(function):
+    """Options shared by `predict` and `embed`."""
+    options = [
+        click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False)),
+        click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False)),
+        click.argument("overrides", nargs=-1),
+        click.option("--out", type=click.Path(dir_okay=False), default=None, help="HDF5 output (default: in RUN_DIR)."),
+        click.option("--format", "export_format", type=click.Choice(["csv", "parquet"]), help="Also write a table."),
+        click.option("--split", "splits", multiple=True, help="Split to run over (repeatable; default: all)."),
+        click.option("--overwrite", is_flag=True, help="Replace existing outputs once the new ones are complete."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Run config."),
+        click.option("--chunk-size", default=4096, show_default=True, type=click.IntRange(min=1)),
+        click.option("--here", is_flag=True, help="Run in this process or allocation instead of submitting."),
+        click.option("--wait", is_flag=True, help="Wait for the submitted job and print its output."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _infer(mode: str, options: dict) -> None:
+    from pathlib import Path
+
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.inference.job import run_request_here, submit_request
+    from zoobot_hpc.inference.request import InferenceError, InferenceRequest, default_output
+
+    checkpoint, dataset_dir = Path(options["checkpoint"]), Path(options["dataset_dir"])
+    request = InferenceRequest(
+        checkpoint=checkpoint,
+        dataset_dir=dataset_dir,
+        out=Path(options["out"]) if options["out"] else default_output(checkpoint, dataset_dir, mode),
+        mode=mode,
+        task=options.get("task"),
+        mc_samples=options.get("mc_samples"),
+        export_format=options["export_format"],
+        splits=tuple(options["splits"]) or None,
+        overwrite=options["overwrite"],
+        chunk_size=options["chunk_size"],
+    )
+    config_path = Path(options["config_file"]) if options["config_file"] else None
+    try:
+        if options["here"]:
+            click.echo(f"wrote {run_request_here(request, config_path, options['overrides'])}")
+            return
+        job, plan = submit_request(request, config_path, options["overrides"])
+    except (ConfigError, DatasetError, InferenceError) as error:
+        _fail(error)
+    click.echo(f"submitted {mode} job {job.job_id} over {plan.total} galaxies; log: {job.paths.stdout}")
+    if options["wait"]:
+        click.echo(f"wrote {job.results()[0]}")
+
+
+@main.command()
+@_inference_options
+@click.option("--task", type=click.Choice(["classifier", "regressor", "tree"]), help="Fail unless the model is one.")
+@click.option("--mc-samples", type=click.IntRange(min=1), default=None, help="Keep dropout on; N samples per galaxy.")
+def predict(**options) -> None:
+    """Predict with CHECKPOINT over every shard of DATASET_DIR (KEY=VALUE overrides: batch size, resources)."""
+    _infer("predict", options)
+
+
+@main.command()
+@_inference_options
+def embed(**options) -> None:
+    """Write the encoder's pooled embeddings of every galaxy of DATASET_DIR (KEY=VALUE overrides as for predict)."""
+    _infer("embed", options)
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: SWEEP_DIR/report.")
+def report(sweep_dir: str, out_dir: str | None) -> None:
+    """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s)."""
+    from zoobot_hpc.report import write_report
+
+    try:
+        table, written = write_report(sweep_dir, out_dir)
+    except ValueError as error:
+        _fail(error)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for path in written:
+        click.echo(f"wrote {path}")
+
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import (
@@ -109,6 +109,17 @@ def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> 
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     return loggers
+
+
+def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
+    """Flush and close this segment's W&B run on rank 0 before the job may be killed by its requeue."""
+    if trainer.global_rank != 0:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if preempted:
+                logger.experiment.mark_preempting()
+            logger.experiment.finish()
 
 
 def run_training(
@@ -217,6 +228,7 @@ def run_training(
         preempted = False
     except PreemptedStop:
         preempted = True
+    finish_wandb(trainer, preempted)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None

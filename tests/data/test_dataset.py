@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -101,6 +102,8 @@ def test_batched_read_keeps_request_order_and_repeats(dataset_dir: tuple[Path, d
     np.testing.assert_array_equal(batch["image"].numpy(), written["train"]["images"][indices])
     np.testing.assert_array_equal(batch["label"].numpy(), written["train"]["label"][indices])
     assert "smooth_fraction" not in batch
+    # images and labels of a batch come back as views of one block, not copies
+    assert batch["image"].untyped_storage().data_ptr() == batch["label"].untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("collate_fn", [collate_samples, None])
@@ -151,6 +154,17 @@ def test_open_files_are_capped(dataset_dir: tuple[Path, dict]) -> None:
     assert len(dataset._handles) == 1
     dataset.close()
     assert not dataset._handles
+
+
+def test_reads_compressed_images_too(tmp_path: Path) -> None:
+    written = write_dataset(tmp_path, {"train": [6, 5]})
+    for shard in ("train-00000.h5", "train-00001.h5"):
+        with h5py.File(tmp_path / shard, "r+") as handle:
+            images = handle["images"][:]
+            del handle["images"]
+            handle.create_dataset("images", data=images, chunks=(2, 16, 16, 3), compression="gzip")
+    dataset = ShardDataset(tmp_path, "train")
+    assert_batch_matches(collate_samples(dataset.__getitems__([10, 0, 7, 3, 5])), written["train"])
 
 
 def test_bad_requests_name_the_problem(dataset_dir: tuple[Path, dict], tmp_path: Path) -> None:

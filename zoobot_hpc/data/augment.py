@@ -68,10 +68,11 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 def uniform_draws(sample_indices: torch.Tensor, epoch: int, seed: int, streams: int) -> torch.Tensor:
     """Uniform floats in ``[0, 1)``, shape ``(B, streams)``, a pure function of (seed, epoch, index)."""
     index = sample_indices.to(torch.int64)
-    key = _hash32(torch.tensor(seed & _MASK32, device=index.device))
+    # The (seed, epoch) key is a host-side int: building small tensors on a GPU would wait for its queue.
+    key = _hash32(torch.tensor(seed & _MASK32))
     key = _hash32(key ^ ((seed >> 32) & _MASK32))
-    key = _hash32(key ^ (epoch & _MASK32))
-    per_sample = _hash32(key ^ (index & _MASK32))
+    key = int(_hash32(key ^ (epoch & _MASK32)))
+    per_sample = _hash32((index & _MASK32) ^ key)
     per_sample = _hash32(per_sample ^ ((index >> 32) & _MASK32))
     stream = torch.arange(streams, device=index.device, dtype=torch.int64)
     bits = _hash32(per_sample[:, None] ^ _hash32(stream)[None, :])
@@ -82,10 +83,10 @@ def _rotation_cos_sin(u: torch.Tensor, rotation: str) -> tuple[torch.Tensor, tor
     if rotation == "none":
         return torch.ones_like(u), torch.zeros_like(u)
     if rotation == "90":
-        quarter_turns = (u * 4).long().clamp(max=3)
-        cos_table = torch.tensor([1.0, 0.0, -1.0, 0.0], device=u.device)
-        sin_table = torch.tensor([0.0, 1.0, 0.0, -1.0], device=u.device)
-        return cos_table[quarter_turns], sin_table[quarter_turns]
+        quarter_turns = (u * 4).floor().clamp(max=3)  # exact cos/sin of k * 90 degrees: 1, 0, -1, 0 / 0, 1, 0, -1
+        even = torch.remainder(quarter_turns, 2) == 0
+        zero = torch.zeros_like(u)
+        return torch.where(even, 1 - quarter_turns, zero), torch.where(even, zero, 2 - quarter_turns)
     angle = u * (2 * math.pi)
     return torch.cos(angle), torch.sin(angle)
 

@@ -32,6 +32,7 @@ from zoobot_hpc.data.shard_format import (
 )
 
 _TORCH_LABEL_DTYPES = {"int64": torch.int64, "float32": torch.float32}
+_ALIGN_BYTES = 8
 
 
 @dataclass
@@ -48,43 +49,47 @@ def _reads_whole_chunks(images: h5py.Dataset) -> bool:
     return images.chunks == (1, *images.shape[1:]) and images.id.get_create_plist().get_nfilters() == 0
 
 
-def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in a DataLoader worker it lives in shared memory.
-
-    Reading straight into shared memory lets :func:`collate_samples` hand the batch to the main
-    process without the copy ``default_collate`` would make.
-    """
+def _new_storage(nbytes: int) -> torch.UntypedStorage:
+    """Uninitialised bytes; in a DataLoader worker they live in shared memory (as ``default_collate`` does)."""
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        return torch.UntypedStorage(nbytes)
+    return torch.UntypedStorage._new_shared(nbytes)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN_BYTES) * _ALIGN_BYTES
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate``, except that images read as one batch by ``__getitems__`` are not copied."""
-    images = [sample["image"] for sample in samples]
-    base = _common_batch_tensor(images)
-    if base is None:
-        return torch.utils.data.default_collate(list(samples))
-    rest = torch.utils.data.default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
-    return {"image": base, **rest}
+    """``default_collate``, except that tensors read as one batch by ``__getitems__`` are not copied.
+
+    A worker then sends each batch's images and labels as one shared-memory block instead of one
+    freshly allocated block per key.
+    """
+    batch, others = {}, []
+    for key, first in samples[0].items():
+        rows = _rows_view([sample[key] for sample in samples]) if isinstance(first, torch.Tensor) else None
+        if rows is None:
+            others.append(key)
+        else:
+            batch[key] = rows
+    collated = torch.utils.data.default_collate([{key: sample[key] for key in others} for sample in samples])
+    return {key: batch[key] if key in batch else collated[key] for key in samples[0]}
 
 
-def _common_batch_tensor(images: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The (B, ...) tensor whose consecutive rows are exactly ``images``, or None."""
-    first = images[0]
-    storage = first.untyped_storage()
-    numel = first.numel()
-    if storage.nbytes() != len(images) * numel * first.element_size():
-        return None
-    for row, image in enumerate(images):
+def _rows_view(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """A (B, ...) view of the storage whose consecutive rows are exactly ``values``, or None."""
+    first = values[0]
+    storage, start, numel = first.untyped_storage(), first.storage_offset(), first.numel()
+    for row, value in enumerate(values):
         if (
-            image.untyped_storage().data_ptr() != storage.data_ptr()
-            or image.storage_offset() != row * numel
-            or not image.is_contiguous()
+            value.untyped_storage().data_ptr() != storage.data_ptr()
+            or value.dtype != first.dtype
+            or value.storage_offset() != start + row * numel
+            or not value.is_contiguous()
         ):
             return None
-    return torch.empty(0, dtype=first.dtype).set_(storage).view(len(images), *first.shape)
+    return torch.empty(0, dtype=first.dtype).set_(storage, start, (len(values), *first.shape))
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -143,9 +148,8 @@ class ShardDataset(torch.utils.data.Dataset):
         if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
             bad = positions[(positions < 0) | (positions >= len(self))][0]
             raise IndexError(f"index {bad} out of range for split {self.split!r} of size {len(self)}")
-        images = _batch_buffer((positions.size, *self.image_shape))
+        images, labels = self._allocate_batch(positions.size)
         ids = np.empty(positions.size, dtype=object)
-        labels = {name: torch.empty(positions.size, dtype=dtype) for name, dtype in self.label_dtypes.items()}
         shard_of = np.searchsorted(self.shard_starts, positions, side="right") - 1
         for shard_index in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == shard_index)
@@ -160,6 +164,21 @@ class ShardDataset(torch.utils.data.Dataset):
             }
             for k in range(positions.size)
         ]
+
+    def _allocate_batch(self, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Uninitialised image and label tensors for ``count`` samples, all in one storage."""
+        image_bytes = count * int(np.prod(self.image_shape))
+        offsets, end = {}, _aligned(image_bytes)
+        for name, dtype in self.label_dtypes.items():
+            offsets[name] = end
+            end = _aligned(end + count * dtype.itemsize)
+        storage = _new_storage(end)
+        images = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (count, *self.image_shape))
+        labels = {
+            name: torch.empty(0, dtype=dtype).set_(storage, offsets[name] // dtype.itemsize, (count,))
+            for name, dtype in self.label_dtypes.items()
+        }
+        return images, labels
 
     def _read_shard(
         self,

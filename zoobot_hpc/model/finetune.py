@@ -1,6 +1,7 @@
 """FinetuneableZoobot LightningModules: a timm encoder plus a dropout + linear head, trained with AdamW.
 
-Batches are dicts: `image` float32 (B, C, H, W) in [0, 1] plus the model's `label_cols`.
+Batches are dicts: `image` float32 (B, C, H, W) in [0, 1] plus the model's `label_cols`; a batch from an
+embedding cache holds `embedding` float32 (B, num_features) instead, and the encoder is skipped.
 """
 
 import math
@@ -188,9 +189,19 @@ class FinetuneableZoobotAbstract(L.LightningModule):
                 return self.encoder(images)
         return self.encoder(images)
 
+    def head_outputs(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Head outputs (logits, values or concentrations) for encoder embeddings (B, num_features)."""
+        return self.head(embedding)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Head outputs (logits, values or concentrations) for float images (B, C, H, W) in [0, 1]."""
-        return self.head(self.embed(images))
+        """Head outputs for float images (B, C, H, W) in [0, 1]."""
+        return self.head_outputs(self.embed(images))
+
+    def batch_outputs(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Head outputs of a batch: from its cached `embedding` when present, else from its `image`."""
+        if "embedding" in batch:
+            return self.head_outputs(batch["embedding"])
+        return self(batch["image"])
 
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         """The scalar training loss of a batch."""
@@ -204,9 +215,9 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         raise NotImplementedError
 
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
-        outputs = self(batch["image"])
+        outputs = self.batch_outputs(batch)
         loss = self.compute_loss(outputs, batch)
-        batch_size = batch["image"].shape[0]
+        batch_size = outputs.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
         self.log_metrics(outputs.detach(), batch, stage)
         return loss
@@ -223,7 +234,7 @@ class FinetuneableZoobotAbstract(L.LightningModule):
     def predict_step(
         self, batch: Mapping[str, Any], batch_idx: int = 0, dataloader_idx: int = 0
     ) -> dict[str, torch.Tensor]:
-        return self.predictions(self(batch["image"]))
+        return self.predictions(self.batch_outputs(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """AdamW over layer-decayed groups; with `scheduler_kwargs`, timm's scheduler stepped by Lightning."""
@@ -373,9 +384,9 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
     def label_cols(self) -> list[str]:
         return [self.hparams.label_col]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def head_outputs(self, embedding: torch.Tensor) -> torch.Tensor:
         """Predicted values (B,)."""
-        return super().forward(images).squeeze(-1)
+        return super().head_outputs(embedding).squeeze(-1)
 
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.LOSSES[self.hparams.loss](outputs, batch[self.hparams.label_col].to(outputs.dtype))

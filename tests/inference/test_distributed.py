@@ -1,0 +1,42 @@
+"""A prediction job of 2 DDP ranks (submitit's local executor), interrupted and requeued, equals one process."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.inference.helpers import manifest_ids, predict_here
+from tests.launch.conftest import signal_local_tasks, wait_for
+from zoobot_hpc.inference.job import submit_inference
+from zoobot_hpc.inference.request import InferenceRequest, inference_config
+
+SLOW_BATCHES = "[{class_path: tests.inference.probes.SlowPredictBatches, init_args: {seconds: 0.6}}]"
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_interrupted_after_some_parts_finish_on_requeue_like_one_process(
+    classifier_checkpoint, survey_data, tmp_path
+):
+    request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "ddp" / "preds.h5", chunk_size=10)
+    overrides = ["resources.tasks_per_node=2", "data.num_workers=0", f"trainer.callbacks={SLOW_BATCHES}"]
+    config, trained = inference_config(request, overrides=overrides)
+    job, plan = submit_inference(request, config, trained, executor="local")
+    assert plan.world_size == 2 and plan.num_chunks == 6
+
+    wait_for(lambda: len(list(request.parts_dir.glob("*.h5"))) >= 4, 180, "4 of the 12 part files")
+    assert signal_local_tasks(int(job.job_id))
+    results = job.results()
+    assert results[0] == str(request.out)
+
+    log = job.paths.stdout.read_text()
+    assert "preemption signal: stopping rank 0" in log
+    assert "part files already written" in log.split("preemption signal")[-1]
+    assert not request.parts_dir.exists()
+
+    baseline = predict_here(InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "one" / "preds.h5"))
+    with h5py.File(request.out, "r") as ddp, h5py.File(baseline, "r") as one:
+        ids = list(ddp["ids"].asstr()[()])
+        assert ids == list(one["ids"].asstr()[()]) == manifest_ids(survey_data)[0]
+        np.testing.assert_allclose(ddp["probabilities"][()], one["probabilities"][()], atol=1e-5)
+        assert ddp.attrs["world_size"] == "2"

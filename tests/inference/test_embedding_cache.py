@@ -1,0 +1,90 @@
+"""head_only training on cached embeddings: the same result as running the frozen encoder every step."""
+
+from __future__ import annotations
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+
+from tests.inference.conftest import run_config
+from zoobot_hpc.config import RunConfig
+from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
+from zoobot_hpc.train import build_datamodule, build_model
+
+
+def _fit(model: L.LightningModule, datamodule: L.LightningDataModule, epochs: int) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+def _cache_datamodule(config: RunConfig, model, views: int, cache_dir) -> EmbeddingCacheDataModule:
+    return EmbeddingCacheDataModule(
+        config.data.dataset_dir,
+        model.encoder,
+        config.model.name,
+        batch_size=config.data.batch_size,
+        label_cols=model.label_cols,
+        seed=config.trainer.seed,
+        augment=config.data.augment.model_copy(update={"greyscale": config.model.greyscale}),
+        views=views,
+        cache_dir=cache_dir,
+    )
+
+
+def test_cached_head_only_training_matches_uncached_training_with_the_same_views(train_data, tmp_path):
+    epochs = 2
+    config = run_config(train_data, tmp_path, "classifier", model={"training_mode": "head_only"})
+    L.seed_everything(config.trainer.seed)
+    uncached = build_model(config)
+    initial_head = [p.detach().clone() for p in uncached.head.parameters()]
+    uncached_trainer = _fit(uncached, build_datamodule(config, uncached.label_cols), epochs)
+
+    L.seed_everything(config.trainer.seed)
+    cached = build_model(config)
+    datamodule = _cache_datamodule(config, cached, views=epochs, cache_dir=tmp_path / "cache")
+    cached_trainer = _fit(cached, datamodule, epochs)
+
+    for before, after_uncached, after_cached in zip(
+        initial_head, uncached.head.parameters(), cached.head.parameters(), strict=True
+    ):
+        assert not torch.allclose(before, after_uncached), "the head must have trained"
+        torch.testing.assert_close(after_cached, after_uncached, atol=1e-5, rtol=1e-4)
+    for metric in ("validation/loss", "validation/accuracy", "train/loss"):
+        torch.testing.assert_close(
+            cached_trainer.callback_metrics[metric], uncached_trainer.callback_metrics[metric], atol=1e-5, rtol=1e-4
+        )
+    with h5py.File(datamodule.cache_path, "r") as handle:
+        train_views = handle["train/embeddings"][()]
+        assert train_views.shape[:2] == (epochs, datamodule.datasets["train"].length)
+        assert not np.allclose(train_views[0], train_views[1]), "each epoch has its own augmented view"
+        assert handle["val/embeddings"].shape[0] == 1
+
+
+def test_the_cache_is_reused_for_the_same_encoder_and_views_and_keyed_on_both(train_data, tmp_path):
+    config = run_config(train_data, tmp_path, "classifier", model={"training_mode": "head_only"})
+    model = build_model(config)
+    first = _cache_datamodule(config, model, views=0, cache_dir=None)
+    first.prepare_data()
+    assert first.cache_path.parent == train_data / "embedding_cache"
+    written = first.cache_path.stat().st_mtime_ns
+
+    again = _cache_datamodule(config, build_model(config), views=0, cache_dir=None)
+    again.prepare_data()
+    assert again.cache_path == first.cache_path and again.cache_path.stat().st_mtime_ns == written
+
+    assert _cache_datamodule(config, model, views=3, cache_dir=None).cache_path != first.cache_path
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.01)
+    assert _cache_datamodule(config, model, views=0, cache_dir=None).cache_path != first.cache_path

@@ -1,0 +1,175 @@
+"""Predictions and embeddings over every shard: order, values, provenance, tables, MC dropout, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.inference.conftest import IMAGE_SIZE
+from tests.inference.helpers import eval_view, manifest_ids, predict_here
+from zoobot_hpc.cli import main
+from zoobot_hpc.data.demo import DEMO_TREE_SCHEMA, write_demo_dataset
+from zoobot_hpc.data.shard_format import (
+    FORMAT_VERSION,
+    Manifest,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
+from zoobot_hpc.inference.request import InferenceError, InferenceRequest
+from zoobot_hpc.model import FinetuneableZoobotClassifier, FinetuneableZoobotRegressor
+
+
+def test_one_process_writes_probabilities_in_manifest_order_with_provenance_and_a_csv(
+    classifier_checkpoint, survey_data, tmp_path
+):
+    request = InferenceRequest(
+        classifier_checkpoint, survey_data, tmp_path / "preds.h5", task="classifier", export_format="csv", chunk_size=25
+    )
+    out = predict_here(request)
+
+    ids, splits = manifest_ids(survey_data)
+    with h5py.File(out, "r") as handle:
+        assert list(handle["ids"].asstr()[()]) == ids
+        assert list(handle["split"].asstr()[()]) == splits
+        probabilities = handle["probabilities"][()]
+        attrs = dict(handle.attrs)
+    assert probabilities.shape == (len(ids), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert attrs["checkpoint_sha256"] == file_sha256(classifier_checkpoint)
+    assert attrs["encoder"] == "test_convnext"
+    assert json.loads(attrs["class_names"]) == ["smooth", "spiral", "edge-on"]
+    assert json.loads(attrs["config"])["model"]["kind"] == "classifier"
+
+    model = FinetuneableZoobotClassifier.load_from_checkpoint(classifier_checkpoint, map_location="cpu").eval()
+    with torch.no_grad():
+        expected = model.predictions(model(eval_view(survey_data, "train", [0, 1, 2, 3], IMAGE_SIZE)))
+    np.testing.assert_allclose(probabilities[:4], expected["probabilities"].numpy(), atol=1e-5)
+
+    table = pd.read_csv(request.export_path)
+    assert table["id"].tolist() == ids
+    columns = ["probabilities_smooth", "probabilities_spiral", "probabilities_edge-on"]
+    np.testing.assert_allclose(table[columns].to_numpy(), probabilities, atol=1e-6)
+    assert not request.parts_dir.exists()
+
+
+def test_tree_predictions_hold_concentrations_and_vote_fractions_per_answer(tree_checkpoint, survey_data, tmp_path):
+    request = InferenceRequest(tree_checkpoint, survey_data, tmp_path / "tree.h5", export_format="parquet")
+    out = predict_here(request)
+
+    answers = [f"{q}_{a}" for q, values in DEMO_TREE_SCHEMA["question_answer_pairs"].items() for a in values]
+    with h5py.File(out, "r") as handle:
+        concentrations = handle["concentrations"][()]
+        fractions = handle["vote_fractions"][()]
+        assert json.loads(handle["vote_fractions"].attrs["columns"]) == answers
+        assert (
+            json.loads(handle.attrs["tree_schema"])["question_answer_pairs"]
+            == DEMO_TREE_SCHEMA["question_answer_pairs"]
+        )
+    assert concentrations.shape == fractions.shape == (60, len(answers))
+    assert (concentrations > 0).all()
+    for first in range(0, len(answers), 2):  # every demo question has two answers
+        np.testing.assert_allclose(fractions[:, first] + fractions[:, first + 1], 1.0, atol=1e-5)
+    table = pd.read_parquet(request.export_path)
+    np.testing.assert_allclose(table[[f"vote_fractions_{a}" for a in answers]].to_numpy(), fractions, atol=1e-6)
+
+
+def test_mc_dropout_stores_distinct_samples_per_galaxy_and_a_rerun_reproduces_them(
+    regressor_checkpoint, survey_data, tmp_path
+):
+    request = InferenceRequest(
+        regressor_checkpoint, survey_data, tmp_path / "mc.h5", mc_samples=4, export_format="csv", chunk_size=16
+    )
+    with h5py.File(predict_here(request), "r") as handle:
+        first = handle["values"][()]
+    assert first.shape == (60, 4)
+    assert np.all((first > 0) & (first < 1))
+    assert np.all(first.std(axis=1) > 0), "dropout must be on: the samples of a galaxy differ"
+
+    again = InferenceRequest(**{**request.__dict__, "overwrite": True})
+    with h5py.File(predict_here(again), "r") as handle:
+        np.testing.assert_array_equal(handle["values"][()], first)
+    assert [c for c in pd.read_csv(request.export_path).columns if c.startswith("values")] == [
+        f"values_sample{k}" for k in range(4)
+    ]
+
+    model = FinetuneableZoobotRegressor.load_from_checkpoint(regressor_checkpoint, map_location="cpu").eval()
+    with torch.no_grad():
+        deterministic = model(eval_view(survey_data, "train", list(range(8)), IMAGE_SIZE)).numpy()
+    assert np.abs(first[:8].mean(axis=1) - deterministic).max() < 0.25
+
+
+def test_embed_command_writes_the_encoders_pooled_embeddings(classifier_checkpoint, survey_data, tmp_path):
+    out = tmp_path / "embeddings.h5"
+    result = CliRunner().invoke(
+        main,
+        [
+            *("embed", str(classifier_checkpoint), str(survey_data), "--out", str(out), "--here"),
+            *("--format", "parquet", "--split", "val", "--split", "test", "data.num_workers=0"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+
+    manifest = read_manifest(survey_data)
+    count = manifest.split_count("val") + manifest.split_count("test")
+    model = FinetuneableZoobotClassifier.load_from_checkpoint(classifier_checkpoint, map_location="cpu").eval()
+    with h5py.File(out, "r") as handle:
+        embeddings = handle["embeddings"][()]
+        assert list(handle["split"].asstr()[:1]) == ["val"]
+    assert embeddings.shape == (count, model.encoder.num_features)
+    with torch.no_grad():
+        expected = model.embed(eval_view(survey_data, "val", [0, 1, 2], IMAGE_SIZE)).numpy()
+    np.testing.assert_allclose(embeddings[:3], expected, atol=1e-5)
+    assert pd.read_parquet(out.with_suffix(".parquet")).shape == (count, 2 + model.encoder.num_features)
+
+
+def _one_channel_dataset(path: Path) -> Path:
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(4, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
+    info = write_shard(path / "test-00000.h5", images, [f"g{i}" for i in range(4)], {}, "test")
+    manifest = Manifest(FORMAT_VERSION, (IMAGE_SIZE, IMAGE_SIZE, 1), {}, (), {"test": (info,)}, "id", "test", "now")
+    write_manifest(path, manifest)
+    return path
+
+
+def test_bad_inputs_fail_in_one_line_before_anything_is_written(classifier_checkpoint, survey_data, tmp_path):
+    def fails(message: str, **fields) -> None:
+        request = InferenceRequest(**{"checkpoint": classifier_checkpoint, "dataset_dir": survey_data, **fields})
+        with pytest.raises(InferenceError, match=message) as caught:
+            predict_here(request)
+        assert "\n" not in str(caught.value)
+        assert not request.out.exists() and not request.work_dir.exists()
+
+    fails("is a classifier model, not the tree asked for", out=tmp_path / "a.h5", task="tree")
+    bigger = tmp_path / "bigger"
+    write_demo_dataset(bigger, n_galaxies=8, image_size=48, seed=3)
+    fails(
+        r"images are 48x48x3 \(HxWxC\) but the model was trained on 32x32x3", out=tmp_path / "b.h5", dataset_dir=bigger
+    )
+    grey = _one_channel_dataset(tmp_path / "grey")
+    fails(r"images are 32x32x1 \(HxWxC\) but the model was trained on 32x32x3", out=tmp_path / "c.h5", dataset_dir=grey)
+
+    existing = tmp_path / "existing.h5"
+    existing.write_text("an earlier result")
+    result = CliRunner().invoke(main, ["predict", str(classifier_checkpoint), str(survey_data), "--out", str(existing)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: out={existing} exists; pass --overwrite to replace it\n"
+    assert existing.read_text() == "an earlier result"
+    table = tmp_path / "d.csv"
+    table.write_text("an earlier table")
+    result = CliRunner().invoke(
+        main,
+        ["predict", str(classifier_checkpoint), str(survey_data), "--out", str(tmp_path / "d.h5"), "--format", "csv"],
+    )
+    assert result.output == f"Error: out={table} exists; pass --overwrite to replace it\n"
+    assert table.read_text() == "an earlier table"

@@ -1,0 +1,101 @@
+"""The submitit job of an inference run (SLURM or local executor): preempted, it requeues and skips finished parts.
+
+Preemption follows the training job (`zoobot_hpc.launch.job`): the signal only sets a flag; every rank stops at
+its next batch (its finished part files are safe on disk), then rank 0 hands over to submitit, which requeues the
+job, and the other ranks exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from zoobot_hpc.checkpointing import PreemptionFlag
+from zoobot_hpc.config import RunConfig
+from zoobot_hpc.inference.request import InferencePlan, InferenceRequest, inference_config, prepare_inference
+from zoobot_hpc.launch.executor import make_executor
+from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging, requeue_self
+
+log = logging.getLogger("zoobot_hpc")
+SUBMITIT_DIR = "submitit"
+
+
+@dataclass
+class InferenceJob(submitit.helpers.Checkpointable):
+    """Run a prepared inference request on every task of a job; returns the output path (rank 0) or None."""
+
+    request: InferenceRequest
+    config: dict[str, Any]
+
+    def __call__(self) -> str | None:
+        flag = PreemptionFlag().install()
+        configure_job_logging()
+        compute_node_environment()
+        from zoobot_hpc.inference.loop import run_inference
+        from zoobot_hpc.launch.environment import SubmititEnvironment
+
+        environment = SubmititEnvironment()
+        outcome = run_inference(
+            self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=environment
+        )
+        if outcome.preempted:
+            _hand_over_preemption(flag, environment.global_rank())
+        return str(outcome.out) if outcome.out is not None else None
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The requeued job is this same job: it skips the part files already written."""
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
+    """Rank 0 lets submitit requeue the job (it exits); the other ranks exit without writing a result."""
+    if rank == 0:
+        log.info("stopped on the preemption signal; handing over to submitit to requeue")
+        flag.hand_over()
+        raise RuntimeError("submitit did not requeue the preempted job")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def submit_inference(
+    request: InferenceRequest, config: RunConfig, trained: RunConfig, executor: str
+) -> tuple[submitit.Job, InferencePlan]:
+    """Check and plan the request here, then submit it with `executor` ('slurm' or 'local'); does not wait."""
+    plan = prepare_inference(request, config, trained)
+    job_name = f"{request.mode}-{config.name}"
+    submitter = make_executor(config, request.work_dir / SUBMITIT_DIR, executor, job_name)
+    job = submitter.submit(InferenceJob(request, config.model_dump(mode="json")))
+    log.info("submitted %s job %s writing %s", request.mode, job.job_id, Path(request.out))
+    return job, plan
+
+
+def submit_request(
+    request: InferenceRequest, config_path: Path | None = None, overrides: tuple[str, ...] = ()
+) -> tuple[submitit.Job, InferencePlan]:
+    """`zoobot-hpc predict/embed`: the run's config with overrides, its executor (SLURM or local), submitted."""
+    from zoobot_hpc.launch.preflight import resolve_executor
+
+    config, trained = inference_config(request, config_path, overrides)
+    return submit_inference(request, config, trained, resolve_executor(config))
+
+
+def run_request_here(
+    request: InferenceRequest, config_path: Path | None = None, overrides: tuple[str, ...] = ()
+) -> Path | None:
+    """`zoobot-hpc predict/embed --here`: run in this process or allocation (srun); requeues itself when signalled."""
+    from zoobot_hpc.inference.loop import run_inference
+
+    config, trained = inference_config(request, config_path, overrides)
+    flag = PreemptionFlag().install()
+    configure_job_logging()
+    prepare_inference(request, config, trained)
+    outcome = run_inference(request, config, flag=flag, interactive=sys.stderr.isatty())
+    if outcome.preempted:
+        requeue_self()
+    return outcome.out

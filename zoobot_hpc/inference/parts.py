@@ -1,0 +1,170 @@
+"""Part files (one per rank per chunk), the merge into one HDF5 file in manifest order, and the table export.
+
+A part file holds `positions` (global positions of its galaxies in the planned splits), `ids`, and one dataset per
+output (e.g. `probabilities`). Every file here is written to `NAME.tmp`, fsynced and renamed, so a file under its
+final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from zoobot_hpc.inference.request import InferenceError, InferencePlan
+
+POSITIONS_KEY = "positions"
+IDS_KEY = "ids"
+SPLIT_KEY = "split"
+COLUMNS_ATTR = "columns"
+EXPORT_ROWS = 65536
+
+
+def part_path(parts_dir: Path, rank: int, chunk: int) -> Path:
+    return Path(parts_dir) / f"rank{rank}-chunk{chunk}.h5"
+
+
+@contextmanager
+def atomic_hdf5(path: Path) -> Iterator[h5py.File]:
+    """An HDF5 file written as `path.tmp` that replaces `path` only when the block completes."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            yield handle
+        with open(tmp, "rb") as raw:
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_part(path: Path, positions: np.ndarray, ids: list[str], outputs: Mapping[str, np.ndarray]) -> None:
+    """Write one part file atomically."""
+    with atomic_hdf5(path) as handle:
+        handle.create_dataset(POSITIONS_KEY, data=np.asarray(positions, dtype=np.int64))
+        handle.create_dataset(IDS_KEY, data=list(ids), dtype=h5py.string_dtype("utf-8"))
+        for name, values in outputs.items():
+            handle.create_dataset(name, data=values)
+
+
+def missing_parts(plan: InferencePlan, parts_dir: Path) -> list[Path]:
+    """The part files not written yet, in chunk then rank order."""
+    return [
+        part_path(parts_dir, rank, chunk)
+        for chunk in range(plan.num_chunks)
+        for rank in range(plan.world_size)
+        if not part_path(parts_dir, rank, chunk).exists()
+    ]
+
+
+def split_names(plan: InferencePlan) -> np.ndarray:
+    """The split of every planned position."""
+    return np.repeat(np.array(plan.splits, dtype=object), plan.split_counts)
+
+
+def merge_parts(
+    plan: InferencePlan, parts_dir: Path, out: Path, columns: Mapping[str, list[str]], attrs: Mapping[str, str]
+) -> None:
+    """Write every part into one HDF5 file ordered like the input; each position must be covered exactly once.
+
+    `columns` names the last axis of an output (class names, answers, ...), stored as the dataset's `columns` attr.
+    """
+    missing = missing_parts(plan, parts_dir)
+    if missing:
+        raise InferenceError(f"{parts_dir}: {len(missing)} part file(s) missing, e.g. {missing[0].name}")
+    splits = split_names(plan)
+    with atomic_hdf5(out) as merged:
+        merged.create_dataset(IDS_KEY, shape=(plan.total,), dtype=h5py.string_dtype("utf-8"))
+        merged.create_dataset(SPLIT_KEY, data=list(splits), dtype=h5py.string_dtype("utf-8"))
+        for chunk in range(plan.num_chunks):
+            for rank in range(plan.world_size):
+                _copy_part(part_path(parts_dir, rank, chunk), plan.rank_block(chunk, rank), merged, plan.total)
+        for name, names in columns.items():
+            if name in merged:
+                merged[name].attrs[COLUMNS_ATTR] = json.dumps(list(names))
+        merged.attrs.update(attrs)
+
+
+def _copy_part(path: Path, block: tuple[int, int], merged: h5py.File, total: int) -> None:
+    start, stop = block
+    with h5py.File(path, "r") as part:
+        positions = part[POSITIONS_KEY][()]
+        if not np.array_equal(positions, np.arange(start, stop)):
+            raise InferenceError(f"{path}: holds positions {positions[:3]}... but its block is [{start}, {stop})")
+        if start == stop:
+            return
+        merged[IDS_KEY][start:stop] = part[IDS_KEY].asstr()[()]
+        for name, dataset in part.items():
+            if name in (POSITIONS_KEY, IDS_KEY):
+                continue
+            if name not in merged:
+                merged.create_dataset(name, shape=(total, *dataset.shape[1:]), dtype=dataset.dtype)
+            merged[name][start:stop] = dataset[()]
+
+
+def table_columns(name: str, row_shape: tuple[int, ...], names: list[str] | None) -> list[str]:
+    """Flat-table column names of one output whose rows have `row_shape`; `names` name its last axis.
+
+    `name` (one value), `name_<col>` (one per column), `name_sample<k>` (one value per MC sample) or
+    `name_<col>_sample<k>` (columns per MC sample).
+    """
+    if not row_shape:
+        return [name]
+    if names is None:
+        return [f"{name}_sample{k}" for k in range(row_shape[0])]
+    if len(row_shape) == 1:
+        return [f"{name}_{col}" for col in names]
+    return [f"{name}_{col}_sample{k}" for k in range(row_shape[0]) for col in names]
+
+
+def _output_names(handle: h5py.File) -> list[str]:
+    return [name for name in handle if name not in (IDS_KEY, SPLIT_KEY)]
+
+
+def read_table_block(handle: h5py.File, start: int, stop: int):
+    """Rows [start, stop) of the merged file as a pandas DataFrame (id, split, then one column per value)."""
+    import pandas as pd
+
+    frame = {
+        "id": handle[IDS_KEY].asstr()[start:stop],
+        "split": handle[SPLIT_KEY].asstr()[start:stop],
+    }
+    for name in _output_names(handle):
+        dataset = handle[name]
+        names = json.loads(dataset.attrs[COLUMNS_ATTR]) if COLUMNS_ATTR in dataset.attrs else None
+        values = dataset[start:stop]
+        labels = table_columns(name, dataset.shape[1:], names)
+        flat = values.reshape(len(values), -1) if values.ndim > 1 else values[:, None]
+        frame.update(dict(zip(labels, flat.T, strict=True)))
+    return pd.DataFrame(frame)
+
+
+def export_table(merged_path: Path, table_path: Path, export_format: str) -> None:
+    """Write the merged HDF5 file as a CSV or parquet table, in blocks of rows, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = table_path.with_name(table_path.name + ".tmp")
+    try:
+        with h5py.File(merged_path, "r") as handle:
+            total = handle[IDS_KEY].shape[0]
+            writer = None
+            for start in range(0, max(total, 1), EXPORT_ROWS):
+                block = read_table_block(handle, start, min(start + EXPORT_ROWS, total))
+                if export_format == "csv":
+                    block.to_csv(tmp, mode="w" if start == 0 else "a", header=start == 0, index=False)
+                else:
+                    table = pa.Table.from_pandas(block, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+            if writer is not None:
+                writer.close()
+        os.replace(tmp, table_path)
+    finally:
+        tmp.unlink(missing_ok=True)
