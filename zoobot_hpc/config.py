@@ -29,6 +29,8 @@ class DataSettings(_Section):
     num_workers: int = Field(4, ge=0)
     hdf5_locking: bool = False
     augment: AugmentConfig = AugmentConfig()
+    embedding_cache: bool = Field(False, description="head_only: train the head on cached encoder embeddings")
+    embedding_cache_views: int = Field(0, ge=0, description="augmented views to cache (0: the evaluation view)")
 
 
 class _ModelCommon(_Section):
@@ -143,6 +145,10 @@ class RunConfig(_Section):
             raise ValueError(
                 f"resources.tasks_per_node={res.tasks_per_node} must equal resources.gpus_per_node="
                 f"{res.gpus_per_node} (one task per device)"
+            )
+        if self.data.embedding_cache and self.model.training_mode != "head_only":
+            raise ValueError(
+                f"data.embedding_cache=true needs model.training_mode=head_only (got {self.model.training_mode!r})"
             )
         if self.data.augment.greyscale and not self.model.greyscale:
             raise ValueError(

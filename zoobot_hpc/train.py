@@ -33,6 +33,7 @@ from zoobot_hpc.checkpointing import (
 )
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
+from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, ThroughputMonitor
 from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
@@ -59,17 +60,33 @@ def build_model(config: RunConfig) -> FinetuneableZoobotAbstract:
     return MODEL_CLASSES[config.model.kind](**settings, seed=config.trainer.seed)
 
 
-def build_datamodule(config: RunConfig, label_cols: list[str]) -> ShardDataModule:
-    """The shard datamodule a config describes, reading only the label columns the model needs."""
-    augment = config.data.augment.model_copy(update={"greyscale": config.model.greyscale})
+def build_datamodule(
+    config: RunConfig, model: FinetuneableZoobotAbstract
+) -> ShardDataModule | EmbeddingCacheDataModule:
+    """The datamodule a config describes, reading only the label columns the model needs: shards, or (head_only
+    with `data.embedding_cache`) the frozen encoder's embeddings, computed once and cached next to the dataset."""
+    data = config.data
+    augment = data.augment.model_copy(update={"greyscale": config.model.greyscale})
+    if data.embedding_cache:
+        return EmbeddingCacheDataModule(
+            data.dataset_dir,
+            encoder=model.encoder,
+            encoder_name=config.model.name,
+            batch_size=data.batch_size,
+            label_cols=model.label_cols,
+            seed=config.trainer.seed,
+            augment=augment,
+            views=data.embedding_cache_views,
+            locking=data.hdf5_locking,
+        )
     return ShardDataModule(
-        dataset_dir=config.data.dataset_dir,
-        batch_size=config.data.batch_size,
-        num_workers=config.data.num_workers,
-        label_cols=label_cols,
+        dataset_dir=data.dataset_dir,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        label_cols=model.label_cols,
         seed=config.trainer.seed,
         augment=augment,
-        locking=config.data.hdf5_locking,
+        locking=data.hdf5_locking,
         pin_memory=config.resources.gpus_per_node > 0,
     )
 
@@ -146,7 +163,7 @@ def run_training(
     model = build_model(config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    datamodule = build_datamodule(config, model.label_cols)
+    datamodule = build_datamodule(config, model)
 
     resume = ResumeCheckpointer(
         checkpoint_dir,

@@ -14,6 +14,7 @@ from zoobot_hpc.inference.request import InferenceRequest, inference_config
 SLOW_BATCHES = "[{class_path: tests.inference.probes.SlowPredictBatches, init_args: {seconds: 0.6}}]"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ranks_interrupted_after_some_parts_finish_on_requeue_like_one_process(
     classifier_checkpoint, survey_data, tmp_path

@@ -49,11 +49,13 @@ def test_cached_head_only_training_matches_uncached_training_with_the_same_views
     L.seed_everything(config.trainer.seed)
     uncached = build_model(config)
     initial_head = [p.detach().clone() for p in uncached.head.parameters()]
-    uncached_trainer = _fit(uncached, build_datamodule(config, uncached.label_cols), epochs)
+    uncached_trainer = _fit(uncached, build_datamodule(config, uncached), epochs)
 
     L.seed_everything(config.trainer.seed)
     cached = build_model(config)
-    datamodule = _cache_datamodule(config, cached, views=epochs, cache_dir=tmp_path / "cache")
+    data = config.data.model_copy(update={"embedding_cache": True, "embedding_cache_views": epochs})
+    datamodule = build_datamodule(config.model_copy(update={"data": data}), cached)
+    assert isinstance(datamodule, EmbeddingCacheDataModule)
     cached_trainer = _fit(cached, datamodule, epochs)
 
     for before, after_uncached, after_cached in zip(

@@ -37,6 +37,7 @@ class RankProbe(Callback):
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "node": os.environ.get("SLURMD_NODENAME", ""),
+            "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
             "train_indices": self.train_indices,
             "train_batches": self.train_batches,
             "val_batches": self.val_batches,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from click.testing import CliRunner
 
 from tests.launch.conftest import (
     assert_same_weights,
@@ -15,6 +16,7 @@ from tests.launch.conftest import (
     write_test_config,
 )
 from tests.wandb_records import offline_run_files, read_offline_run
+from zoobot_hpc.cli import main
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
 
@@ -57,3 +59,9 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert len(runs) == 3
     assert len({run.run_id for run in runs}) == 1
     assert runs[-1].metric("requeue_count")[-1] == 2
+
+    sync = CliRunner().invoke(main, ["sync", "--dry-run", str(run_dir)])
+    assert sync.exit_code == 0, sync.output
+    command = sync.output.split()
+    assert command[:4] == ["wandb", "sync", "--id", runs[0].run_id]
+    assert command[-3:] == [str(path.parent) for path in offline_run_files(run_dir)]

@@ -100,6 +100,7 @@ def test_ddp_two_nodes_and_two_tasks_split_data_evenly_and_stay_in_sync(tmp_path
         ranks = read_probes(tmp_path / label / "probe")
         assert [r["rank"] for r in ranks] == [0, 1]
         assert all(r["world_size"] == 2 for r in ranks)
+        assert all(r["hf_hub_offline"] == "1" for r in ranks), "compute nodes must not reach the Hub"
         assert ranks[0]["train_batches"] == ranks[1]["train_batches"] > 0
         assert ranks[0]["val_batches"] == ranks[1]["val_batches"] > 0
         seen = [set(r["train_indices"]) for r in ranks]
@@ -195,3 +196,16 @@ def test_a_crashing_rank_ends_the_job_promptly_with_failure(tmp_path, demo_datas
     slurm_cluster.wait_for_state(job_id, ["RUNNING"], timeout=120)
     with pytest.raises(RuntimeError, match="FAILED"):
         slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=180)
+
+
+@pytest.mark.timeout(180)
+def test_cancel_stops_the_jobs_of_a_run_dir(tmp_path, demo_dataset, slurm_cluster):
+    config = write_test_config(tmp_path, demo_dataset, name="to-cancel", resources__executor="slurm")
+    [job_id] = submitted_job_ids(cli("submit", str(config)).stdout)
+    slurm_cluster.wait_for_state(job_id, ["RUNNING"], timeout=120)
+    result = cli("cancel", str(tmp_path / "runs" / "to-cancel"))
+    assert result.returncode == 0, result.stderr
+    assert job_id in result.stdout
+    slurm_cluster.wait_for_state(job_id, ["CANCELLED"], timeout=60)
+    status = cli("status", str(tmp_path / "runs" / "to-cancel"))
+    assert "CANCELLED" in status.stdout

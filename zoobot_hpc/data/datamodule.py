@@ -15,6 +15,7 @@ device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,15 @@ from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Loader workers start from a forkserver: forking the training process itself, which runs gloo/NCCL, W&B
+    and other loaders' threads, can leave a worker deadlocked on a lock held at fork time (seen with DDP on CPU).
+    The forkserver preloads the reading modules once, so each worker still starts in a fraction of a second."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "h5py", "zoobot_hpc.data.dataset"])
+    return context
 
 
 def set_hdf5_locking_env(locking: bool | None, worker_id: int = 0) -> None:
@@ -110,6 +120,7 @@ class ShardDataModule(L.LightningDataModule):
             "persistent_workers": self.persistent_workers and workers,
             "worker_init_fn": functools.partial(set_hdf5_locking_env, self.locking) if workers else None,
             "generator": torch.Generator().manual_seed(self.seed),
+            "multiprocessing_context": worker_context() if workers else None,
         }
 
     def train_dataloader(self) -> ResumableDataLoader:

@@ -8,7 +8,6 @@ job, and the other ranks exit.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,12 @@ from zoobot_hpc.checkpointing import PreemptionFlag
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.inference.request import InferencePlan, InferenceRequest, inference_config, prepare_inference
 from zoobot_hpc.launch.executor import make_executor
-from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging, requeue_self
+from zoobot_hpc.launch.job import (
+    compute_node_environment,
+    configure_job_logging,
+    hand_over_preemption,
+    requeue_self,
+)
 
 log = logging.getLogger("zoobot_hpc")
 SUBMITIT_DIR = "submitit"
@@ -45,22 +49,12 @@ class InferenceJob(submitit.helpers.Checkpointable):
             self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=environment
         )
         if outcome.preempted:
-            _hand_over_preemption(flag, environment.global_rank())
+            hand_over_preemption(flag, environment.global_rank())
         return str(outcome.out) if outcome.out is not None else None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The requeued job is this same job: it skips the part files already written."""
         return submitit.helpers.DelayedSubmission(self)
-
-
-def _hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
-    """Rank 0 lets submitit requeue the job (it exits); the other ranks exit without writing a result."""
-    if rank == 0:
-        log.info("stopped on the preemption signal; handing over to submitit to requeue")
-        flag.hand_over()
-        raise RuntimeError("submitit did not requeue the preempted job")
-    sys.stdout.flush()
-    os._exit(0)
 
 
 def submit_inference(

@@ -8,6 +8,7 @@ batches as an uninterrupted one. After every rank is done (a barrier), rank 0 me
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.datamodule import set_hdf5_locking_env
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
-from zoobot_hpc.inference.parts import merge_parts, part_path, write_part
+from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 
@@ -213,8 +214,6 @@ def output_columns(model: FinetuneableZoobotAbstract, plan: InferencePlan) -> di
 
 def model_attributes(model: FinetuneableZoobotAbstract, plan: InferencePlan, config: RunConfig) -> dict[str, str]:
     """Provenance of the output: the plan, the config, the task and its class names or tree schema."""
-    import json
-
     hparams = model.hparams
     schema = {key: hparams.get(key) for key in ("question_answer_pairs", "dependencies") if key in hparams}
     return {
@@ -256,7 +255,6 @@ def run_inference(
     interactive: bool = False,
 ) -> InferenceOutcome:
     """Run this rank's share of a prepared request (see `prepare_inference`); rank 0 then merges and exports."""
-    from zoobot_hpc.inference.parts import export_table
     from zoobot_hpc.train import build_extra_callbacks, default_cluster_environment, resolve_precision
 
     plan = read_plan(request.work_dir)

@@ -40,6 +40,17 @@ def compute_node_environment() -> None:
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "300")
 
 
+def hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
+    """Once every rank has stopped and saved: rank 0 lets submitit requeue the job (it exits there); the other
+    ranks exit without returning, since a returned callable would write a "success" result."""
+    if rank == 0:
+        log.info("stopped and saved on every rank; handing over to submitit to requeue")
+        flag.hand_over()
+        raise RuntimeError("submitit did not requeue the preempted job")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def requeue_self() -> None:
     """After a preemption checkpoint in a job we did not submit (`zoobot-hpc train` under sbatch):
     rank 0 requeues the SLURM job; every rank exits. Outside SLURM, say how to resume."""
@@ -78,17 +89,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             interactive=False,
         )
         if outcome.preempted:
-            self._hand_over_preemption(flag, environment.global_rank())
+            hand_over_preemption(flag, environment.global_rank())
         return outcome.metrics
-
-    @staticmethod
-    def _hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
-        if rank == 0:
-            log.info("checkpoint written on every rank; handing over to submitit to requeue")
-            flag.hand_over()
-            raise RuntimeError("submitit did not requeue the preempted job")
-        sys.stdout.flush()
-        os._exit(0)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The requeued job is this same job: it resumes from the run dir's newest valid checkpoint."""

@@ -27,7 +27,13 @@ def encoder_param_groups(
 
 def head_param_group(head: nn.Module, learning_rate: float) -> dict[str, Any]:
     """The head trains at the full learning rate with no weight decay."""
-    return {"name": "head", "params": list(head.parameters()), "lr": learning_rate, "lr_scale": 1.0, "weight_decay": 0.0}
+    return {
+        "name": "head",
+        "params": list(head.parameters()),
+        "lr": learning_rate,
+        "lr_scale": 1.0,
+        "weight_decay": 0.0,
+    }
 
 
 def finetuning_param_groups(

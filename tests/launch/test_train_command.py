@@ -1,0 +1,30 @@
+"""`zoobot-hpc train`: the same job in the current process (salloc, workstation, a user's own sbatch script)."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from tests.launch.conftest import write_test_config
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.cli import main
+
+
+def test_train_runs_in_process_and_a_second_call_resumes_the_same_run(tmp_path, demo_dataset):
+    config = write_test_config(
+        tmp_path, demo_dataset, name="here", trainer__max_epochs=1, trainer__limit_train_batches=4, data__num_workers=0
+    )
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", str(config)])
+    assert first.exit_code == 0, first.output
+    run_dir = tmp_path / "runs" / "here"
+    assert "validation: validation/accuracy=" in first.output
+    assert (run_dir / layout.CHECKPOINTS / "last.ckpt").exists()
+    run_id = (run_dir / layout.WANDB_RUN_ID).read_text()
+
+    second = runner.invoke(main, ["train", str(config), "trainer.max_epochs=2"])
+    assert second.exit_code == 0, second.output
+    starts = layout.read_segments(run_dir)
+    assert len(starts) == 2
+    assert starts[1]["resumed_from"].endswith("last.ckpt")
+    assert layout.read_json(run_dir / layout.SUMMARY)["epochs"] == 2
+    assert (run_dir / layout.WANDB_RUN_ID).read_text() == run_id
