@@ -46,26 +46,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(dir_fd)
 
 
-def is_loadable_checkpoint(path: Path) -> bool:
-    """True when `path` is a complete checkpoint (a torn or empty file fails to open)."""
+def stored_step(path: Path) -> int | None:
+    """The global step a checkpoint stores, or None when it does not load (a torn or empty file)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        return False
-    return True
+        return None
+    return int(checkpoint.get("global_step", -1))
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step stored in a checkpoint."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+def is_loadable_checkpoint(path: Path) -> bool:
+    """True when `path` is a complete checkpoint."""
+    return stored_step(path) is not None
 
 
 def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The loadable checkpoint with the highest global step; the full-state resume checkpoint wins ties."""
+    """The loadable checkpoint with the highest global step; at equal steps the full-state `resume.ckpt`, then
+    `last.ckpt`, win over a `best.ckpt` written at the same moment."""
+    preference = {RESUME_CHECKPOINT: 2, "last.ckpt": 1}
     candidates = []
     for path in Path(checkpoint_dir).glob("*.ckpt"):
-        if is_loadable_checkpoint(path):
-            candidates.append((checkpoint_step(path), path.name == RESUME_CHECKPOINT, path))
+        step = stored_step(path)
+        if step is not None:
+            candidates.append((step, preference.get(path.name, 0), path))
     if not candidates:
         return None
     return max(candidates, key=lambda c: (c[0], c[1]))[2]

@@ -283,7 +283,6 @@ def sync(path: str, dry_run: bool) -> None:
         raise SystemExit(1)
 
 
-
 def _inference_options(function):
     """Options shared by `predict` and `embed`."""
     options = [
@@ -367,6 +366,7 @@ def report(sweep_dir: str, out_dir: str | None) -> None:
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for path in written:
         click.echo(f"wrote {path}")
+
 
 if __name__ == "__main__":
     main()
