@@ -99,11 +99,19 @@ class PreemptionFlag:
             self.previous_handler(self.signum, None)
 
 
-def _all_reduce_max(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+def _all_reduce_max(values: list[float], group: Any = None) -> list[float]:
+    """Element-wise max over ranks of a few host-side flags (no-op outside distributed runs)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
     return tensor.tolist()
+
+
+def host_flag_group() -> Any:
+    """A gloo process group for host-side flags: under NCCL, agreeing on a flag then needs no GPU sync."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
 
 
 class PreemptedStop(Exception):
@@ -117,8 +125,9 @@ class PreemptedStop(Exception):
 class ResumeCheckpointer(Callback):
     """Writes the full-state `resume.ckpt` on preemption and on a step/time cadence, on all ranks together.
 
-    Every `poll_every_n_steps` training steps all ranks agree (one all-reduce) whether the signal arrived on
-    any of them and whether a periodic save is due; after a preemption save every rank raises PreemptedStop.
+    After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether the signal
+    arrived on any of them and whether a periodic save is due; after a preemption save every rank raises
+    PreemptedStop. Saves happen only on accumulation boundaries, so no partial gradient is ever lost.
     A save that would land on an epoch's last batch is deferred by one step (Lightning 2.6 restores wrong
     epoch counters from such a checkpoint).
     """
@@ -129,14 +138,16 @@ class ResumeCheckpointer(Callback):
         flag: PreemptionFlag | None = None,
         every_n_steps: int | None = None,
         every_minutes: float | None = None,
-        poll_every_n_steps: int = 1,
     ) -> None:
         self.path = Path(checkpoint_dir) / RESUME_CHECKPOINT
         self.flag = flag
         self.every_n_steps = every_n_steps
         self.every_s = every_minutes * 60 if every_minutes else None
-        self.poll_every_n_steps = poll_every_n_steps
+        self._flag_group: Any = None
         self._last_save = time.monotonic()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._flag_group = host_flag_group()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         loader = trainer.train_dataloader
@@ -147,14 +158,14 @@ class ResumeCheckpointer(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step % self.poll_every_n_steps:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         signalled = float(self.flag is not None and self.flag.received)
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = float(bool(self.every_n_steps) and step % self.every_n_steps == 0)
-        signalled, time_due = _all_reduce_max([signalled, time_due], pl_module.device)
+        signalled, time_due = _all_reduce_max([signalled, time_due], self._flag_group)
         if not (signalled or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)

@@ -123,9 +123,11 @@ def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers
 @main.command()
 @click.argument("dataset_dir", type=click.Path())
 @click.option("--checksums/--no-checksums", default=True, show_default=True, help="Verify shard sha256.")
-@click.option("--locking/--no-locking", default=None, help="HDF5 file locking (default: HDF5's).")
+@click.option(
+    "--locking/--no-locking", default=False, show_default=True, help="HDF5 file locking (off for Lustre/GPFS/NFS)."
+)
 @click.option("--label-col", "label_cols", multiple=True, help="Label column that must exist (repeatable).")
-def inspect(dataset_dir: str, checksums: bool, locking: bool | None, label_cols: tuple[str, ...]) -> None:
+def inspect(dataset_dir: str, checksums: bool, locking: bool, label_cols: tuple[str, ...]) -> None:
     """Validate a shard dataset and print its summary; exit code 0 only when it is valid."""
     from zoobot_hpc.data.validate import inspect_dataset
 
@@ -216,15 +218,20 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     from zoobot_hpc.checkpointing import PreemptionFlag
     from zoobot_hpc.config import ConfigError, load_config
     from zoobot_hpc.launch.job import configure_job_logging, requeue_self
+    from zoobot_hpc.launch.preflight import PreflightError, check_run_dir
     from zoobot_hpc.train import run_training
 
     try:
         run_config = load_config(config, overrides)
     except ConfigError as error:
         _fail(error)
+    target = Path(run_dir) if run_dir else run_config.output_dir / run_config.name
+    try:
+        check_run_dir(run_config, target)
+    except PreflightError as error:
+        _fail(error)
     configure_job_logging()
     flag = PreemptionFlag().install()
-    target = Path(run_dir) if run_dir else run_config.output_dir / run_config.name
     outcome = run_training(run_config, target, flag=flag)
     if outcome.preempted:
         requeue_self()

@@ -105,10 +105,11 @@ def build_extra_callbacks(config: RunConfig) -> list[Callback]:
 
 
 def resolve_precision(precision: str) -> str:
-    """`auto` is bf16 mixed precision on GPUs that support it, full precision otherwise."""
+    """`auto` is bf16 mixed precision on GPUs with native bf16 (Ampere and newer), full precision otherwise
+    (`is_bf16_supported()` also accepts the slow emulation of V100 and T4)."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         return "bf16-mixed"
     return "32-true"
 

@@ -50,9 +50,7 @@ def write_catalog_images(folder: Path, n_images: int, seed: int = 0) -> pd.DataF
         if kind == 0:
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / relative)
         elif kind == 1:
-            Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(
-                folder / relative, quality=95
-            )
+            Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(folder / relative, quality=95)
         elif kind == 2:
             np.save(folder / relative, rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
         else:

@@ -100,9 +100,7 @@ def test_split_column_and_unlabelled_catalog(image_catalog: Path, tmp_path: Path
     catalog["which"] = np.where(np.arange(len(catalog)) < 30, "train", "test")
     split_catalog = image_catalog.with_name("split.csv")
     catalog.to_csv(split_catalog, index=False)
-    manifest = build_dataset(
-        split_catalog, tmp_path / "a", label_cols=["label"], split_col="which", progress=False
-    )
+    manifest = build_dataset(split_catalog, tmp_path / "a", label_cols=["label"], split_col="which", progress=False)
     assert manifest.split_count("train") == 30 and manifest.split_count("test") == 10
     assert "val" not in manifest.splits
     assert {row["split"] for id_, row in _read_all(tmp_path / "a").items() if int(id_[4:]) >= 30} == {"test"}

@@ -69,9 +69,7 @@ def test_votes_follow_the_tree(demo_dataset: Path) -> None:
     np.testing.assert_array_equal(
         votes["disk-edge-on_yes"] + votes["disk-edge-on_no"], votes["smooth-or-featured_featured-or-disk"]
     )
-    np.testing.assert_array_equal(
-        votes["has-spiral-arms_yes"] + votes["has-spiral-arms_no"], votes["disk-edge-on_no"]
-    )
+    np.testing.assert_array_equal(votes["has-spiral-arms_yes"] + votes["has-spiral-arms_no"], votes["disk-edge-on_no"])
     smooth_fraction = votes["smooth-or-featured_smooth"] / first_question
     label = labels["label"]
     assert set(np.unique(label)) == {0, 1, 2}

@@ -168,9 +168,7 @@ def test_missing_directory_and_manifest(tmp_path: Path) -> None:
 def test_first_problem_is_raised_and_the_rest_counted(demo_copy: Path) -> None:
     (demo_copy / "train-00001.h5").unlink()
     (demo_copy / "test-00000.h5").unlink()
-    with pytest.raises(
-        DatasetError, match=r"train-00001.h5: shard file is missing \(and 1 more; run"
-    ) as error:
+    with pytest.raises(DatasetError, match=r"train-00001.h5: shard file is missing \(and 1 more; run") as error:
         validate_dataset(demo_copy)
     assert "\n" not in str(error.value)
 
@@ -185,9 +183,7 @@ def test_requested_image_shape_must_match(demo_dataset: Path) -> None:
 
 
 def test_summary_counts_and_label_statistics(demo_dataset: Path) -> None:
-    summary = validate_dataset(
-        demo_dataset, required_label_cols=["label", "axis_ratio"], verify_checksums=True
-    )
+    summary = validate_dataset(demo_dataset, required_label_cols=["label", "axis_ratio"], verify_checksums=True)
     manifest = read_manifest(demo_dataset)
     assert summary.is_valid and summary.image_shape == (32, 32, 3)
     assert summary.split_counts == {split: manifest.split_count(split) for split in manifest.splits}
@@ -206,10 +202,7 @@ def test_summary_counts_and_label_statistics(demo_dataset: Path) -> None:
     report = _inspect(demo_dataset)
     assert report.exit_code == 0
     lines = report.output.splitlines()
-    assert (
-        f"split train: {manifest.split_count('train')} images in {len(manifest.splits['train'])} shards"
-        in lines
-    )
+    assert f"split train: {manifest.split_count('train')} images in {len(manifest.splits['train'])} shards" in lines
     assert "  train-00000.h5: 50" in lines and lines[-2:] == ["checksums verified", "VALID"]
     assert any(line.startswith("axis_ratio") and f"{axis_ratio.mean():.4g}" in line for line in lines)
 

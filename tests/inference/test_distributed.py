@@ -19,7 +19,7 @@ SLOW_BATCHES = "[{class_path: tests.inference.probes.SlowPredictBatches, init_ar
 def test_two_ranks_interrupted_after_some_parts_finish_on_requeue_like_one_process(
     classifier_checkpoint, survey_data, tmp_path
 ):
-    request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "ddp" / "preds.h5", chunk_size=10)
+    request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "ddp" / "preds.h5", chunk_size=5)
     overrides = ["resources.tasks_per_node=2", "data.num_workers=0", f"trainer.callbacks={SLOW_BATCHES}"]
     config, trained = inference_config(request, overrides=overrides)
     job, plan = submit_inference(request, config, trained, executor="local")

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tests.launch.conftest import write_test_config
@@ -108,3 +109,19 @@ def test_dry_run_prints_config_and_sbatch_script_and_submits_nothing(tmp_path, d
     assert "#SBATCH --signal=USR2@" in result.output
     assert "--kill-on-bad-exit=1" in result.output
     assert_nothing_submitted(tmp_path)
+
+
+def test_sweeping_resources_is_refused(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    assert_one_line_error(run_submit(config, "resources.cpus_per_task=1,2"), "resources.cpus_per_task")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_resubmitting_a_changed_model_into_a_run_dir_with_checkpoints_is_refused(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", name="taken")
+    run_dir = tmp_path / "runs" / "taken"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config.read_text().replace("learning_rate: 0.001", "learning_rate: 0.0003"))
+    torch.save({"global_step": 3}, run_dir / "checkpoints" / "last.ckpt")
+    assert_one_line_error(run_submit(config), str(run_dir), "model.learning_rate=0.0003")
+    assert not (run_dir / "submission.json").exists()

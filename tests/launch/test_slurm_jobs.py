@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,11 @@ def test_a_crashing_rank_ends_the_job_promptly_with_failure(tmp_path, demo_datas
     slurm_cluster.wait_for_state(job_id, ["RUNNING"], timeout=120)
     with pytest.raises(RuntimeError, match="FAILED"):
         slurm_cluster.wait_for_state(job_id, ["COMPLETED"], timeout=180)
+    log_text = Path(layout.read_json(tmp_path / "runs" / "crash" / layout.SUBMISSION)["stdout"]).read_text()
+    crashed_at = max(datetime.fromisoformat(t) for t in re.findall(r"(\S+ \S+),\d+ INFO zoobot_hpc", log_text))
+    [record] = slurm_cluster.sacct(job_id, allocations_only=True)
+    ended = datetime.fromisoformat(record["End"])
+    assert (ended - crashed_at).total_seconds() < 60, "the surviving rank hung instead of ending the job"
 
 
 @pytest.mark.timeout(180)

@@ -28,3 +28,17 @@ def test_train_runs_in_process_and_a_second_call_resumes_the_same_run(tmp_path, 
     assert starts[1]["resumed_from"].endswith("last.ckpt")
     assert layout.read_json(run_dir / layout.SUMMARY)["epochs"] == 2
     assert (run_dir / layout.WANDB_RUN_ID).read_text() == run_id
+
+
+def test_train_refuses_to_resume_a_run_dir_with_a_different_model(tmp_path, demo_dataset):
+    config = write_test_config(
+        tmp_path, demo_dataset, name="here", trainer__max_epochs=1, trainer__limit_train_batches=2, data__num_workers=0
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", str(config)]).exit_code == 0
+    summary = (tmp_path / "runs" / "here" / layout.SUMMARY).read_text()
+    changed = runner.invoke(main, ["train", str(config), "model.learning_rate=0.01"])
+    assert changed.exit_code != 0
+    [line] = [line for line in changed.output.splitlines() if line.strip()]
+    assert "model.learning_rate=0.001" in line and "0.01" in line
+    assert (tmp_path / "runs" / "here" / layout.SUMMARY).read_text() == summary

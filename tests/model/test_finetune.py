@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -6,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.model.helpers import HUB_REPO, HUB_REVISION, TINY_ENCODER, cpu_trainer, galaxy_images, loader
+from tests.model.helpers import HUB_REPO, TINY_ENCODER, cpu_trainer, galaxy_images, loader
 from zoobot_hpc.model import (
     MODEL_CLASSES,
     FinetuneableZoobotClassifier,
@@ -244,8 +245,8 @@ def test_checkpoint_reloads_offline_in_a_fresh_process_with_identical_prediction
     model.eval()
     with torch.inference_mode():
         expected = {**model.predict_step({"image": images}), "embedding": model.embed(images)}
-    # only the encoder's config stays in the cache: restoring must not need its pretrained weights
-    (hf_cache / f"models--{HUB_REPO.replace('/', '--')}" / "snapshots" / HUB_REVISION / "model.safetensors").unlink()
+    # the Hugging Face cache is gone: restoring needs neither the network nor the encoder's hub files
+    shutil.rmtree(hf_cache / f"models--{HUB_REPO.replace('/', '--')}")
     result = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, str(checkpoint), str(images_path), str(output)],
         capture_output=True,

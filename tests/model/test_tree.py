@@ -74,3 +74,34 @@ def test_vote_fractions_are_dirichlet_means_per_question():
     concentrations = torch.tensor([[2.0, 3.0, 5.0, 1.0, 3.0]])
     fractions = vote_fractions(concentrations, schema)
     assert torch.allclose(fractions, torch.tensor([[0.2, 0.3, 0.5, 0.25, 0.75]]))
+
+
+def test_nan_votes_count_as_a_question_never_asked_and_bf16_autocast_keeps_the_fp32_loss():
+    import lightning as L
+
+    from zoobot_hpc.data.demo import DEMO_TREE_SCHEMA
+    from zoobot_hpc.model import FinetuneableZoobotTree
+
+    L.seed_everything(0)
+    model = FinetuneableZoobotTree(name="test_convnext", pretrained=False, **DEMO_TREE_SCHEMA).eval()
+    images = torch.rand(4, 3, 32, 32)
+    batch = {"image": images}
+    for i, column in enumerate(model.label_cols):
+        batch[column] = torch.tensor([10.0, 3.0, 0.0, 7.0]) + i
+    with_zeros = dict(batch, **{"has-spiral-arms_yes": torch.zeros(4), "has-spiral-arms_no": torch.zeros(4)})
+    with_nans = dict(
+        batch,
+        **{"has-spiral-arms_yes": torch.full((4,), float("nan")), "has-spiral-arms_no": torch.full((4,), float("nan"))},
+    )
+    with torch.no_grad():
+        outputs = model.batch_outputs(batch)
+        loss_zeros = model.compute_loss(outputs, with_zeros)
+        loss_nans = model.compute_loss(outputs, with_nans)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs_bf16 = model.batch_outputs(batch)
+            loss_bf16 = model.compute_loss(outputs_bf16, batch)
+        loss_fp32 = model.compute_loss(outputs, batch)
+    assert torch.isfinite(loss_nans)
+    assert loss_nans == loss_zeros
+    assert outputs_bf16.dtype == torch.float32
+    assert abs(float(loss_bf16) - float(loss_fp32)) < 0.02 * abs(float(loss_fp32))

@@ -45,9 +45,7 @@ def hash_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1))
     """Assign each id to train/val/test by a deterministic sha256 hash of the id (stable across runs)."""
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(
-            f"split_fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}"
-        )
+        raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}")
     position = np.array(
         [int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "big") / 2**64 for i in ids],
         dtype=np.float64,
@@ -251,9 +249,7 @@ def _assign_splits(
     splits = frame[split_col].astype(str).to_numpy(dtype=object)
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
-        raise DatasetError(
-            f"{catalog}: split column {split_col!r} has values {unknown[:5]} (allowed: {SPLITS})"
-        )
+        raise DatasetError(f"{catalog}: split column {split_col!r} has values {unknown[:5]} (allowed: {SPLITS})")
     return splits
 
 
@@ -358,9 +354,7 @@ def build_dataset(
     ids = frame[id_col].astype(str).to_numpy(dtype=object)
     repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
     if len(repeated):
-        raise DatasetError(
-            f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}"
-        )
+        raise DatasetError(f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}")
     labels = _label_arrays(catalog, frame, id_col, label_cols, allow_nan)
     splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -156,8 +156,7 @@ def _write_demo_shard(task: tuple[Path, str, np.ndarray, int, int]) -> ShardInfo
     path, split, indices, seed, image_size = task
     galaxies = [make_galaxy(seed, int(index), image_size) for index in indices]
     labels = {
-        name: np.array([values[name] for _, values in galaxies], dtype=dtype)
-        for name, dtype in _LABEL_DTYPES.items()
+        name: np.array([values[name] for _, values in galaxies], dtype=dtype) for name, dtype in _LABEL_DTYPES.items()
     }
     images = np.stack([image for image, _ in galaxies])
     return write_shard(path, images, [_demo_id(int(i)) for i in indices], labels, split)

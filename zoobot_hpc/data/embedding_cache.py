@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,13 +127,13 @@ def compute_embedding_cache(
     locking: bool | None = False,
     device: torch.device | None = None,
 ) -> Path:
-    """Write the cache file of `spec` (atomically: `path.tmp.<pid>`, fsync, rename) unless it exists."""
+    """Write the cache file of `spec` (atomically: `path.tmp.<host>.<pid>`, fsync, rename) unless it exists."""
     if path.exists():
         return path
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = copy.deepcopy(encoder).to(device).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as handle:
             handle.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec), default=list)

@@ -127,8 +127,7 @@ class ShardWriter:
             raise ValueError(f"{self.path.name}: split must be one of {SPLITS}, got {split!r}")
         if len(self.image_shape) != 3 or self.image_shape[2] not in IMAGE_CHANNELS:
             raise ValueError(
-                f"{self.path.name}: image_shape must be (H, W, C) with C in {IMAGE_CHANNELS}, "
-                f"got {self.image_shape}"
+                f"{self.path.name}: image_shape must be (H, W, C) with C in {IMAGE_CHANNELS}, got {self.image_shape}"
             )
         self.split = split
         self.ids: list[str] = []
@@ -208,9 +207,7 @@ def write_shard(
 ) -> ShardInfo:
     """Write one complete shard atomically (to `path.tmp`, fsynced, then renamed) and describe it."""
     if images.ndim != 4:
-        raise ValueError(
-            f"{Path(path).name}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}"
-        )
+        raise ValueError(f"{Path(path).name}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     with ShardWriter(path, images.shape[1:], split) as writer:
         writer.append(images, ids)
         return writer.finish(labels)
@@ -247,9 +244,7 @@ def _parse_manifest(path: Path, raw: dict) -> Manifest:
     if missing:
         raise DatasetError(f"{path}: manifest is missing keys {missing}")
     if raw["format_version"] != FORMAT_VERSION:
-        raise DatasetError(
-            f"{path}: unsupported format_version {raw['format_version']!r} (expected {FORMAT_VERSION})"
-        )
+        raise DatasetError(f"{path}: unsupported format_version {raw['format_version']!r} (expected {FORMAT_VERSION})")
     image_shape = tuple(raw["image_shape"])
     if len(image_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in image_shape):
         raise DatasetError(f"{path}: image_shape must be [H, W, C] positive ints, got {raw['image_shape']}")
@@ -266,9 +261,7 @@ def _parse_manifest(path: Path, raw: dict) -> Manifest:
     if unknown_splits:
         raise DatasetError(f"{path}: unknown splits {unknown_splits} (expected some of {list(SPLITS)})")
     try:
-        splits = {
-            split: tuple(ShardInfo(**shard) for shard in shards) for split, shards in raw["splits"].items()
-        }
+        splits = {split: tuple(ShardInfo(**shard) for shard in shards) for split, shards in raw["splits"].items()}
     except TypeError as error:
         raise DatasetError(f"{path}: malformed shard entry ({error})") from error
     return Manifest(

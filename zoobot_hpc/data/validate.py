@@ -138,21 +138,15 @@ def _check_request(
     return problems
 
 
-def _check_attrs(
-    path: Path, handle: h5py.File, split: str, shard: ShardInfo, manifest: Manifest
-) -> list[str]:
+def _check_attrs(path: Path, handle: h5py.File, split: str, shard: ShardInfo, manifest: Manifest) -> list[str]:
     attrs = handle.attrs
     problems = []
     if attrs.get("format_version") != FORMAT_VERSION:
         problems.append(f"{path}: format_version {attrs.get('format_version')} (expected {FORMAT_VERSION})")
     if attrs.get("split") != split:
-        problems.append(
-            f"{path}: shard says split {attrs.get('split')!r} but the manifest lists it under {split!r}"
-        )
+        problems.append(f"{path}: shard says split {attrs.get('split')!r} but the manifest lists it under {split!r}")
     if attrs.get("count") != shard.count:
-        problems.append(
-            f"{path}: count attribute {attrs.get('count')} disagrees with manifest count {shard.count}"
-        )
+        problems.append(f"{path}: count attribute {attrs.get('count')} disagrees with manifest count {shard.count}")
     return problems
 
 
@@ -241,8 +235,7 @@ class _DatasetChecker:
             values = group[name][:]
             if values.dtype != np.dtype(dtype) or values.shape != (shard.count,):
                 problems.append(
-                    f"{path}: label {name!r} is {values.dtype} {values.shape}; "
-                    f"expected {dtype} of length {shard.count}"
+                    f"{path}: label {name!r} is {values.dtype} {values.shape}; expected {dtype} of length {shard.count}"
                 )
                 continue
             self.label_stats[name].update(values)
@@ -328,9 +321,7 @@ def validate_dataset(
     locking: bool | None = None,
 ) -> DatasetSummary:
     """Validate a dataset before use; raises DatasetError (one line) with the first problem found."""
-    summary = inspect_dataset(
-        dataset_dir, required_label_cols, image_shape, channels, verify_checksums, locking
-    )
+    summary = inspect_dataset(dataset_dir, required_label_cols, image_shape, channels, verify_checksums, locking)
     if summary.problems:
         more = len(summary.problems) - 1
         suffix = f" (and {more} more; run `zoobot-hpc inspect {dataset_dir}`)" if more else ""

@@ -1,6 +1,6 @@
 """The per-rank inference code path: read the planned splits in manifest order, predict, write part files, merge.
 
-Each chunk of `plan.chunk_size` galaxies is divided into one contiguous block per rank (no padding, so no
+Each chunk (`plan.chunk_size` galaxies for every rank) is split into one contiguous block per rank (no padding, so no
 duplicates); batches never cross a block, so a requeued job that skips finished part files forms the same
 batches as an uninterrupted one. After every rank is done (a barrier), rank 0 merges the parts into one file.
 """
@@ -169,7 +169,7 @@ class PartWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         positions = batch["index"].cpu().numpy()
-        chunk = int(positions[0]) // self.plan.chunk_size
+        chunk = int(positions[0]) // self.plan.galaxies_per_chunk
         outputs = {name: values.detach().float().cpu().numpy() for name, values in prediction.items()}
         rows = self._pending.setdefault(chunk, [])
         rows.append((positions, list(batch["id"]), outputs))

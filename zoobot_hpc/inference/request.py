@@ -46,7 +46,7 @@ class InferenceRequest:
         export_format: also write the table as 'csv' or 'parquet' next to `out` (same stem).
         splits: the splits to run over, in this order; None: every split, in manifest order.
         overwrite: replace existing outputs (only once the new ones are complete).
-        chunk_size: galaxies per chunk; each rank writes one part file per chunk.
+        chunk_size: galaxies per rank per chunk; each rank writes one part file per chunk.
     """
 
     checkpoint: Path
@@ -102,13 +102,18 @@ class InferencePlan:
         return sum(self.split_counts)
 
     @property
+    def galaxies_per_chunk(self) -> int:
+        """`chunk_size` galaxies for each rank: part files and batches keep their size however many ranks run."""
+        return self.chunk_size * self.world_size
+
+    @property
     def num_chunks(self) -> int:
-        return -(-self.total // self.chunk_size)
+        return -(-self.total // self.galaxies_per_chunk)
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Global positions [start, stop) of a chunk."""
-        start = chunk * self.chunk_size
-        return start, min(start + self.chunk_size, self.total)
+        start = chunk * self.galaxies_per_chunk
+        return start, min(start + self.galaxies_per_chunk, self.total)
 
     def rank_block(self, chunk: int, rank: int) -> tuple[int, int]:
         """The contiguous positions [start, stop) of a chunk that `rank` computes (may be empty)."""

@@ -9,7 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from zoobot_hpc.config import RunConfig
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.config import ConfigError, RunConfig, build_config, load_yaml
 from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.data.validate import validate_dataset
 from zoobot_hpc.model.encoders import ensure_encoder_weights
@@ -101,6 +102,46 @@ def check_callbacks(config: RunConfig) -> None:
             getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
             raise PreflightError(f"trainer.callbacks: cannot import {spec.class_path!r} ({exc})") from None
+
+
+# What a resumed run takes from its checkpoint: changing these under an existing run dir would be silently ignored.
+RESUME_BOUND_KEYS = (
+    "model",
+    "data.dataset_dir",
+    "data.batch_size",
+    "data.augment",
+    "trainer.seed",
+    "trainer.accumulate_grad_batches",
+)
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """A run dir that already holds checkpoints resumes; refuse when the new config changes what it resumes."""
+    previous_path = Path(run_dir) / layout.CONFIG
+    if not previous_path.exists() or not any((Path(run_dir) / layout.CHECKPOINTS).glob("*.ckpt")):
+        return
+    try:
+        previous = _flatten(build_config(load_yaml(previous_path), str(previous_path)).model_dump(mode="json"))
+    except ConfigError as exc:
+        raise PreflightError(f"{run_dir} already holds a run whose config does not load ({exc})") from None
+    current = _flatten(config.model_dump(mode="json"))
+    for key in sorted(set(previous) | set(current)):
+        if key.startswith(RESUME_BOUND_KEYS) and previous.get(key) != current.get(key):
+            raise PreflightError(
+                f"{run_dir} already holds a run with {key}={previous.get(key)!r} (now {current.get(key)!r}); "
+                "it would resume with the old value: choose another name= or remove the run dir"
+            )
 
 
 def check_writable(directory: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import submitit
 
@@ -13,7 +13,7 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
 from zoobot_hpc.launch.job import TrainingJob
-from zoobot_hpc.launch.preflight import preflight, resolve_executor
+from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
 from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
 
 
@@ -58,6 +58,9 @@ def plan_runs(
     if overlap:
         raise ConfigError(f"{sorted(overlap)[0]} is swept both on the command line and in {grid_file}")
     points = expand_points({**axes, **swept}, include)
+    resource_keys = sorted({key for point in points for key in point if key.startswith("resources.")})
+    if resource_keys:
+        raise ConfigError(f"{resource_keys[0]}: a sweep is one job array with one set of resources; submit separately")
     base = build_config(raw, source=str(config_path))
     is_sweep = len(points) > 1 or bool(grid_file)
     sweep = (sweep_name or f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}") if is_sweep else None
@@ -70,7 +73,7 @@ def plan_runs(
         if name in names:
             name = f"{name}-{index}"
         names.add(name)
-        point_raw = _deep_copy(raw)
+        point_raw = copy.deepcopy(raw)
         for key, value in point.items():
             apply_override(point_raw, key.split("."), value)
         point_raw["name"] = name
@@ -86,10 +89,6 @@ def plan_runs(
         overrides=list(overrides),
         grid_file=str(grid_file) if grid_file else None,
     )
-
-
-def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
 def describe_plan(plan: Plan) -> str:
@@ -118,6 +117,8 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
     """Check everything, then submit the plan's runs: one job, or one job array. Returns without waiting."""
     configs = [run.config for run in plan.runs]
     preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download)
+    for run in plan.runs:
+        check_run_dir(run.config, run.run_dir)
     for run in plan.runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / layout.CONFIG).write_text(dump_config(run.config))

@@ -15,6 +15,7 @@ import timm
 import torch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_tag
+from timm.models._input import get_model_args
 from torch import nn
 
 HF_CONFIG_FILE = "config.json"
@@ -59,6 +60,21 @@ def create_encoder(
         if str(error).startswith("Unknown model"):
             raise ValueError(f"encoder name={name_or_module!r} is not a timm model") from error
         raise
+
+
+def encoder_architecture(encoder: nn.Module) -> dict[str, Any] | None:
+    """What rebuilds a timm encoder without any hub or folder: its architecture name and model arguments."""
+    architecture = getattr(encoder, "pretrained_cfg", {}).get("architecture")
+    if architecture is None or not timm.is_model(architecture):
+        return None
+    return {"model_name": architecture, "model_args": get_model_args(encoder)}
+
+
+def encoder_from_architecture(architecture: Mapping[str, Any]) -> nn.Module:
+    """A randomly initialised encoder from `encoder_architecture` (a checkpoint then loads its weights)."""
+    return _prepare_module(
+        timm.create_model(architecture["model_name"], pretrained=False, **dict(architecture["model_args"]))
+    )
 
 
 def _prepare_module(module: nn.Module) -> nn.Module:

@@ -17,7 +17,12 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import MeanSquaredError
 
-from zoobot_hpc.model.encoders import create_encoder, encoder_from_checkpoint
+from zoobot_hpc.model.encoders import (
+    create_encoder,
+    encoder_architecture,
+    encoder_from_architecture,
+    encoder_from_checkpoint,
+)
 from zoobot_hpc.model.param_groups import apply_lr_scale, finetuning_param_groups
 from zoobot_hpc.model.schedulers import (
     create_scheduler,
@@ -83,6 +88,7 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         head_dropout_prob: float = 0.5,
         scheduler_kwargs: Mapping[str, Any] | None = None,
         seed: int = 42,
+        encoder_architecture: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         _check(
@@ -116,7 +122,10 @@ class FinetuneableZoobotAbstract(L.LightningModule):
             )
         else:
             with seeded(seed):
-                self.encoder = create_encoder(name, pretrained, timm_kwargs, greyscale)
+                if encoder_architecture is not None and not pretrained:
+                    self.encoder = encoder_from_architecture(encoder_architecture)
+                else:
+                    self.encoder = create_encoder(name, pretrained, timm_kwargs, greyscale)
         if self.head_only:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -190,8 +199,9 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         return self.encoder(images)
 
     def head_outputs(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Head outputs (logits, values or concentrations) for encoder embeddings (B, num_features)."""
-        return self.head(embedding)
+        """Head outputs (logits, values or concentrations) for encoder embeddings (B, num_features), in float32
+        whatever the autocast precision, so that losses and metrics are not rounded to bf16."""
+        return self.head(embedding).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Head outputs for float images (B, C, H, W) in [0, 1]."""
@@ -263,9 +273,24 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def _updates_per_epoch(self) -> int:
+        """Optimiser steps per epoch, from the datamodule's own train loader when there is one.
+
+        Asking the Trainer instead (`estimated_stepping_batches`) builds its train loader before a checkpoint is
+        restored, and Lightning then never loads the loader's (sampler's) state: a mid-epoch resume would replay
+        the epoch from its first batch.
+        """
         trainer = self.trainer
-        _ = trainer.estimated_stepping_batches  # loads the train dataloader, which sets num_training_batches
-        batches = trainer.num_training_batches
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "train_dataloader"):
+            batches = len(datamodule.train_dataloader())
+            limit = trainer.limit_train_batches
+            if isinstance(limit, int):
+                batches = min(batches, limit)
+            elif limit is not None:
+                batches = int(batches * limit)
+        else:
+            _ = trainer.estimated_stepping_batches  # loads the train dataloader, which sets num_training_batches
+            batches = trainer.num_training_batches
         _check(
             math.isfinite(batches),
             "scheduler_kwargs step_on_epochs=False needs updates_per_epoch (train dataloader has no length)",
@@ -287,9 +312,12 @@ class FinetuneableZoobotAbstract(L.LightningModule):
             set_schedule_position(config.scheduler, epoch=self.current_epoch, num_updates=self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Weights live in the checkpoint: restoring rebuilds the encoder without pretrained weights."""
+        """Weights live in the checkpoint: restoring rebuilds the encoder without pretrained weights, from the
+        timm architecture and arguments stored here (no `hf_hub:` or `local-dir:` config is read again)."""
         if "hyper_parameters" in checkpoint:
-            checkpoint["hyper_parameters"].update(pretrained=False, zoobot_checkpoint_loc=None)
+            checkpoint["hyper_parameters"].update(
+                pretrained=False, zoobot_checkpoint_loc=None, encoder_architecture=encoder_architecture(self.encoder)
+            )
 
 
 class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
@@ -427,8 +455,9 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
         return self.schema.label_cols
 
     def vote_counts(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """The batch's vote counts (B, A) in `label_cols` order."""
-        return torch.stack([batch[column] for column in self.label_cols], dim=1).float()
+        """The batch's vote counts (B, A) in `label_cols` order; a question never asked (NaN) counts 0 votes."""
+        counts = torch.stack([batch[column] for column in self.label_cols], dim=1).float()
+        return torch.nan_to_num(counts, nan=0.0)
 
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return tree_loss(self.vote_counts(batch), outputs, self.schema).mean()

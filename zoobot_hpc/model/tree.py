@@ -116,4 +116,4 @@ class DirichletConcentrations(torch.nn.Module):
     """Maps head outputs to Dirichlet concentrations in (1, 100), as Zoobot's tree head does."""
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return 1.0 + 99.0 * torch.sigmoid(logits)
+        return 1.0 + 99.0 * torch.sigmoid(logits.float())
