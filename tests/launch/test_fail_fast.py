@@ -125,3 +125,22 @@ def test_resubmitting_a_changed_model_into_a_run_dir_with_checkpoints_is_refused
     torch.save({"global_step": 3}, run_dir / "checkpoints" / "last.ckpt")
     assert_one_line_error(run_submit(config), str(run_dir), "model.learning_rate=0.0003")
     assert not (run_dir / "submission.json").exists()
+
+
+def test_signal_delay_must_leave_time_to_train(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", resources__time_min=2)
+    assert_one_line_error(run_submit(config, "resources.signal_delay_s=120"), "resources.signal_delay_s=120")
+    assert_nothing_submitted(tmp_path)
+
+
+def test_local_executor_needs_the_gpus_it_asks_for(tmp_path, demo_dataset):
+    gpus = torch.cuda.device_count() + 1
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        resources__executor="local",
+        resources__gpus_per_node=gpus,
+        resources__tasks_per_node=gpus,
+    )
+    assert_one_line_error(run_submit(config), f"resources.gpus_per_node={gpus}")
+    assert_nothing_submitted(tmp_path)

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag
+from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_group
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.datamodule import set_hdf5_locking_env
@@ -156,7 +157,11 @@ class PartWriter(BasePredictionWriter):
         self.plan = plan
         self.parts_dir = parts_dir
         self.flag = flag
+        self.flag_group: Any = None
         self._pending: dict[int, list[tuple[np.ndarray, list[str], dict[str, np.ndarray]]]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.flag_group = host_flag_group()
 
     def write_on_batch_end(
         self,
@@ -233,12 +238,21 @@ def _write_empty_blocks(plan: InferencePlan, parts_dir: Path, rank: int) -> None
             write_part(path, np.zeros(0, dtype=np.int64), [], {})
 
 
-def _wait_for_every_rank(flag: PreemptionFlag | None) -> bool:
-    """Barrier; False when it broke because another rank stopped on the preemption signal."""
+def _wait_for_every_rank(flag: PreemptionFlag | None, group: Any) -> bool:
+    """Wait until every rank has written its parts; False when the preemption signal arrives first.
+
+    A host-side (gloo) barrier polled against the flag: a blocking barrier would hang under NCCL once another
+    rank has stopped on the signal and left.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         return True
+    work = dist.barrier(group=group, async_op=True)
     try:
-        dist.barrier()
+        while not work.is_completed():
+            if flag is not None and flag.received:
+                return False
+            time.sleep(0.05)
+        work.wait()
     except RuntimeError:
         if flag is not None and flag.received:
             return False
@@ -293,7 +307,8 @@ def run_inference(
         trainer.predict(module, datamodule=datamodule, return_predictions=False)
     except PreemptedStop:
         return InferenceOutcome(preempted=True, out=None)
-    if not _wait_for_every_rank(flag):
+    writer = next(c for c in trainer.callbacks if isinstance(c, PartWriter))
+    if not _wait_for_every_rank(flag, writer.flag_group):
         return InferenceOutcome(preempted=True, out=None)
     if rank != 0:
         return InferenceOutcome(preempted=False, out=request.out)

@@ -9,8 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, build_config, load_yaml
+from zoobot_hpc.data.embedding_cache import CACHE_DIR_NAME
 from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.data.validate import validate_dataset
 from zoobot_hpc.model.encoders import ensure_encoder_weights
@@ -54,6 +57,16 @@ def check_resources(config: RunConfig, executor: str) -> None:
         raise PreflightError("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
     if executor == "local" and res.nodes > 1:
         raise PreflightError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
+    if executor == "local" and res.gpus_per_node > torch.cuda.device_count():
+        raise PreflightError(
+            f"resources.gpus_per_node={res.gpus_per_node}: this machine has {torch.cuda.device_count()} GPU(s) "
+            "for the local executor"
+        )
+    if res.signal_delay_s >= res.time_min * 60:
+        raise PreflightError(
+            f"resources.signal_delay_s={res.signal_delay_s} is not shorter than resources.time_min={res.time_min} "
+            "minutes: the job would be told to stop as soon as it starts"
+        )
 
 
 def check_dataset(config: RunConfig) -> None:
@@ -144,16 +157,16 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
             )
 
 
-def check_writable(directory: Path) -> None:
-    """The output directory can be created and written to."""
+def check_writable(directory: Path, what: str = "output_dir") -> None:
+    """A directory the job writes to (the output dir, the embedding cache) can be created and written to."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise PreflightError(f"output_dir={directory}: not writable ({exc.strerror or exc})") from None
+        raise PreflightError(f"{what}={directory}: not writable ({exc.strerror or exc})") from None
     if not os.access(directory, os.W_OK):
-        raise PreflightError(f"output_dir={directory}: not writable")
+        raise PreflightError(f"{what}={directory}: not writable")
 
 
 def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_download: bool = True) -> None:
@@ -166,6 +179,8 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
         key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
         if key not in seen_datasets:
             check_dataset(config)
+            if config.data.embedding_cache:
+                check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache")
             seen_datasets.add(key)
         encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
         if encoder_key not in seen_encoders:
