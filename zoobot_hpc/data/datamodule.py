@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
@@ -47,7 +47,50 @@ def set_hdf5_locking_env(locking: bool | None, worker_id: int = 0) -> None:
         os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking else "FALSE"
 
 
-class ShardDataModule(L.LightningDataModule):
+class SplitLoaders(L.LightningDataModule):
+    """Train / val / test loaders over per-split datasets, the same way for every datamodule of the package.
+
+    Train: a resumable, (seed, epoch)-shuffled sampler, equal length on every rank. Val/test: in order, padded so
+    that every rank runs the same number of batches. Subclasses provide `_dataset(split)` and `_loader_kwargs()`.
+    """
+
+    seed: int
+
+    def _dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) from the attached Trainer, else (1, 0)."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
+        world_size, rank = self._replicas()
+        dataset = self._dataset("train")
+        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+
+    def _eval_dataloader(self, split: str) -> DataLoader:
+        world_size, rank = self._replicas()
+        dataset = self._dataset(split)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """The val split, in order, padded to the same number of batches on every rank."""
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split, in order, padded to the same number of batches on every rank."""
+        return self._eval_dataloader("test")
+
+
+class ShardDataModule(SplitLoaders):
     """Loaders over ``dataset_dir`` (a shard dataset with ``manifest.json``); ``batch_size`` is per rank.
 
     Train uses a :class:`ResumableDataLoader` (its ``{epoch, consumed}`` state is checkpointed by
@@ -103,12 +146,6 @@ class ShardDataModule(L.LightningDataModule):
             self.datasets[split] = ShardDataset(self.dataset_dir, split, self.label_cols, self.locking)
         return self.datasets[split]
 
-    def _replicas(self) -> tuple[int, int]:
-        """(world size, global rank) from the attached Trainer, else (1, 0)."""
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
-
     def _loader_kwargs(self) -> dict[str, Any]:
         workers = self.num_workers > 0
         return {
@@ -122,27 +159,6 @@ class ShardDataModule(L.LightningDataModule):
             "generator": torch.Generator().manual_seed(self.seed),
             "multiprocessing_context": worker_context() if workers else None,
         }
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
-        world_size, rank = self._replicas()
-        dataset = self._dataset("train")
-        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
-
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        world_size, rank = self._replicas()
-        dataset = self._dataset(split)
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, sampler=sampler, **self._loader_kwargs())
-
-    def val_dataloader(self) -> DataLoader:
-        """The val split, in order, padded to the same number of batches on every rank."""
-        return self._eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        """The test split, in order, padded to the same number of batches on every rank."""
-        return self._eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
         """``predict_split``, in order, padded to the same number of batches on every rank."""

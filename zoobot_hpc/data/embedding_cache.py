@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
+from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
-from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manifest
 
 CACHE_DIR_NAME = "embedding_cache"
@@ -197,7 +196,7 @@ class CachedEmbeddings(Dataset):
         return {**self.__dict__, "_handle": None, "_pid": -1}
 
 
-class EmbeddingCacheDataModule(L.LightningDataModule):
+class EmbeddingCacheDataModule(SplitLoaders):
     """Batches of cached embeddings for head_only training, with the sampling of `ShardDataModule`.
 
     Batches hold `embedding` float32 (B, D) (the view of the current epoch), the label columns, `index` and `id`;
@@ -261,11 +260,6 @@ class EmbeddingCacheDataModule(L.LightningDataModule):
             self.datasets[split] = CachedEmbeddings(self.cache_path, split, self.label_cols)
         return self.datasets[split]
 
-    def _replicas(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
-
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
             "batch_size": self.batch_size,
@@ -273,25 +267,6 @@ class EmbeddingCacheDataModule(L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "generator": torch.Generator().manual_seed(self.seed),
         }
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled by (seed, epoch) exactly as `ShardDataModule`'s train loader, resumable mid-epoch."""
-        world_size, rank = self._replicas()
-        dataset = self._dataset("train")
-        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
-
-    def _eval_dataloader(self, split: str) -> DataLoader:
-        world_size, rank = self._replicas()
-        dataset = self._dataset(split)
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, sampler=sampler, **self._loader_kwargs())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Pick the epoch's view: `views` cycle with the epoch in training; evaluation has one view."""
