@@ -6,22 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from zoobot_hpc.config import RunConfig, build_config
 from zoobot_hpc.data.demo import DEMO_TREE_SCHEMA, write_demo_dataset
 from zoobot_hpc.train import run_training
 
 IMAGE_SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny models run fastest (and reproducibly) on one intra-op thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
