@@ -162,31 +162,34 @@ class RunConfig(_Section):
         return self.resources.nodes * self.resources.tasks_per_node
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=value` into (['a','b','c'], value parsed as YAML)."""
+def split_override(text: str) -> tuple[str, str]:
+    """Split `a.b.c=value` into ('a.b.c', 'value'), with a one-line error for anything else."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.learning_rate=3e-4")
-    return key.split("."), _parse_scalar(raw)
+    return key, raw
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """An override's value as YAML; numbers such as `3e-4` (a string to YAML 1.1) become floats."""
     value = yaml.safe_load(raw) if raw else None
-    if isinstance(value, str):
-        try:
-            return float(value) if _looks_like_float(value) else value
-        except ValueError:
-            return value
+    if isinstance(value, str) and _is_float_literal(value):
+        return float(value)
     return value
 
 
-def _looks_like_float(text: str) -> bool:
-    """YAML 1.1 reads `3e-4` as a string; numbers in overrides should still be numbers."""
+def _is_float_literal(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return any(c in text.lower() for c in "e.") and text.lower() not in {"nan", "inf", "-inf", ".inf"}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (['a','b','c'], value parsed as YAML)."""
+    key, raw = split_override(text)
+    return key.split("."), parse_value(raw)
 
 
 def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:

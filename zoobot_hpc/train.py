@@ -91,17 +91,18 @@ def build_datamodule(
     )
 
 
+def import_callback_class(class_path: str) -> type[Callback]:
+    """The class an extra callback's import path names; a one-line ValueError when it does not import."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"trainer.callbacks: cannot import {class_path!r} ({exc})") from None
+
+
 def build_extra_callbacks(config: RunConfig) -> list[Callback]:
     """Instantiate the config's extra callbacks from their import paths."""
-    callbacks = []
-    for spec in config.trainer.callbacks:
-        module_name, _, class_name = spec.class_path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"trainer.callbacks: cannot import {spec.class_path!r} ({exc})") from None
-        callbacks.append(cls(**spec.init_args))
-    return callbacks
+    return [import_callback_class(spec.class_path)(**spec.init_args) for spec in config.trainer.callbacks]
 
 
 def resolve_precision(precision: str) -> str:

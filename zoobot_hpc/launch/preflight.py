@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.data.validate import validate_dataset
 from zoobot_hpc.model.encoders import ensure_encoder_weights
 from zoobot_hpc.model.tree import TreeSchema
+from zoobot_hpc.train import import_callback_class
 
 
 class PreflightError(RuntimeError):
@@ -110,11 +110,10 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
 def check_callbacks(config: RunConfig) -> None:
     """Every extra callback's class imports here (the job imports it the same way)."""
     for spec in config.trainer.callbacks:
-        module_name, _, class_name = spec.class_path.rpartition(".")
         try:
-            getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as exc:
-            raise PreflightError(f"trainer.callbacks: cannot import {spec.class_path!r} ({exc})") from None
+            import_callback_class(spec.class_path)
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
 
 
 # What a resumed run takes from its checkpoint: changing these under an existing run dir would be silently ignored.

@@ -34,41 +34,27 @@ class RunStatus:
         )
 
 
+def _job_states(command: list[str]) -> dict[str, str]:
+    """`JOBID|STATE` lines of a SLURM client command, as a mapping (nothing when the command is missing)."""
+    if shutil.which(command[0]) is None:
+        return {}
+    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+    states = {}
+    for line in out.splitlines():
+        job, _, state = line.partition("|")
+        states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+    return states
+
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """Job id -> state from sacct (squeue for jobs sacct does not know yet)."""
-    states: dict[str, str] = {}
     if not job_ids:
-        return states
-    if shutil.which("sacct"):
-        out = subprocess.run(
-            [
-                "sacct",
-                "-X",
-                "-n",
-                "-P",
-                "-o",
-                "JobID,State",
-                "-j",
-                ",".join(sorted({j.split("_")[0] for j in job_ids})),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
-    missing = [j for j in job_ids if j not in states]
-    if missing and shutil.which("squeue"):
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        for line in out.splitlines():
-            job, _, state = line.partition("|")
-            states[job.strip()] = state.strip()
+        return {}
+    array_ids = ",".join(sorted({job.split("_")[0] for job in job_ids}))
+    states = _job_states(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array_ids])
+    missing = [job for job in job_ids if job not in states]
+    if missing:
+        states.update(_job_states(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)]))
     return states
 
 

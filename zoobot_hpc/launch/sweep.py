@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.config import ConfigError, _parse_scalar, load_yaml
+from zoobot_hpc.config import ConfigError, load_yaml, parse_value, split_override
 
 Point = dict[str, Any]
 
@@ -45,10 +45,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[Point, dict
     fixed: Point = {}
     swept: dict[str, list[Any]] = {}
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.learning_rate=3e-4")
-        values = [_parse_scalar(item) for item in split_top_level(raw)]
+        key, raw = split_override(text)
+        values = [parse_value(item) for item in split_top_level(raw)]
         if len(values) > 1:
             swept[key] = values
         else:
