@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,11 +170,42 @@ def test_rebuild_resumes_and_skips_finished_shards(image_catalog: Path, tmp_path
     validate_dataset(out, verify_checksums=True)
 
 
+def test_rebuild_rewrites_shards_whose_labels_or_sources_changed(image_catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    options = {"label_cols": ["label"], "size": 16, "shard_size_bytes": 16 * 16 * 3 * 8, "progress": False}
+    build_dataset(image_catalog, out, **options)
+    files = {path.name: path.stat().st_mtime_ns for path in out.glob("*.h5")}
+    catalog = pd.read_csv(image_catalog)
+    relabelled, moved = catalog["id_str"].iloc[0], catalog["id_str"].iloc[-1]
+    catalog.loc[0, "label"] = (catalog.loc[0, "label"] + 1) % 3
+    moved_path = image_catalog.parent / "moved" / Path(catalog["file_loc"].iloc[-1]).name
+    moved_path.parent.mkdir()
+    moved_path.write_bytes((image_catalog.parent / catalog["file_loc"].iloc[-1]).read_bytes())
+    catalog.loc[len(catalog) - 1, "file_loc"] = str(moved_path)
+    catalog.to_csv(image_catalog, index=False)
+
+    build_dataset(image_catalog, out, **options)
+    rewritten = {name for name, mtime in files.items() if (out / name).stat().st_mtime_ns != mtime}
+    holders = {}
+    for path in out.glob("*.h5"):
+        with h5py.File(path, "r") as handle:
+            ids = list(handle["ids"].asstr()[:])
+            for id_ in (relabelled, moved):
+                if id_ in ids:
+                    holders[id_] = path.name
+                    if id_ == relabelled:
+                        assert handle["labels/label"][ids.index(id_)] == catalog.loc[0, "label"]
+    assert rewritten == set(holders.values()) and len(rewritten) == 2
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["shards_written"] == 2 and report["shards_reused"] == len(files) - 2
+
+
 @pytest.mark.parametrize(
     ("edit", "options", "message"),
     [
         (lambda c: c, {"label_cols": ["morphology"]}, "no label column 'morphology'"),
         (lambda c: c, {"image_col": "path"}, "no image column 'path'"),
+        (lambda c: c.assign(index=1), {"label_cols": ["index"]}, "label column 'index' clashes with a sample key"),
         (lambda c: c.assign(id_str="same"), {}, "ids repeat in column 'id_str'"),
         (lambda c: c, {"label_cols": ["votes"]}, "label column 'votes' has 8 non-finite values"),
         (lambda c: c.assign(label="spiral"), {"label_cols": ["label"]}, "'label' is \\w+, expected numbers"),

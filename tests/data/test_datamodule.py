@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing.forkserver
 import os
+import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -195,3 +198,21 @@ def test_bad_arguments_are_refused(dataset_dir: tuple[Path, dict]) -> None:
         ShardDataModule(dataset_dir[0], batch_size=0)
     with pytest.raises(ValueError, match="'missing_label'"):
         ShardDataModule(dataset_dir[0], batch_size=2, label_cols=["missing_label"]).setup("fit")
+
+
+def test_loader_workers_outlive_the_preemption_signal(dataset_dir: tuple[Path, dict]) -> None:
+    """SLURM sends USR2 to every process of the step; only the training process may act on it."""
+    root, _ = dataset_dir
+    dm = ShardDataModule(root, batch_size=2, num_workers=2, augment=AUGMENT, persistent_workers=False)
+    dm.setup("fit")
+    iterator = iter(dm.train_dataloader())
+    seen = next(iterator)["index"].tolist()
+    forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    for pid in [forkserver_pid, *(worker.pid for worker in iterator._workers)]:
+        os.kill(pid, signal.SIGUSR2)
+    time.sleep(0.5)
+    assert all(worker.is_alive() for worker in iterator._workers)
+    seen += [index for batch in iterator for index in batch["index"].tolist()]
+    assert sorted(seen) == list(range(34))
+    again = [index for batch in dm.train_dataloader() for index in batch["index"].tolist()]
+    assert sorted(again) == list(range(34)), "new workers start from the same forkserver"

@@ -22,7 +22,9 @@ from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,
     IDS_KEY,
     IMAGE_CHANNELS,
+    LABELS_GROUP,
     MANIFEST_NAME,
+    SAMPLE_KEYS,
     SPLITS,
     DatasetError,
     Manifest,
@@ -38,6 +40,7 @@ from zoobot_hpc.data.shard_format import (
 REPORT_NAME = "build_report.json"
 HASH_SPLITS = ("train", "val", "test")
 ON_ERROR_CHOICES = ("fail", "skip")
+SOURCES_ATTR = "sources_sha256"  # shard attribute: sha256 of its images' source paths, in order
 _WRITE_BLOCK = 64
 
 
@@ -122,24 +125,36 @@ def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarr
     return images, failures
 
 
+def _sources_digest(image_paths: Sequence[str]) -> str:
+    """A fingerprint of where a shard's images came from: their paths, in shard order."""
+    return hashlib.sha256("\n".join(image_paths).encode()).hexdigest()
+
+
 def _existing_shard(task: ShardTask) -> ShardResult | None:
-    """Reuse a finished shard from an earlier run when it holds exactly the images this build would write."""
+    """Reuse a finished shard from an earlier run when it holds exactly what this build would write: the same
+    ids in order, image shape, label columns and values, and images from the same paths."""
     if not task.path.is_file():
         return None
+    expected_columns = {name: label_dtype_name(values) for name, values in task.labels.items()}
     try:
         with h5py.File(task.path, "r") as handle:
             stored_ids = tuple(handle[IDS_KEY].asstr()[:])
             stored_shape = tuple(int(n) for n in handle.attrs["image_shape"])
             stored_columns = json.loads(handle.attrs["label_columns"])
+            stored_sources = handle.attrs.get(SOURCES_ATTR)
+            stored_labels = {name: handle[LABELS_GROUP][name][:] for name in expected_columns}
     except (OSError, KeyError, ValueError):
         return None
-    expected_columns = {name: label_dtype_name(values) for name, values in task.labels.items()}
     if stored_shape != (task.size, task.size, task.channels) or stored_columns != expected_columns:
         return None
     stored = set(stored_ids)
+    kept_rows = [row for row, id_ in enumerate(task.ids) if id_ in stored]
     missing = [row for row, id_ in enumerate(task.ids) if id_ not in stored]
-    kept = [id_ for id_ in task.ids if id_ in stored]
-    if tuple(kept) != stored_ids or (missing and task.on_error != "skip"):
+    if tuple(task.ids[row] for row in kept_rows) != stored_ids or (missing and task.on_error != "skip"):
+        return None
+    if stored_sources != _sources_digest([task.image_paths[row] for row in kept_rows]) or not all(
+        np.array_equal(stored_labels[name], values[kept_rows], equal_nan=True) for name, values in task.labels.items()
+    ):
         return None
     retried, failures = _load_rows(task, missing)
     if retried:
@@ -167,7 +182,10 @@ def build_shard(task: ShardTask) -> ShardResult:
                 kept_rows += list(images)
         if (failures and task.on_error == "fail") or not kept_rows:
             return ShardResult(None, failures)
-        info = writer.finish({name: values[kept_rows] for name, values in task.labels.items()})
+        info = writer.finish(
+            {name: values[kept_rows] for name, values in task.labels.items()},
+            attrs={SOURCES_ATTR: _sources_digest([task.image_paths[row] for row in kept_rows])},
+        )
     return ShardResult(info, failures)
 
 
@@ -223,6 +241,8 @@ def _check_build_args(
     for name in label_cols:
         if name not in frame.columns:
             raise DatasetError(f"{catalog}: no label column {name!r} (columns: {list(frame.columns)})")
+        if name in SAMPLE_KEYS:
+            raise DatasetError(f"{catalog}: label column {name!r} clashes with a sample key {SAMPLE_KEYS}; rename it")
     unknown_nan = [name for name in allow_nan if name not in label_cols]
     if unknown_nan:
         raise ValueError(f"allow_nan names columns that are not label columns: {unknown_nan}")

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +33,27 @@ from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
+PREEMPTION_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit (--signal=USR2@delay)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """Loader workers start from a forkserver: forking the training process itself, which runs gloo/NCCL, W&B
-    and other loaders' threads, can leave a worker deadlocked on a lock held at fork time (seen with DDP on CPU).
-    The forkserver preloads the reading modules once, so each worker still starts in a fraction of a second."""
+    """The start method of every loader worker: a forkserver, started with the preemption signal blocked.
+
+    Forking the training process itself, which runs gloo/NCCL, W&B and other loaders' threads, can leave a worker
+    deadlocked on a lock held at fork time (seen with DDP on CPU). The forkserver preloads the reading modules once,
+    so each worker still starts in a fraction of a second. SLURM's ``--signal=USR2`` reaches every process of the
+    job step, and USR2 kills a process that has no handler: the forkserver and the resource tracker start with
+    USR2 blocked (a signal mask survives fork and exec), so they and every worker forked from them outlive it, and
+    only the training process acts on it. A USR2 arriving while they start stays pending here, not lost.
+    """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "h5py", "zoobot_hpc.data.dataset"])
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPTION_SIGNAL})
+    try:
+        multiprocessing.resource_tracker.ensure_running()
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     return context
 
 

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+from zoobot_hpc.data.batch_memory import PooledBatch, worker_pool
 from zoobot_hpc.data.shard_format import (
     IDS_KEY,
     IMAGES_KEY,
@@ -32,6 +33,7 @@ from zoobot_hpc.data.shard_format import (
 )
 
 _TORCH_LABEL_DTYPES = {"int64": torch.int64, "float32": torch.float32}
+WORKER_BATCH_BLOCKS = 8  # per worker: prefetched batches, plus those the main process still holds
 _ALIGN_BYTES = 8
 
 
@@ -50,10 +52,11 @@ def _reads_whole_chunks(images: h5py.Dataset) -> bool:
 
 
 def _new_storage(nbytes: int) -> torch.UntypedStorage:
-    """Uninitialised bytes; in a DataLoader worker they live in shared memory (as ``default_collate`` does)."""
+    """Uninitialised bytes; in a DataLoader worker, a shared-memory block reused once the main process is done
+    with the batch it held (see :mod:`zoobot_hpc.data.batch_memory`)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.UntypedStorage(nbytes)
-    return torch.UntypedStorage._new_shared(nbytes)
+    return worker_pool(WORKER_BATCH_BLOCKS).allocate(nbytes)
 
 
 def _aligned(nbytes: int) -> int:
@@ -63,8 +66,8 @@ def _aligned(nbytes: int) -> int:
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``default_collate``, except that tensors read as one batch by ``__getitems__`` are not copied.
 
-    A worker then sends each batch's images and labels as one shared-memory block instead of one
-    freshly allocated block per key.
+    A worker then sends each batch's images and labels as one shared-memory block, reused for a later
+    batch once the main process has dropped every tensor of this one.
     """
     batch, others = {}, []
     for key, first in samples[0].items():
@@ -74,7 +77,8 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = rows
     collated = torch.utils.data.default_collate([{key: sample[key] for key in others} for sample in samples])
-    return {key: batch[key] if key in batch else collated[key] for key in samples[0]}
+    batch = {key: batch[key] if key in batch else collated[key] for key in samples[0]}
+    return batch if torch.utils.data.get_worker_info() is None else PooledBatch(batch)
 
 
 def _rows_view(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -95,8 +99,8 @@ def _rows_view(values: Sequence[torch.Tensor]) -> torch.Tensor | None:
 class ShardDataset(torch.utils.data.Dataset):
     """One split of a shard dataset: ``index -> dict(image, id, index, **labels)``.
 
-    ``image`` is a uint8 tensor ``(H, W, C)``, ``id`` a str, ``index`` the int position in the
-    split, and each label a 0-d tensor (int64 for int columns, float32 for float columns).
+    ``image`` is a uint8 tensor ``(H, W, C)``, ``id`` a str, ``index`` the position in the
+    split as a 0-d int64 tensor, and each label a 0-d tensor (int64 for int columns, float32 for float columns).
     ``label_cols=None`` reads every label column of the manifest. ``locking`` is passed to
     ``h5py.File`` (``False`` for Lustre/GPFS/NFS; ``None``: HDF5's default / environment).
     """
@@ -148,37 +152,34 @@ class ShardDataset(torch.utils.data.Dataset):
         if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
             bad = positions[(positions < 0) | (positions >= len(self))][0]
             raise IndexError(f"index {bad} out of range for split {self.split!r} of size {len(self)}")
-        images, labels = self._allocate_batch(positions.size)
+        images, columns = self._allocate_batch(positions.size)
+        labels = {name: columns[name] for name in self.label_cols}
         ids = np.empty(positions.size, dtype=object)
         shard_of = np.searchsorted(self.shard_starts, positions, side="right") - 1
         for shard_index in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == shard_index)
             local = positions[rows] - self.shard_starts[shard_index]
             self._read_shard(int(shard_index), local, rows, images, ids, labels)
+        columns["index"].copy_(torch.from_numpy(positions))
         return [
-            {
-                "image": images[k],
-                "id": ids[k],
-                "index": int(positions[k]),
-                **{name: values[k] for name, values in labels.items()},
-            }
+            {"image": images[k], "id": ids[k], **{name: values[k] for name, values in columns.items()}}
             for k in range(positions.size)
         ]
 
     def _allocate_batch(self, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Uninitialised image and label tensors for ``count`` samples, all in one storage."""
+        """Uninitialised image, index and label tensors for ``count`` samples, all in one storage."""
         image_bytes = count * int(np.prod(self.image_shape))
         offsets, end = {}, _aligned(image_bytes)
-        for name, dtype in self.label_dtypes.items():
-            offsets[name] = end
+        for name, dtype in {"index": torch.int64, **self.label_dtypes}.items():
+            offsets[name] = (end, dtype)
             end = _aligned(end + count * dtype.itemsize)
         storage = _new_storage(end)
         images = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (count, *self.image_shape))
-        labels = {
-            name: torch.empty(0, dtype=dtype).set_(storage, offsets[name] // dtype.itemsize, (count,))
-            for name, dtype in self.label_dtypes.items()
+        columns = {
+            name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, (count,))
+            for name, (offset, dtype) in offsets.items()
         }
-        return images, labels
+        return images, columns
 
     def _read_shard(
         self,

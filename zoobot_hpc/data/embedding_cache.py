@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
-from zoobot_hpc.data.datamodule import SplitLoaders
+from zoobot_hpc.data.datamodule import SplitLoaders, worker_context
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manifest
 
@@ -91,6 +91,7 @@ def _write_split(
         num_workers=num_workers,
         collate_fn=collate_samples,
         generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context=worker_context() if num_workers > 0 else None,
     )
     ids: list[str] = []
     labels: dict[str, list[np.ndarray]] = {name: [] for name in dataset.label_cols}

@@ -24,6 +24,7 @@ TMP_SUFFIX = ".tmp"
 IMAGES_KEY = "images"
 IDS_KEY = "ids"
 LABELS_GROUP = "labels"
+SAMPLE_KEYS = ("image", "id", "index")  # a sample's own keys; label columns may not reuse them
 
 _HASH_BLOCK_BYTES = 8 * 1024**2
 
@@ -160,8 +161,8 @@ class ShardWriter:
         self._images[start:] = images
         self.ids.extend(str(i) for i in ids)
 
-    def finish(self, labels: Mapping[str, np.ndarray]) -> ShardInfo:
-        """Write ids, labels and attributes, fsync, rename to the final name and describe the shard."""
+    def finish(self, labels: Mapping[str, np.ndarray], attrs: Mapping[str, str] | None = None) -> ShardInfo:
+        """Write ids, labels and attributes (plus `attrs`), fsync, rename to the final name and describe the shard."""
         count = len(self.ids)
         if count == 0:
             raise ValueError(f"{self.path.name}: a shard needs at least one image")
@@ -180,6 +181,8 @@ class ShardWriter:
         handle.attrs["image_shape"] = np.array(self.image_shape, dtype=np.int64)
         handle.attrs["count"] = count
         handle.attrs["label_columns"] = json.dumps(label_columns, sort_keys=True)
+        for name, value in (attrs or {}).items():
+            handle.attrs[name] = value
         handle.close()
         _fsync_file(self.tmp_path)
         info = ShardInfo(

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_group
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
-from zoobot_hpc.data.datamodule import set_hdf5_locking_env
+from zoobot_hpc.data.datamodule import set_hdf5_locking_env, worker_context
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
@@ -110,6 +110,7 @@ class InferenceDataModule(L.LightningDataModule):
             collate_fn=collate_samples,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             worker_init_fn=functools.partial(set_hdf5_locking_env, self.data.hdf5_locking) if workers else None,
+            multiprocessing_context=worker_context() if workers else None,
         )
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
