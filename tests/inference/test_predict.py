@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -24,7 +26,15 @@ from zoobot_hpc.data.shard_format import (
     write_manifest,
     write_shard,
 )
-from zoobot_hpc.inference.request import InferenceError, InferenceRequest
+from zoobot_hpc.inference.request import (
+    InferenceError,
+    InferenceRequest,
+    build_plan,
+    inference_config,
+    prepare_inference,
+    read_plan,
+    wait_for_plan,
+)
 from zoobot_hpc.model import FinetuneableZoobotClassifier, FinetuneableZoobotRegressor
 
 
@@ -173,3 +183,24 @@ def test_bad_inputs_fail_in_one_line_before_anything_is_written(classifier_check
     )
     assert result.output == f"Error: out={table} exists; pass --overwrite to replace it\n"
     assert table.read_text() == "an earlier table"
+
+
+def test_other_ranks_wait_for_rank_zeros_plan_and_keep_its_parts(classifier_checkpoint, survey_data, tmp_path):
+    request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "preds.h5", chunk_size=5)
+    config, trained = inference_config(request, overrides=("data.num_workers=0",))
+    plan = build_plan(request, config, trained)
+    with pytest.raises(InferenceError, match=r"plan\.json: rank 0 did not write") as error:
+        wait_for_plan(request, plan, timeout_s=0.3)
+    assert "\n" not in str(error.value)
+
+    def rank_zero() -> None:
+        time.sleep(0.5)
+        prepare_inference(request, config, trained)
+        (request.parts_dir / "rank0-part.h5").write_bytes(b"written by rank 0")
+
+    writer = threading.Thread(target=rank_zero)
+    writer.start()
+    wait_for_plan(request, plan, timeout_s=30)
+    writer.join()
+    assert read_plan(request.work_dir) == plan
+    assert (request.parts_dir / "rank0-part.h5").read_bytes() == b"written by rank 0"

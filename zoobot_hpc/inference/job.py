@@ -8,6 +8,7 @@ job, and the other ranks exit.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,14 @@ import submitit
 
 from zoobot_hpc.checkpointing import PreemptionFlag
 from zoobot_hpc.config import RunConfig
-from zoobot_hpc.inference.request import InferencePlan, InferenceRequest, inference_config, prepare_inference
+from zoobot_hpc.inference.request import (
+    InferencePlan,
+    InferenceRequest,
+    build_plan,
+    inference_config,
+    prepare_inference,
+    wait_for_plan,
+)
 from zoobot_hpc.launch.executor import make_executor
 from zoobot_hpc.launch.job import (
     compute_node_environment,
@@ -88,7 +96,10 @@ def run_request_here(
     config, trained = inference_config(request, config_path, overrides)
     flag = PreemptionFlag().install()
     configure_job_logging()
-    prepare_inference(request, config, trained)
+    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+        prepare_inference(request, config, trained)
+    else:
+        wait_for_plan(request, build_plan(request, config, trained))
     outcome = run_inference(request, config, flag=flag, interactive=sys.stderr.isatty())
     if outcome.preempted:
         requeue_self()

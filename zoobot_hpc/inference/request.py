@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,20 @@ def prepare_inference(request: InferenceRequest, config: RunConfig, trained: Run
         layout.write_json(plan_path, plan.to_json())
     request.parts_dir.mkdir(exist_ok=True)
     return plan
+
+
+def wait_for_plan(request: InferenceRequest, plan: InferencePlan, timeout_s: float = 600.0) -> None:
+    """The other ranks of `srun zoobot-hpc predict --here`: wait until rank 0 has written `plan`.
+
+    Only rank 0 prepares, so that no rank discards part files another rank has begun to write.
+    """
+    deadline = time.monotonic() + timeout_s
+    while read_plan(request.work_dir) != plan or not request.parts_dir.is_dir():
+        if time.monotonic() > deadline:
+            raise InferenceError(
+                f"{request.work_dir / PLAN_FILE}: rank 0 did not write this request's plan within {timeout_s:.0f} s"
+            )
+        time.sleep(0.2)
 
 
 def read_plan(work_dir: Path) -> InferencePlan | None:
