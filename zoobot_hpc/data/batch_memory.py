@@ -11,6 +11,8 @@ sets it before filling the block; the main process rebuilds the batch's tensors 
 (via :class:`PooledBatch`'s pickling) whose finaliser clears the flag when the last tensor or view of
 that batch is garbage-collected. A worker that finds no free block allocates an unpooled one, as
 torch would, so a consumer that keeps batches (a list of them, pinned copies in flight) never waits.
+The flag needs no atomics: only the worker sets it and only the main process clears it, and the clear
+follows the main process's last read of the batch by the whole of a garbage collection.
 """
 
 from __future__ import annotations
