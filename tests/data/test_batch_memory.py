@@ -141,3 +141,58 @@ def test_the_main_process_drops_mappings_of_exited_workers(dataset_dir: tuple[Pa
     mapped_workers = {pid for pid, _ in batch_memory._mapped_blocks}
     assert first not in mapped_workers and last in mapped_workers
     assert np.unique(workers).size == 2
+
+
+def _channels_first_collate(samples: list[dict]) -> dict:
+    """A user's collate_fn around ours: a strided view of the images, and views nested in a list."""
+    batch = collate_samples(samples)
+    batch["image"] = batch["image"].permute(0, 3, 1, 2)
+    batch["corners"] = [batch["image"][:, :, :4, :4], batch["label"][:1]]
+    return batch
+
+
+def test_strided_and_nested_views_of_a_batch_keep_their_pixels(dataset_dir: tuple[Path, dict]) -> None:
+    root, written = dataset_dir
+    loader = DataLoader(
+        ShardDataset(root, "train"), batch_size=2, num_workers=1, persistent_workers=True,
+        collate_fn=_channels_first_collate,
+    )  # fmt: skip
+    kept = []
+    for batch in loader:
+        kept.append((batch["index"].numpy().copy(), batch["image"], batch["corners"][0]))
+        del batch
+    assert len(kept) == 20
+    for index, image, corner in kept:
+        expected = torch.from_numpy(written["train"]["images"][index]).permute(0, 3, 1, 2)
+        assert torch.equal(image, expected) and torch.equal(corner, expected[:, :, :4, :4])
+
+
+def _collect_garbage(worker_id: int) -> None:
+    gc.collect()
+
+
+def test_a_forked_child_collecting_an_inherited_batch_does_not_free_its_block(dataset_dir: tuple[Path, dict]) -> None:
+    """A batch in an uncollected reference cycle at fork time: the child's gc must not free the parent's block."""
+    root, _ = dataset_dir
+
+    def loader(init=None) -> DataLoader:
+        return DataLoader(
+            ShardDataset(root, "train"), batch_size=2, num_workers=1, collate_fn=collate_samples,
+            persistent_workers=True, prefetch_factor=1, worker_init_fn=init, multiprocessing_context="fork",
+        )  # fmt: skip
+
+    gc.disable()
+    try:
+        batches = iter(loader())
+        cycle = [next(batches)]
+        cycle.append(cycle)
+        del cycle
+        next(iter(loader(_collect_garbage)))  # a forked worker collects the inherited cycle
+        held = [next(batches) for _ in range(4)]
+        copies = [batch["image"].clone() for batch in held]
+        gc.collect()  # now the parent frees the cycle's block
+        for _ in range(6):
+            next(batches)
+        assert all(torch.equal(batch["image"], copy) for batch, copy in zip(held, copies, strict=True))
+    finally:
+        gc.enable()

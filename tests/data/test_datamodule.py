@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tests.data.test_dataset import write_dataset
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
-from zoobot_hpc.data.datamodule import ShardDataModule
+from zoobot_hpc.data.datamodule import ShardDataModule, _blocks_signal
 from zoobot_hpc.data.sampler import ResumableDataLoader
 
 AUGMENT = AugmentConfig(output_size=24)
@@ -208,6 +208,7 @@ def test_loader_workers_outlive_the_preemption_signal(dataset_dir: tuple[Path, d
     iterator = iter(dm.train_dataloader())
     seen = next(iterator)["index"].tolist()
     forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert _blocks_signal(forkserver_pid, signal.SIGUSR2)
     for pid in [forkserver_pid, *(worker.pid for worker in iterator._workers)]:
         os.kill(pid, signal.SIGUSR2)
     time.sleep(0.5)
@@ -216,3 +217,13 @@ def test_loader_workers_outlive_the_preemption_signal(dataset_dir: tuple[Path, d
     assert sorted(seen) == list(range(34))
     again = [index for batch in dm.train_dataloader() for index in batch["index"].tolist()]
     assert sorted(again) == list(range(34)), "new workers start from the same forkserver"
+
+
+def test_blocked_signals_are_read_from_proc() -> None:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        assert _blocks_signal(os.getpid(), signal.SIGUSR2)
+        assert not _blocks_signal(os.getpid(), signal.SIGUSR1)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    assert not _blocks_signal(os.getpid(), signal.SIGUSR2)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from zoobot_hpc.data.shard_format import (
     write_manifest,
     write_shard,
 )
+from zoobot_hpc.inference import job as inference_job
 from zoobot_hpc.inference.request import (
     InferenceError,
     InferenceRequest,
@@ -204,3 +207,26 @@ def test_other_ranks_wait_for_rank_zeros_plan_and_keep_its_parts(classifier_chec
     writer.join()
     assert read_plan(request.work_dir) == plan
     assert (request.parts_dir / "rank0-part.h5").read_bytes() == b"written by rank 0"
+
+
+def test_a_rank_other_than_zero_never_replaces_the_plan_or_its_parts(
+    classifier_checkpoint, survey_data, tmp_path, monkeypatch
+):
+    earlier = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "preds.h5", chunk_size=7)
+    config, trained = inference_config(earlier, overrides=("data.num_workers=0",))
+    earlier_plan = prepare_inference(earlier, config, trained)
+    part = earlier.parts_dir / "part-from-rank-0.h5"
+    part.write_bytes(b"being written by rank 0")
+
+    request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "preds.h5", chunk_size=5)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setattr(inference_job, "wait_for_plan", functools.partial(wait_for_plan, timeout_s=0.5))
+    monkeypatch.setattr(inference_job, "configure_job_logging", lambda: None)
+    usr2_handler = signal.getsignal(signal.SIGUSR2)
+    try:
+        with pytest.raises(InferenceError, match="rank 0 did not write"):
+            inference_job.run_request_here(request, overrides=("data.num_workers=0",))
+    finally:
+        signal.signal(signal.SIGUSR2, usr2_handler)
+    assert read_plan(request.work_dir) == earlier_plan
+    assert part.read_bytes() == b"being written by rank 0"

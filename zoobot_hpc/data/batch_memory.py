@@ -11,8 +11,10 @@ sets it before filling the block; the main process rebuilds the batch's tensors 
 (via :class:`PooledBatch`'s pickling) whose finaliser clears the flag when the last tensor or view of
 that batch is garbage-collected. A worker that finds no free block allocates an unpooled one, as
 torch would, so a consumer that keeps batches (a list of them, pinned copies in flight) never waits.
-The flag needs no atomics: only the worker sets it and only the main process clears it, and the clear
-follows the main process's last read of the batch by the whole of a garbage collection.
+The flag is a plain word, not an atomic: only the worker sets it and only the main process clears it,
+after its last read of the batch and a garbage collection's worth of instructions. That is safe in
+practice on x86 (stores are not reordered before earlier loads); a weakly ordered CPU (ARM) is not
+formally excluded from letting the clear overtake a read, though no window of that size is known.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 FLAG_BYTES = 8
-_BUSY, _FREE = 1, 0
+_FREE = 0
 _ALIGN_BYTES = 64
 
 
@@ -42,6 +44,7 @@ class BlockPool:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self._blocks: dict[int, torch.UntypedStorage] = {}
+        self._uses = 0
         self.reused = 0
         self.allocated = 0
 
@@ -50,15 +53,19 @@ class BlockPool:
         releases it; an unpooled block when all ``capacity`` blocks are busy or too small."""
         for block in self._blocks.values():
             if block.nbytes() - FLAG_BYTES >= nbytes and _flag(block).item() == _FREE:
-                _flag(block).fill_(_BUSY)
                 self.reused += 1
-                return block
+                return self._mark_busy(block)
         self.allocated += 1
         if len(self._blocks) >= self.capacity:
             return torch.UntypedStorage._new_shared(max(nbytes, 1))
         block = torch.UntypedStorage._new_shared(-(-nbytes // _ALIGN_BYTES) * _ALIGN_BYTES + FLAG_BYTES)
-        _flag(block).fill_(_BUSY)
         self._blocks[block.data_ptr()] = block
+        return self._mark_busy(block)
+
+    def _mark_busy(self, block: torch.UntypedStorage) -> torch.UntypedStorage:
+        """Write this use's token (never ``_FREE``) into the flag: only the lease of this use may clear it."""
+        self._uses += 1
+        _flag(block).fill_(self._uses)
         return block
 
     def owns(self, storage: torch.UntypedStorage) -> bool:
@@ -79,10 +86,16 @@ def worker_pool(capacity: int) -> BlockPool:
 
 
 class _BlockLease:
-    """Holds a pooled block in the main process; its finaliser hands the block back to the worker."""
+    """Holds a pooled block in the main process; its finaliser hands the block back to the worker.
+
+    Only in the process that made it, and only while the block still carries this use's token: a forked
+    child that collects an inherited lease, or a lease outliving its use, never frees a block in use.
+    """
 
     def __init__(self, block: torch.UntypedStorage) -> None:
         self._flag = _flag(block)
+        self._token = self._flag.item()
+        self._pid = os.getpid()
         self.__array_interface__ = {
             "shape": (block.nbytes() - FLAG_BYTES,),
             "typestr": "|u1",
@@ -91,7 +104,8 @@ class _BlockLease:
         }
 
     def __del__(self) -> None:
-        self._flag.fill_(_FREE)
+        if os.getpid() == self._pid and self._flag.item() == self._token:
+            self._flag.fill_(_FREE)
 
 
 _mapped_blocks: dict[tuple[int, int], torch.UntypedStorage] = {}
@@ -133,12 +147,29 @@ def _rebuild_leased(
 ) -> dict[str, Any]:
     """Main-process side of :class:`PooledBatch`: a plain dict whose tensors keep one lease on `block`."""
     _keep_mapped(block, *worker)
-    whole = torch.from_numpy(np.asarray(_BlockLease(block)))
+    leased = torch.from_numpy(np.asarray(_BlockLease(block))).untyped_storage()
     tensors = {
-        key: whole[offset : offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).view(shape)
-        for key, (dtype, offset, shape) in layouts.items()
+        key: torch.empty(0, dtype=dtype).set_(leased, offset, shape, stride)
+        for key, (dtype, offset, shape, stride) in layouts.items()
     }
     return {key: tensors[key] if key in tensors else values[key] for key in order}
+
+
+def forget_mappings() -> None:
+    """Drop the main process's kept block mappings (batches still held keep theirs); call when loaders end."""
+    with _mapped_lock:
+        _mapped_blocks.clear()
+
+
+def _copy_pooled(value: Any, pool: BlockPool) -> Any:
+    """`value` with every tensor on a pooled block (inside lists, tuples and dicts too) replaced by a copy."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if pool.owns(value.untyped_storage()) else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_pooled(item, pool) for item in value)
+    if isinstance(value, dict):
+        return {key: _copy_pooled(item, pool) for key, item in value.items()}
+    return value
 
 
 class PooledBatch(dict):
@@ -150,20 +181,16 @@ class PooledBatch(dict):
 
     def __reduce__(self) -> tuple:
         pool = _pool if _pool_pid == os.getpid() else None
+        if pool is None:
+            return (dict, (dict(self),))
         block, layouts, values = None, {}, {}
         for key, value in self.items():
             storage = value.untyped_storage() if isinstance(value, torch.Tensor) else None
-            if (
-                pool is not None
-                and storage is not None
-                and value.is_contiguous()
-                and pool.owns(storage)
-                and (block is None or storage.data_ptr() == block.data_ptr())
-            ):
+            if storage is not None and pool.owns(storage) and (block is None or storage.data_ptr() == block.data_ptr()):
                 block = storage
-                layouts[key] = (value.dtype, value.storage_offset() * value.element_size(), tuple(value.shape))
+                layouts[key] = (value.dtype, value.storage_offset(), tuple(value.shape), value.stride())
             else:
-                values[key] = value
+                values[key] = _copy_pooled(value, pool)
         if block is None:
-            return (dict, (dict(self),))
+            return (dict, (values,))
         return (_rebuild_leased, (block, layouts, values, list(self), (os.getpid(), block.data_ptr())))

@@ -15,6 +15,7 @@ device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -29,9 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
+from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 
+log = logging.getLogger("zoobot_hpc")
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
 PREEMPTION_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit (--signal=USR2@delay)
 
@@ -54,7 +57,27 @@ def worker_context() -> multiprocessing.context.BaseContext:
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    if forkserver_pid is not None and not _blocks_signal(forkserver_pid, PREEMPTION_SIGNAL):
+        log.warning(
+            "the forkserver (pid %d) was started before zoobot-hpc's loaders, without %s blocked: a preemption "
+            "signal will kill the loader workers; start no forkserver before training",
+            forkserver_pid,
+            signal.Signals(PREEMPTION_SIGNAL).name,
+        )
     return context
+
+
+def _blocks_signal(pid: int, signum: int) -> bool:
+    """Whether process `pid` blocks `signum` (True when that cannot be read, e.g. off Linux)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return True
 
 
 def set_hdf5_locking_env(locking: bool | None, worker_id: int = 0) -> None:
@@ -104,6 +127,10 @@ class SplitLoaders(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test split, in order, padded to the same number of batches on every rank."""
         return self._eval_dataloader("test")
+
+    def teardown(self, stage: str) -> None:
+        """Let go of the worker batch blocks this process kept mapped (see :mod:`zoobot_hpc.data.batch_memory`)."""
+        forget_mappings()
 
 
 class ShardDataModule(SplitLoaders):

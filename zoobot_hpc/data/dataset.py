@@ -26,6 +26,7 @@ from zoobot_hpc.data.shard_format import (
     IDS_KEY,
     IMAGES_KEY,
     LABELS_GROUP,
+    SAMPLE_KEYS,
     DatasetError,
     Manifest,
     open_shard,
@@ -125,6 +126,9 @@ class ShardDataset(torch.utils.data.Dataset):
         self.split = split
         available = self.manifest.label_columns
         self.label_cols = tuple(available) if label_cols is None else tuple(label_cols)
+        clashing = [name for name in self.label_cols if name in SAMPLE_KEYS]
+        if clashing:
+            raise DatasetError(f"{self.dataset_dir}: label columns {clashing} clash with sample keys {SAMPLE_KEYS}")
         unknown = [name for name in self.label_cols if name not in available]
         if unknown:
             raise DatasetError(

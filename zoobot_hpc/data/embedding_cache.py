@@ -108,7 +108,7 @@ def _write_split(
             embeddings[view, start:stop] = features
         ids += list(batch["id"])
         for name in labels:
-            labels[name].append(batch[name].numpy())
+            labels[name].append(batch[name].numpy().copy())  # a copy: the batch's block goes back to its worker
     group.create_dataset(IDS_KEY, data=ids, dtype=h5py.string_dtype("utf-8"))
     label_group = group.create_group(LABELS_GROUP)
     for name, values in labels.items():

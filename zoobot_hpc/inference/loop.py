@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_group
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
+from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.datamodule import set_hdf5_locking_env, worker_context
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
@@ -112,6 +113,10 @@ class InferenceDataModule(L.LightningDataModule):
             worker_init_fn=functools.partial(set_hdf5_locking_env, self.data.hdf5_locking) if workers else None,
             multiprocessing_context=worker_context() if workers else None,
         )
+
+    def teardown(self, stage: str) -> None:
+        """Let go of the worker batch blocks this process kept mapped."""
+        forget_mappings()
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         batch["image"] = augment_batch(
