@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from tests.data.test_datamodule import make_trainer
 from tests.inference.conftest import run_config
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
@@ -14,17 +15,7 @@ from zoobot_hpc.train import build_datamodule, build_model
 
 
 def _fit(model: L.LightningModule, datamodule: L.LightningDataModule, epochs: int) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = make_trainer(epochs, callbacks=[], validate=True)
     trainer.fit(model, datamodule=datamodule)
     return trainer
 

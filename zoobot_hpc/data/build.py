@@ -125,9 +125,9 @@ def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarr
     return images, failures
 
 
-def _sources_digest(image_paths: Sequence[str]) -> str:
-    """A fingerprint of where a shard's images came from: their paths, in shard order."""
-    return hashlib.sha256("\n".join(image_paths).encode()).hexdigest()
+def _sources_digest(task: ShardTask, rows: Sequence[int]) -> str:
+    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order."""
+    return hashlib.sha256("\n".join(task.image_paths[row] for row in rows).encode()).hexdigest()
 
 
 def _existing_shard(task: ShardTask) -> ShardResult | None:
@@ -152,7 +152,7 @@ def _existing_shard(task: ShardTask) -> ShardResult | None:
     missing = [row for row, id_ in enumerate(task.ids) if id_ not in stored]
     if tuple(task.ids[row] for row in kept_rows) != stored_ids or (missing and task.on_error != "skip"):
         return None
-    if stored_sources != _sources_digest([task.image_paths[row] for row in kept_rows]) or not all(
+    if stored_sources != _sources_digest(task, kept_rows) or not all(
         np.array_equal(stored_labels[name], values[kept_rows], equal_nan=True) for name, values in task.labels.items()
     ):
         return None
@@ -184,7 +184,7 @@ def build_shard(task: ShardTask) -> ShardResult:
             return ShardResult(None, failures)
         info = writer.finish(
             {name: values[kept_rows] for name, values in task.labels.items()},
-            attrs={SOURCES_ATTR: _sources_digest([task.image_paths[row] for row in kept_rows])},
+            attrs={SOURCES_ATTR: _sources_digest(task, kept_rows)},
         )
     return ShardResult(info, failures)
 

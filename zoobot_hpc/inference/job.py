@@ -8,7 +8,6 @@ job, and the other ranks exit.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from zoobot_hpc.launch.job import (
     configure_job_logging,
     hand_over_preemption,
     requeue_self,
+    slurm_task_rank,
 )
 
 log = logging.getLogger("zoobot_hpc")
@@ -96,7 +96,7 @@ def run_request_here(
     config, trained = inference_config(request, config_path, overrides)
     flag = PreemptionFlag().install()
     configure_job_logging()
-    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+    if slurm_task_rank() == 0:
         prepare_inference(request, config, trained)
     else:
         wait_for_plan(request, build_plan(request, config, trained))

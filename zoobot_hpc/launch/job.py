@@ -51,6 +51,11 @@ def hand_over_preemption(flag: PreemptionFlag, rank: int) -> None:
     os._exit(0)
 
 
+def slurm_task_rank() -> int:
+    """This process's task rank in its SLURM step (SLURM_PROCID), 0 outside SLURM."""
+    return int(os.environ.get("SLURM_PROCID", "0"))
+
+
 def requeue_self() -> None:
     """After a preemption checkpoint in a job we did not submit (`zoobot-hpc train` under sbatch):
     rank 0 requeues the SLURM job; every rank exits. Outside SLURM, say how to resume."""
@@ -58,7 +63,7 @@ def requeue_self() -> None:
     if job_id is None:
         log.info("stopped on a signal with a checkpoint written; run the same command again to resume")
         sys.exit(0)
-    if int(os.environ.get("SLURM_PROCID", "0")) == 0:
+    if slurm_task_rank() == 0:
         subprocess.run(["scontrol", "requeue", job_id], check=True)
         log.info("requeued SLURM job %s", job_id)
     sys.exit(0)
