@@ -1,6 +1,7 @@
 """Run configuration: YAML files plus dotted command-line overrides, validated by pydantic.
 
 Every section forbids unknown keys, so a typo is an error that names the key before anything is submitted.
+Login-node code loads configs, so this module (and what it imports) never imports torch, Lightning or timm.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from zoobot_hpc.data.augment import AugmentConfig
-from zoobot_hpc.model.tree import TreeSchema
+from zoobot_hpc.data.augment_config import AugmentConfig
+from zoobot_hpc.model.tree_schema import TreeSchema
 
 
 class ConfigError(ValueError):

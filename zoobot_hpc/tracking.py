@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-
-from lightning.pytorch.loggers import WandbLogger
+from typing import TYPE_CHECKING
 
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import WandbLogger
 
 
 def scheduler_job_key() -> str:
@@ -44,6 +46,8 @@ def wandb_run_id(run_dir: Path) -> str:
 
 def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> WandbLogger | None:
     """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only."""
+    from lightning.pytorch.loggers import WandbLogger  # here: `sync` and `status` run on the login node
+
     tracking = config.tracking
     if tracking.mode == "disabled":
         return None

@@ -10,43 +10,18 @@ middle of an epoch reproduces them exactly regardless of workers, ranks or globa
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from zoobot_hpc.data.augment_config import AugmentConfig
+
+__all__ = ["AugmentConfig", "augment_batch", "random_affine", "uniform_draws"]
 
 _MASK32 = 0xFFFFFFFF
 
 # One independent random stream per parameter.
 _STREAM_ROTATION, _STREAM_HFLIP, _STREAM_VFLIP, _STREAM_ZOOM, _STREAM_SHIFT_X, _STREAM_SHIFT_Y = range(6)
-
-
-class AugmentConfig(BaseModel):
-    """Parameters of the training view; the defaults follow Zoobot's default view.
-
-    ``rotation``: ``'none'``, ``'90'`` (a random multiple of 90 degrees: lossless) or ``'any'``
-    (uniform angle). ``zoom_range``: magnification range (>1 zooms in, as torchvision's
-    ``RandomAffine(scale=...)``). ``translate``: maximal shift as a fraction of the image size.
-    ``greyscale``: average the channels into one.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    output_size: int = Field(224, gt=0)
-    rotation: Literal["none", "90", "any"] = "any"
-    flip: bool = True
-    zoom_range: tuple[float, float] = (1.2, 1.4)
-    translate: float = Field(0.1, ge=0.0, le=1.0)
-    greyscale: bool = False
-
-    @field_validator("zoom_range")
-    @classmethod
-    def _check_zoom_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"zoom_range must satisfy 0 < low <= high, got {value}")
-        return value
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:

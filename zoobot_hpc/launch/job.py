@@ -14,12 +14,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
-from zoobot_hpc.checkpointing import PreemptionFlag
 from zoobot_hpc.config import RunConfig
+
+if TYPE_CHECKING:  # `submit` pickles TrainingJob on the login node, which must not import torch
+    from zoobot_hpc.checkpointing import PreemptionFlag
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -78,6 +80,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
     group: str | None = None
 
     def __call__(self) -> dict[str, float]:
+        from zoobot_hpc.checkpointing import PreemptionFlag
+
         flag = PreemptionFlag().install()
         configure_job_logging()
         compute_node_environment()

@@ -1,4 +1,8 @@
-"""Checks run on the login node before anything is queued; each failure is one line naming what is wrong."""
+"""Checks run on the login node before anything is queued; each failure is one line naming what is wrong.
+
+Each check imports what it needs (torch, timm, the training module) only when it has something to check, so a
+`submit` whose config needs none of them stays free of those imports.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
-
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, build_config, load_yaml
-from zoobot_hpc.data.embedding_cache import CACHE_DIR_NAME
 from zoobot_hpc.data.shard_format import DatasetError
-from zoobot_hpc.data.validate import validate_dataset
-from zoobot_hpc.model.encoders import ensure_encoder_weights
-from zoobot_hpc.model.tree import TreeSchema
-from zoobot_hpc.train import import_callback_class
+from zoobot_hpc.model.tree_schema import TreeSchema
 
 
 class PreflightError(RuntimeError):
@@ -51,15 +49,22 @@ def resolve_executor(config: RunConfig) -> str:
     return choice
 
 
+def local_gpu_count() -> int:
+    """GPUs this machine has (imports torch: asked only when a local job wants GPUs)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def check_resources(config: RunConfig, executor: str) -> None:
     res = config.resources
     if executor == "slurm" and shutil.which("sbatch") is None:
         raise PreflightError("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
     if executor == "local" and res.nodes > 1:
         raise PreflightError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
-    if executor == "local" and res.gpus_per_node > torch.cuda.device_count():
+    if executor == "local" and res.gpus_per_node and res.gpus_per_node > local_gpu_count():
         raise PreflightError(
-            f"resources.gpus_per_node={res.gpus_per_node}: this machine has {torch.cuda.device_count()} GPU(s) "
+            f"resources.gpus_per_node={res.gpus_per_node}: this machine has {local_gpu_count()} GPU(s) "
             "for the local executor"
         )
     if res.signal_delay_s >= res.time_min * 60:
@@ -71,6 +76,8 @@ def check_resources(config: RunConfig, executor: str) -> None:
 
 def check_dataset(config: RunConfig) -> None:
     """The dataset validates and holds what the model needs: label columns, channels, a train and val split."""
+    from zoobot_hpc.data.validate import validate_dataset
+
     try:
         summary = validate_dataset(
             config.data.dataset_dir,
@@ -101,6 +108,8 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
         if model.zoobot_checkpoint_loc is not None and not Path(model.zoobot_checkpoint_loc).is_file():
             raise PreflightError(f"model.zoobot_checkpoint_loc={model.zoobot_checkpoint_loc}: file not found")
         return
+    from zoobot_hpc.model.encoders import ensure_encoder_weights
+
     try:
         ensure_encoder_weights(model.name, allow_download=allow_download)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -109,6 +118,10 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
 
 def check_callbacks(config: RunConfig) -> None:
     """Every extra callback's class imports here (the job imports it the same way)."""
+    if not config.trainer.callbacks:
+        return
+    from zoobot_hpc.train import import_callback_class
+
     for spec in config.trainer.callbacks:
         try:
             import_callback_class(spec.class_path)
@@ -179,6 +192,8 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
         if key not in seen_datasets:
             check_dataset(config)
             if config.data.embedding_cache:
+                from zoobot_hpc.data.embedding_cache import CACHE_DIR_NAME
+
                 check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache")
             seen_datasets.add(key)
         encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))

@@ -1,23 +1,41 @@
-"""Finetuneable Zoobot models: encoders, layer-decayed AdamW groups, timm schedulers, decision-tree loss."""
+"""Finetuneable Zoobot models: encoders, layer-decayed AdamW groups, timm schedulers, decision-tree loss.
 
-from zoobot_hpc.model.encoders import (
-    EncoderWeightsError,
-    create_encoder,
-    encoder_weights_available,
-    ensure_encoder_weights,
-)
-from zoobot_hpc.model.finetune import (
-    FinetuneableZoobotAbstract,
-    FinetuneableZoobotClassifier,
-    FinetuneableZoobotRegressor,
-    FinetuneableZoobotTree,
-)
-from zoobot_hpc.model.tree import TreeSchema
+The names below load on first use (PEP 562), so that `zoobot_hpc.model.tree_schema` — which the login node's
+config imports — does not pull in torch, Lightning and timm through this package's `__init__`.
+"""
 
-MODEL_CLASSES: dict[str, type[FinetuneableZoobotAbstract]] = {
-    "classifier": FinetuneableZoobotClassifier,
-    "regressor": FinetuneableZoobotRegressor,
-    "tree": FinetuneableZoobotTree,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoobot_hpc.model.encoders import (
+        EncoderWeightsError,
+        create_encoder,
+        encoder_weights_available,
+        ensure_encoder_weights,
+    )
+    from zoobot_hpc.model.finetune import (
+        MODEL_CLASSES,
+        FinetuneableZoobotAbstract,
+        FinetuneableZoobotClassifier,
+        FinetuneableZoobotRegressor,
+        FinetuneableZoobotTree,
+    )
+    from zoobot_hpc.model.tree_schema import TreeSchema
+
+_HOMES = {
+    "EncoderWeightsError": "encoders",
+    "create_encoder": "encoders",
+    "encoder_weights_available": "encoders",
+    "ensure_encoder_weights": "encoders",
+    "FinetuneableZoobotAbstract": "finetune",
+    "FinetuneableZoobotClassifier": "finetune",
+    "FinetuneableZoobotRegressor": "finetune",
+    "FinetuneableZoobotTree": "finetune",
+    "MODEL_CLASSES": "finetune",
+    "TreeSchema": "tree_schema",
 }
 
 __all__ = [
@@ -32,3 +50,10 @@ __all__ = [
     "encoder_weights_available",
     "ensure_encoder_weights",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

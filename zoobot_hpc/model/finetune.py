@@ -468,3 +468,10 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MODEL_CLASSES: dict[str, type[FinetuneableZoobotAbstract]] = {
+    "classifier": FinetuneableZoobotClassifier,
+    "regressor": FinetuneableZoobotRegressor,
+    "tree": FinetuneableZoobotTree,
+}
