@@ -1,8 +1,10 @@
-"""Callbacks that report a run's progress: log lines for batch jobs, throughput, and the run dir's progress file."""
+"""Callbacks that report a run's progress: log lines for batch jobs, start-up phases, throughput, and the run
+dir's progress file."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,63 @@ def _scalar_metrics(trainer: Trainer, prefix: str) -> dict[str, float]:
         for k, v in trainer.callback_metrics.items()
         if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
     }
+
+
+def process_start_time() -> float:
+    """When this process started (epoch seconds, ~10 ms resolution on Linux; now where /proc is missing)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class StartupLog:
+    """Log lines naming each start-up phase of a job and how long it took, counted from the process's start:
+    what every requeue and every array task pays again before its first training step."""
+
+    def __init__(self) -> None:
+        self.started = self._last = process_start_time()
+
+    def phase(self, name: str) -> None:
+        now = time.time()
+        since_start = now - self.started
+        log.info("start-up: %-34s %6.2f s (%.2f s since the process started)", name, now - self._last, since_start)
+        self._last = now
+
+
+class StartupPhases(Callback):
+    """Logs the phases inside `Trainer.fit` up to the first training step (rank 0 only)."""
+
+    def __init__(self, startup: StartupLog) -> None:
+        self.startup = startup
+        self._first_batch_seen = self._first_step_seen = False
+
+    def _phase(self, trainer: Trainer, name: str) -> None:
+        if trainer.global_rank == 0:
+            self.startup.phase(name)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._phase(trainer, "process group, W&B run, data set up")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._phase(trainer, "model on the device")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._phase(trainer, "checkpoint restored")
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._first_batch_seen:
+            self._first_batch_seen = True
+            self._phase(trainer, "loader workers, first batch")
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._first_step_seen:
+            self._first_step_seen = True
+            self._phase(trainer, "first training step")
 
 
 class ThroughputMonitor(Callback):

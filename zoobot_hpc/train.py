@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, ThroughputMonitor
+from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, StartupLog, StartupPhases, ThroughputMonitor
 from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
 
 log = logging.getLogger("zoobot_hpc")
@@ -130,54 +131,49 @@ def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> 
     return loggers
 
 
-def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
-    """Flush and close this segment's W&B run on rank 0 before the job may be killed by its requeue."""
-    if trainer.global_rank != 0:
-        return
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            if preempted:
-                logger.experiment.mark_preempting()
-            logger.experiment.finish()
+def make_trainer(
+    config: RunConfig,
+    *,
+    callbacks: list[Callback],
+    cluster_environment: ClusterEnvironment | None,
+    interactive: bool,
+    plugins: Sequence[Any] = (),
+    **settings: Any,
+) -> L.Trainer:
+    """The Trainer of a config's resources and precision, for training and inference alike: one process per
+    device, started by the scheduler (`cluster_environment`, else SLURM's when detected); our samplers split the
+    data, so Lightning's is off. `settings` are the remaining `L.Trainer` arguments."""
+    resources = config.resources
+    cluster_environment = cluster_environment or default_cluster_environment()
+    plugins = [*plugins, *([cluster_environment] if cluster_environment is not None else [])]
+    return L.Trainer(
+        accelerator="gpu" if resources.gpus_per_node else "cpu",
+        devices=resources.tasks_per_node,
+        num_nodes=resources.nodes,
+        strategy="ddp" if config.world_size > 1 else "auto",
+        precision=resolve_precision(config.trainer.precision),
+        use_distributed_sampler=False,
+        enable_progress_bar=interactive,
+        callbacks=callbacks,
+        plugins=plugins or None,
+        **settings,
+    )
 
 
-def run_training(
+def build_callbacks(
     config: RunConfig,
     run_dir: Path,
-    *,
-    flag: PreemptionFlag | None = None,
-    cluster_environment: ClusterEnvironment | None = None,
-    group: str | None = None,
-    interactive: bool | None = None,
-) -> TrainingOutcome:
-    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended."""
-    run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / layout.CHECKPOINTS
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(dump_config(config))
-    if interactive is None:
-        interactive = sys.stderr.isatty()
-    requeue_count = len(layout.read_segments(run_dir))
-    if not config.resources.gpus_per_node:
-        torch.set_num_threads(config.resources.cpus_per_task)
-    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
-
-    model = build_model(config)
-    if config.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    datamodule = build_datamodule(config, model)
-
-    resume = ResumeCheckpointer(
-        checkpoint_dir,
-        flag=flag,
-        every_n_steps=config.trainer.checkpoint_every_n_steps,
-        every_minutes=config.trainer.checkpoint_every_minutes,
-    )
-    callbacks: list[Any] = [
+    model: FinetuneableZoobotAbstract,
+    resume: ResumeCheckpointer,
+    requeue_count: int,
+    interactive: bool,
+) -> list[Callback]:
+    """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
+    callbacks: list[Callback] = [
         resume,
         RNGStateCallback(),
         ModelCheckpoint(
-            dirpath=checkpoint_dir,
+            dirpath=run_dir / layout.CHECKPOINTS,
             filename="best",
             monitor=model.monitor_metric,
             mode=model.monitor_mode,
@@ -199,19 +195,103 @@ def run_training(
                 patience=config.trainer.early_stopping_patience,
             )
         )
+    return callbacks
 
-    resources = config.resources
-    distributed = config.world_size > 1
-    plugins: list[Any] = [AtomicCheckpointIO()]
-    cluster_environment = cluster_environment or default_cluster_environment()
-    if cluster_environment is not None:
-        plugins.append(cluster_environment)
-    trainer = L.Trainer(
-        accelerator="gpu" if resources.gpus_per_node else "cpu",
-        devices=resources.tasks_per_node,
-        num_nodes=resources.nodes,
-        strategy=("ddp" if distributed else "auto"),
-        precision=resolve_precision(config.trainer.precision),
+
+def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
+    """Flush and close this segment's W&B run on rank 0 before the job may be killed by its requeue."""
+    if trainer.global_rank != 0:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if preempted:
+                logger.experiment.mark_preempting()
+            logger.experiment.finish()
+
+
+def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
+    """Append this start of the job to the run dir's segments (rank 0)."""
+    layout.append_segment(
+        run_dir,
+        {
+            "start": time.time(),
+            "job": scheduler_job_key(),
+            "host": socket.gethostname(),
+            "world_size": config.world_size,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+        },
+    )
+    log.info("run dir %s; %s", run_dir, f"resuming from {resume_from}" if resume_from else "fresh start")
+
+
+def write_summary(
+    run_dir: Path, config: RunConfig, trainer: L.Trainer, outcome: TrainingOutcome, requeue_count: int
+) -> None:
+    """RUN_DIR/summary.json of a finished run (rank 0)."""
+    checkpoint = trainer.checkpoint_callback
+    throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
+    best_score = checkpoint.best_model_score if checkpoint else None
+    layout.write_json(
+        run_dir / layout.SUMMARY,
+        {
+            "name": config.name,
+            "monitor": trainer.lightning_module.monitor_metric,
+            "best": float(best_score) if best_score is not None else None,
+            "best_checkpoint": outcome.best_checkpoint,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "requeues": requeue_count,
+            "images_per_sec": throughput.images_per_sec if throughput else None,
+            "metrics": outcome.metrics,
+            "finished": time.time(),
+        },
+    )
+
+
+def run_training(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    flag: PreemptionFlag | None = None,
+    cluster_environment: ClusterEnvironment | None = None,
+    group: str | None = None,
+    interactive: bool | None = None,
+    startup: StartupLog | None = None,
+) -> TrainingOutcome:
+    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
+
+    `startup` times the job's start-up phases (from the process's start) into the log, up to the first step.
+    """
+    startup = startup or StartupLog()
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / layout.CHECKPOINTS
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / layout.CONFIG).write_text(dump_config(config))
+    interactive = sys.stderr.isatty() if interactive is None else interactive
+    requeue_count = len(layout.read_segments(run_dir))
+    if not config.resources.gpus_per_node:
+        torch.set_num_threads(config.resources.cpus_per_task)
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+
+    model = build_model(config)
+    if config.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    datamodule = build_datamodule(config, model)
+    startup.phase("model, datamodule")
+    resume = ResumeCheckpointer(
+        checkpoint_dir,
+        flag=flag,
+        every_n_steps=config.trainer.checkpoint_every_n_steps,
+        every_minutes=config.trainer.checkpoint_every_minutes,
+    )
+    callbacks = build_callbacks(config, run_dir, model, resume, requeue_count, interactive)
+    trainer = make_trainer(
+        config,
+        callbacks=[*callbacks, StartupPhases(startup)],
+        cluster_environment=cluster_environment,
+        interactive=interactive,
+        plugins=[AtomicCheckpointIO()],
         max_epochs=config.trainer.max_epochs,
         deterministic=config.trainer.deterministic,
         gradient_clip_val=config.trainer.gradient_clip_val,
@@ -219,29 +299,16 @@ def run_training(
         limit_train_batches=config.trainer.limit_train_batches,
         limit_val_batches=config.trainer.limit_val_batches,
         log_every_n_steps=config.trainer.log_every_n_steps,
-        use_distributed_sampler=False,
-        enable_progress_bar=interactive,
+        num_sanity_val_steps=0,
         enable_model_summary=interactive,
-        callbacks=callbacks,
         logger=_loggers(config, run_dir, group, model.task),
-        plugins=plugins,
         default_root_dir=str(run_dir),
     )
+    startup.phase("trainer, loggers")
 
     resume_from = newest_valid_checkpoint(checkpoint_dir)
     if trainer.global_rank == 0:
-        layout.append_segment(
-            run_dir,
-            {
-                "start": time.time(),
-                "job": scheduler_job_key(),
-                "host": socket.gethostname(),
-                "world_size": config.world_size,
-                "resumed_from": str(resume_from) if resume_from else None,
-                "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
-            },
-        )
-        log.info("run dir %s; %s", run_dir, f"resuming from {resume_from}" if resume_from else "fresh start")
+        record_segment(run_dir, config, resume_from)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         preempted = False
@@ -249,31 +316,13 @@ def run_training(
         preempted = True
     finish_wandb(trainer, preempted)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     outcome = TrainingOutcome(
         preempted=preempted,
         resumed_from=str(resume_from) if resume_from else None,
-        metrics=metrics,
+        metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
         best_checkpoint=best or None,
     )
     if not preempted and trainer.global_rank == 0:
-        throughput = next((c for c in callbacks if isinstance(c, ThroughputMonitor)), None)
-        layout.write_json(
-            run_dir / layout.SUMMARY,
-            {
-                "name": config.name,
-                "monitor": model.monitor_metric,
-                "best": float(trainer.checkpoint_callback.best_model_score)
-                if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score is not None
-                else None,
-                "best_checkpoint": outcome.best_checkpoint,
-                "epochs": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "requeues": requeue_count,
-                "images_per_sec": throughput.images_per_sec if throughput else None,
-                "metrics": metrics,
-                "finished": time.time(),
-            },
-        )
+        write_summary(run_dir, config, trainer, outcome, requeue_count)
     return outcome

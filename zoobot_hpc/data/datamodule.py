@@ -14,76 +14,38 @@ device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image
 
 from __future__ import annotations
 
-import functools
 import logging
-import multiprocessing
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from zoobot_hpc.data.workers import (  # re-exported: where loaders used to find them
+    PREEMPTION_SIGNAL,
+    _blocks_signal,
+    loader_settings,
+    set_hdf5_locking_env,
+    worker_context,
+)
+
+__all__ = [
+    "PREEMPTION_SIGNAL",
+    "ShardDataModule",
+    "SplitLoaders",
+    "_blocks_signal",
+    "set_hdf5_locking_env",
+    "worker_context",
+]
 
 log = logging.getLogger("zoobot_hpc")
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
-PREEMPTION_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit (--signal=USR2@delay)
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """The start method of every loader worker: a forkserver, started with the preemption signal blocked.
-
-    Forking the training process itself, which runs gloo/NCCL, W&B and other loaders' threads, can leave a worker
-    deadlocked on a lock held at fork time (seen with DDP on CPU). The forkserver preloads the reading modules once,
-    so each worker still starts in a fraction of a second. SLURM's ``--signal=USR2`` reaches every process of the
-    job step, and USR2 kills a process that has no handler: the forkserver and the resource tracker start with
-    USR2 blocked (a signal mask survives fork and exec), so they and every worker forked from them outlive it, and
-    only the training process acts on it. A USR2 arriving while they start stays pending here, not lost.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "h5py", "zoobot_hpc.data.dataset"])
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPTION_SIGNAL})
-    try:
-        multiprocessing.resource_tracker.ensure_running()
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-    if forkserver_pid is not None and not _blocks_signal(forkserver_pid, PREEMPTION_SIGNAL):
-        log.warning(
-            "the forkserver (pid %d) was started before zoobot-hpc's loaders, without %s blocked: a preemption "
-            "signal will kill the loader workers; start no forkserver before training",
-            forkserver_pid,
-            signal.Signals(PREEMPTION_SIGNAL).name,
-        )
-    return context
-
-
-def _blocks_signal(pid: int, signum: int) -> bool:
-    """Whether process `pid` blocks `signum` (True when that cannot be read, e.g. off Linux)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    for line in status.splitlines():
-        if line.startswith("SigBlk:"):
-            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    return True
-
-
-def set_hdf5_locking_env(locking: bool | None, worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: make ``HDF5_USE_FILE_LOCKING`` agree with ``locking``."""
-    if locking is not None:
-        os.environ["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking else "FALSE"
 
 
 class SplitLoaders(L.LightningDataModule):
@@ -190,18 +152,16 @@ class ShardDataModule(SplitLoaders):
         return self.datasets[split]
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        workers = self.num_workers > 0
-        return {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "collate_fn": collate_samples,
-            "pin_memory": self.pin_memory and torch.cuda.is_available(),
-            "prefetch_factor": self.prefetch_factor if workers else None,
-            "persistent_workers": self.persistent_workers and workers,
-            "worker_init_fn": functools.partial(set_hdf5_locking_env, self.locking) if workers else None,
-            "generator": torch.Generator().manual_seed(self.seed),
-            "multiprocessing_context": worker_context() if workers else None,
-        }
+        return loader_settings(
+            num_workers=self.num_workers,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            locking=self.locking,
+            collate_fn=collate_samples,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor,
+            persistent_workers=self.persistent_workers,
+        )
 
     def predict_dataloader(self) -> DataLoader:
         """``predict_split``, in order, padded to the same number of batches on every rank."""

@@ -30,9 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
-from zoobot_hpc.data.datamodule import SplitLoaders, worker_context
+from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manifest
+from zoobot_hpc.data.workers import loader_settings
 
 CACHE_DIR_NAME = "embedding_cache"
 EMBEDDINGS_KEY = "embeddings"
@@ -87,11 +88,13 @@ def _write_split(
     # Its own generator: iterating must not draw from the global RNG, which the training run then continues.
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_samples,
-        generator=torch.Generator().manual_seed(seed),
-        multiprocessing_context=worker_context() if num_workers > 0 else None,
+        **loader_settings(
+            num_workers=num_workers,
+            seed=seed,
+            batch_size=batch_size,
+            locking=dataset.locking,
+            collate_fn=collate_samples,
+        ),
     )
     ids: list[str] = []
     labels: dict[str, list[np.ndarray]] = {name: [] for name in dataset.label_cols}
@@ -262,12 +265,13 @@ class EmbeddingCacheDataModule(SplitLoaders):
         return self.datasets[split]
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "generator": torch.Generator().manual_seed(self.seed),
-        }
+        return loader_settings(
+            num_workers=self.num_workers,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            locking=self.locking,
+            persistent_workers=True,
+        )
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Pick the epoch's view: `views` cycle with the epoch in training; evaluation has one view."""

@@ -7,7 +7,6 @@ batches as an uninterrupted one. After every rank is done (a barrier), rank 0 me
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -29,8 +28,8 @@ from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_gr
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
-from zoobot_hpc.data.datamodule import set_hdf5_locking_env, worker_context
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
+from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
@@ -103,15 +102,16 @@ class InferenceDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         dataset = ManifestOrderDataset(Path(self.plan.dataset_dir), self.plan.splits, self.data.hdf5_locking)
-        workers = self.data.num_workers
         return DataLoader(
             dataset,
             batch_sampler=BlockBatches(pending_blocks(self.plan, self.parts_dir, rank), self.plan.batch_size),
-            num_workers=workers,
-            collate_fn=collate_samples,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            worker_init_fn=functools.partial(set_hdf5_locking_env, self.data.hdf5_locking) if workers else None,
-            multiprocessing_context=worker_context() if workers else None,
+            **loader_settings(
+                num_workers=self.data.num_workers,
+                seed=self.plan.seed,
+                locking=self.data.hdf5_locking,
+                collate_fn=collate_samples,
+                pin_memory=self.pin_memory,
+            ),
         )
 
     def teardown(self, stage: str) -> None:

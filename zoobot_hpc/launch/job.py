@@ -80,14 +80,22 @@ class TrainingJob(submitit.helpers.Checkpointable):
     group: str | None = None
 
     def __call__(self) -> dict[str, float]:
+        if self.config["data"].get("num_workers"):
+            # Start the loader workers' forkserver now: it preloads torch while this process imports it.
+            from zoobot_hpc.data.workers import worker_context
+
+            worker_context()
         from zoobot_hpc.checkpointing import PreemptionFlag
 
         flag = PreemptionFlag().install()
         configure_job_logging()
         compute_node_environment()
         from zoobot_hpc.launch.environment import SubmititEnvironment
+        from zoobot_hpc.monitoring import StartupLog
         from zoobot_hpc.train import run_training
 
+        startup = StartupLog()
+        startup.phase("interpreter, imports")
         environment = SubmititEnvironment()
         outcome = run_training(
             RunConfig.model_validate(self.config),
@@ -96,6 +104,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             cluster_environment=environment,
             group=self.group,
             interactive=False,
+            startup=startup,
         )
         if outcome.preempted:
             hand_over_preemption(flag, environment.global_rank())
