@@ -8,7 +8,6 @@ together), and its own atomic save moves a temp file across filesystems, which i
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import time
@@ -22,28 +21,21 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from zoobot_hpc.atomic import atomic_path
+
 RESUME_CHECKPOINT = "resume.ckpt"
 
 log = logging.getLogger("zoobot_hpc")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write `path.tmp` next to the target, fsync, then rename: a crash mid-write keeps the old checkpoint."""
+    """Checkpoints are written with `zoobot_hpc.atomic`: a crash mid-write keeps the old checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_path(target) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def stored_step(path: Path) -> int | None:

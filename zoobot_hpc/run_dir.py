@@ -15,9 +15,10 @@ RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from zoobot_hpc import atomic
 
 CONFIG = "config.yaml"
 SUBMISSION = "submission.json"
@@ -32,10 +33,8 @@ SWEEP = "sweep.json"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write JSON atomically and durably (`zoobot_hpc.atomic`)."""
+    atomic.write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

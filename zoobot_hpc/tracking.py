@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
 
@@ -40,7 +41,7 @@ def wandb_run_id(run_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{Path(run_dir).name[:40]}-{scheduler_job_key()}")
-    path.write_text(run_id + "\n")
+    atomic.write_text(path, run_id + "\n")
     return run_id
 
 

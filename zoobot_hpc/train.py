@@ -23,6 +23,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
+from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import (
     AtomicCheckpointIO,
@@ -267,7 +268,7 @@ def run_training(
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / layout.CHECKPOINTS
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(dump_config(config))
+    atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
     interactive = sys.stderr.isatty() if interactive is None else interactive
     requeue_count = len(layout.read_segments(run_dir))
     if not config.resources.gpus_per_node:

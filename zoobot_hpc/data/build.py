@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from zoobot_hpc.atomic import write_text
 from zoobot_hpc.data.shard_format import (
     DEFAULT_SHARD_SIZE_BYTES,
     FORMAT_VERSION,
@@ -338,7 +339,7 @@ def _write_report(out_dir: Path, catalog: Path, on_error: str, results: list[Sha
         "shards_reused": sum(r.reused for r in results),
     }
     path = out_dir / REPORT_NAME
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(report, indent=2) + "\n")
     return path
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
@@ -130,25 +131,18 @@ def compute_embedding_cache(
     locking: bool | None = False,
     device: torch.device | None = None,
 ) -> Path:
-    """Write the cache file of `spec` (atomically: `path.tmp.<host>.<pid>`, fsync, rename) unless it exists."""
+    """Write the cache file of `spec` (atomically, from `path.tmp.<host>.<pid>`: ranks may race) unless it exists."""
     if path.exists():
         return path
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = copy.deepcopy(encoder).to(device).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as handle:
-            handle.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec), default=list)
-            for split in spec.splits:
-                dataset = ShardDataset(dataset_dir, split, label_cols=None, locking=locking)
-                views = spec.views if split == "train" else 0
-                _write_split(handle, frozen, dataset, views, augment, spec.seed, batch_size, num_workers, device)
-        with open(tmp, "rb") as raw:
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, f".tmp.{socket.gethostname()}.{os.getpid()}") as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec), default=list)
+        for split in spec.splits:
+            dataset = ShardDataset(dataset_dir, split, label_cols=None, locking=locking)
+            views = spec.views if split == "train" else 0
+            _write_split(handle, frozen, dataset, views, augment, spec.seed, batch_size, num_workers, device)
     return path
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from zoobot_hpc.atomic import commit, write_text
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test", "predict")
@@ -108,11 +110,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 class ShardWriter:
     """Stream images into one shard; it appears under its final name only when `finish` succeeds.
 
@@ -184,14 +181,13 @@ class ShardWriter:
         for name, value in (attrs or {}).items():
             handle.attrs[name] = value
         handle.close()
-        _fsync_file(self.tmp_path)
         info = ShardInfo(
             file=self.path.name,
             count=count,
             size_bytes=self.tmp_path.stat().st_size,
             sha256=file_sha256(self.tmp_path),
         )
-        os.replace(self.tmp_path, self.path)
+        commit(self.tmp_path, self.path)
         return info
 
     def abort(self) -> None:
@@ -231,15 +227,8 @@ def open_shard(path: str | os.PathLike, locking: bool | None = None) -> h5py.Fil
 
 
 def write_manifest(dataset_dir: str | os.PathLike, manifest: Manifest) -> None:
-    """Write `manifest.json` atomically (tmp file, fsync, rename)."""
-    path = Path(dataset_dir) / MANIFEST_NAME
-    tmp_path = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        json.dump(manifest.to_dict(), handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp_path, path)
+    """Write `manifest.json` atomically and durably (`zoobot_hpc.atomic`)."""
+    write_text(Path(dataset_dir) / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def _parse_manifest(path: Path, raw: dict) -> Manifest:

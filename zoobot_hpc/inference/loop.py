@@ -275,7 +275,7 @@ def run_inference(
     interactive: bool = False,
 ) -> InferenceOutcome:
     """Run this rank's share of a prepared request (see `prepare_inference`); rank 0 then merges and exports."""
-    from zoobot_hpc.train import build_extra_callbacks, default_cluster_environment, resolve_precision
+    from zoobot_hpc.train import build_extra_callbacks, make_trainer
 
     plan = read_plan(request.work_dir)
     if plan is None:
@@ -283,21 +283,14 @@ def run_inference(
     model = load_model(plan)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    resources = config.resources
-    cluster_environment = cluster_environment or default_cluster_environment()
-    trainer = L.Trainer(
-        accelerator="gpu" if resources.gpus_per_node else "cpu",
-        devices=resources.tasks_per_node,
-        num_nodes=resources.nodes,
-        strategy="ddp" if config.world_size > 1 else "auto",
-        precision=resolve_precision(config.trainer.precision),
+    trainer = make_trainer(
+        config,
+        callbacks=[PartWriter(plan, request.parts_dir, flag), *build_extra_callbacks(config)],
+        cluster_environment=cluster_environment,
+        interactive=interactive,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=interactive,
         enable_model_summary=False,
-        use_distributed_sampler=False,
-        callbacks=[PartWriter(plan, request.parts_dir, flag), *build_extra_callbacks(config)],
-        plugins=[cluster_environment] if cluster_environment is not None else None,
     )
     rank = trainer.global_rank
     _write_empty_blocks(plan, request.parts_dir, rank)

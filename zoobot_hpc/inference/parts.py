@@ -8,7 +8,6 @@ final name is always complete.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.inference.request import InferenceError, InferencePlan
 
 POSITIONS_KEY = "positions"
@@ -32,16 +32,8 @@ def part_path(parts_dir: Path, rank: int, chunk: int) -> Path:
 @contextmanager
 def atomic_hdf5(path: Path) -> Iterator[h5py.File]:
     """An HDF5 file written as `path.tmp` that replaces `path` only when the block completes."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as handle:
-            yield handle
-        with open(tmp, "rb") as raw:
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        yield handle
 
 
 def write_part(path: Path, positions: np.ndarray, ids: list[str], outputs: Mapping[str, np.ndarray]) -> None:
@@ -150,21 +142,16 @@ def export_table(merged_path: Path, table_path: Path, export_format: str) -> Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = table_path.with_name(table_path.name + ".tmp")
-    try:
-        with h5py.File(merged_path, "r") as handle:
-            total = handle[IDS_KEY].shape[0]
-            writer = None
-            for start in range(0, max(total, 1), EXPORT_ROWS):
-                block = read_table_block(handle, start, min(start + EXPORT_ROWS, total))
-                if export_format == "csv":
-                    block.to_csv(tmp, mode="w" if start == 0 else "a", header=start == 0, index=False)
-                else:
-                    table = pa.Table.from_pandas(block, preserve_index=False)
-                    writer = writer or pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table)
-            if writer is not None:
-                writer.close()
-        os.replace(tmp, table_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(table_path) as tmp, h5py.File(merged_path, "r") as handle:
+        total = handle[IDS_KEY].shape[0]
+        writer = None
+        for start in range(0, max(total, 1), EXPORT_ROWS):
+            block = read_table_block(handle, start, min(start + EXPORT_ROWS, total))
+            if export_format == "csv":
+                block.to_csv(tmp, mode="w" if start == 0 else "a", header=start == 0, index=False)
+            else:
+                table = pa.Table.from_pandas(block, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        if writer is not None:
+            writer.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import submitit
 
+from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
@@ -121,7 +122,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
         check_run_dir(run.config, run.run_dir)
     for run in plan.runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / layout.CONFIG).write_text(dump_config(run.config))
+        atomic.write_text(run.run_dir / layout.CONFIG, dump_config(run.config))
     job_name = plan.sweep_name or plan.runs[0].config.name
     executor = make_executor(plan.runs[0].config, plan.submitit_dir, plan.executor, job_name)
     calls = [

@@ -1,0 +1,68 @@
+"""One way to write a file that no reader, crash or requeue ever sees half-written.
+
+The data goes to a temporary file next to the target (same directory, so same filesystem), which is fsynced, then
+`os.replace`d onto the target's name, and the directory is fsynced so that the rename itself survives a crash of the
+node. A reader sees the old file or the new one, never a part. Used for checkpoints, run-directory JSON, shards and
+their manifest, inference part files and tables, and the embedding cache. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to stable storage."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to stable storage; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is then as durable as they make it
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Make a completely written `tmp` the file `target`: fsync it, rename it, fsync the directory."""
+    fsync_file(tmp)
+    os.replace(tmp, target)
+    fsync_directory(Path(target).parent)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to `target` for any writer (h5py, torch.save, pandas); when the block ends without an
+    error it becomes `target` (see `commit`), otherwise it is deleted and `target` is left as it was.
+
+    `tmp_suffix` should be unique to the writer where several processes may write the same target at once.
+    """
+    target = Path(target)
+    tmp = target.with_name(target.name + tmp_suffix)
+    try:
+        yield tmp
+        commit(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `target` atomically and durably."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `target` atomically and durably."""
+    write_bytes(target, text.encode("utf-8"))
