@@ -5,7 +5,8 @@ Builds the same synthetic galaxies as 424x424 JPEGs (as Galaxy Zoo serves them) 
 
   (a) the Zoobot / galaxy-datasets way: PIL decode + resize + torchvision augmentation in the
       DataLoader workers, images/s of training-ready float batches;
-  (b) our ``ShardDataModule`` train loader delivering uint8 batches (all the CPU work we need);
+  (b) our ``ShardDataModule`` train loader delivering uint8 batches (all the CPU work we need), and (b') the same
+      with the opt-in worker batch pool (``data.batch_pool: true``, :mod:`zoobot_hpc.data.batch_memory`);
   (c) ``augment_batch`` on the device (``--device``), cost per image;
   (d) one process reading the same shards contiguously (h5py slices), images/s.
 
@@ -127,6 +128,23 @@ def images_per_second(batches: Iterable[dict], passes: int, start_pass: callable
     return counted / (time.perf_counter() - started)
 
 
+def shard_loader_rate(shard_dir: Path, args: argparse.Namespace, batch_pool: bool) -> float:
+    """Images/s of `ShardDataModule`'s train loader (uint8 batches), with or without the worker batch pool."""
+    datamodule = ShardDataModule(
+        shard_dir,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        augment=AugmentConfig(output_size=args.size),
+        batch_pool=batch_pool,
+    )
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    rate = images_per_second(loader, args.passes, start_pass=loader.sampler.set_epoch)
+    del loader
+    datamodule.teardown("fit")
+    return rate
+
+
 def augment_seconds_per_image(dataset_dir: Path, batch_size: int, size: int, device: str) -> float:
     """Seconds per image of the training view of `augment_batch` on `device` (uint8 batch already there)."""
     with open_shard(sorted(dataset_dir.glob("train-*.h5"))[0]) as handle:
@@ -189,21 +207,15 @@ def main() -> None:
     )
     rate_a = images_per_second(jpeg_loader, args.jpeg_passes)
 
-    datamodule = ShardDataModule(
-        shard_dir,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        augment=AugmentConfig(output_size=args.size),
-    )
-    datamodule.setup("fit")
-    shard_loader = datamodule.train_dataloader()
-    rate_b = images_per_second(shard_loader, args.passes, start_pass=shard_loader.sampler.set_epoch)
+    rate_b = shard_loader_rate(shard_dir, args, batch_pool=False)
+    rate_b_pool = shard_loader_rate(shard_dir, args, batch_pool=True)
 
     seconds_c = augment_seconds_per_image(shard_dir, args.batch_size, args.size, args.device)
     rate_d = contiguous_read_per_second(shard_dir, args.batch_size, args.passes)
 
     print(f"(a) JPEG folder, PIL + torchvision in workers: {rate_a:9.0f} img/s (float batches)")
     print(f"(b) HDF5 shards, ShardDataModule loader:      {rate_b:9.0f} img/s (uint8 batches)")
+    print(f"(b') the same with data.batch_pool=true:        {rate_b_pool:9.0f} img/s")
     print(f"(c) augment_batch on {args.device}:{'':<22}{seconds_c * 1e3:9.3f} ms/img ({1 / seconds_c:.0f} img/s)")
     print(f"(d) one process, contiguous shard read:       {rate_d:9.0f} img/s")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -95,6 +95,7 @@ def run_pipeline(args: argparse.Namespace, dataset_dir: Path, batches: int) -> f
         label_cols=["label"],
         augment=AugmentConfig(output_size=args.size, zoom_range=(1.2, 1.4)),
         pin_memory=args.device == "cuda",
+        batch_pool=getattr(args, "batch_pool", False),
     )
     timer = SteadyStateTimer(args.batch_size, args.warmup)
     model = make_model(args)
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dataset", type=Path, default=None, help="existing shard dataset to read")
+    parser.add_argument("--batch-pool", action="store_true", help="loader workers reuse shared-memory blocks")
     args = parser.parse_args()
     stored = args.stored_size or int(args.size * 1.25)
 

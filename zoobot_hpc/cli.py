@@ -7,6 +7,7 @@ import re
 import click
 
 from zoobot_hpc.data.shard_format import DatasetError
+from zoobot_hpc.model.kinds import MODEL_KINDS
 
 _BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -345,7 +346,7 @@ def _infer(mode: str, options: dict) -> None:
 
 @main.command()
 @_inference_options
-@click.option("--task", type=click.Choice(["classifier", "regressor", "tree"]), help="Fail unless the model is one.")
+@click.option("--task", type=click.Choice(MODEL_KINDS), help="Fail unless the model is one.")
 @click.option("--mc-samples", type=click.IntRange(min=1), default=None, help="Keep dropout on; N samples per galaxy.")
 def predict(**options) -> None:
     """Predict with CHECKPOINT over every shard of DATASET_DIR (KEY=VALUE overrides: batch size, resources)."""

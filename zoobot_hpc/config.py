@@ -29,6 +29,7 @@ class DataSettings(_Section):
     batch_size: int = Field(64, gt=0, description="per device")
     num_workers: int = Field(4, ge=0)
     hdf5_locking: bool = False
+    batch_pool: bool = Field(False, description="loader workers reuse shared-memory batch blocks (opt-in)")
     augment: AugmentConfig = AugmentConfig()
     embedding_cache: bool = Field(False, description="head_only: train the head on cached encoder embeddings")
     embedding_cache_views: int = Field(0, ge=0, description="augmented views to cache (0: the evaluation view)")

@@ -90,6 +90,7 @@ def build_datamodule(
         augment=augment,
         locking=data.hdf5_locking,
         pin_memory=config.resources.gpus_per_node > 0,
+        batch_pool=data.batch_pool,
     )
 
 
@@ -302,7 +303,7 @@ def run_training(
         log_every_n_steps=config.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
         enable_model_summary=interactive,
-        logger=_loggers(config, run_dir, group, model.task),
+        logger=_loggers(config, run_dir, group, model.kind),
         default_root_dir=str(run_dir),
     )
     startup.phase("trainer, loggers")

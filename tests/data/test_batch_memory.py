@@ -95,7 +95,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def _loader(root: Path, persistent: bool = True) -> DataLoader:
     return DataLoader(
-        _PoolReportingDataset(root, "train"),
+        _PoolReportingDataset(root, "train", batch_pool=True),
         batch_size=2,
         shuffle=True,
         num_workers=1,
@@ -154,7 +154,7 @@ def _channels_first_collate(samples: list[dict]) -> dict:
 def test_strided_and_nested_views_of_a_batch_keep_their_pixels(dataset_dir: tuple[Path, dict]) -> None:
     root, written = dataset_dir
     loader = DataLoader(
-        ShardDataset(root, "train"), batch_size=2, num_workers=1, persistent_workers=True,
+        ShardDataset(root, "train", batch_pool=True), batch_size=2, num_workers=1, persistent_workers=True,
         collate_fn=_channels_first_collate,
     )  # fmt: skip
     kept = []
@@ -177,7 +177,7 @@ def test_a_forked_child_collecting_an_inherited_batch_does_not_free_its_block(da
 
     def loader(init=None) -> DataLoader:
         return DataLoader(
-            ShardDataset(root, "train"), batch_size=2, num_workers=1, collate_fn=collate_samples,
+            ShardDataset(root, "train", batch_pool=True), batch_size=2, num_workers=1, collate_fn=collate_samples,
             persistent_workers=True, prefetch_factor=1, worker_init_fn=init, multiprocessing_context="fork",
         )  # fmt: skip
 

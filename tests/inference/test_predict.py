@@ -35,10 +35,12 @@ from zoobot_hpc.inference.request import (
     build_plan,
     inference_config,
     prepare_inference,
+    read_model_header,
     read_plan,
     wait_for_plan,
 )
 from zoobot_hpc.model import FinetuneableZoobotClassifier, FinetuneableZoobotRegressor
+from zoobot_hpc.model.kinds import CHECKPOINT_KIND_KEY
 
 
 def test_one_process_writes_probabilities_in_manifest_order_with_provenance_and_a_csv(
@@ -230,3 +232,16 @@ def test_a_rank_other_than_zero_never_replaces_the_plan_or_its_parts(
         signal.signal(signal.SIGUSR2, usr2_handler)
     assert read_plan(request.work_dir) == earlier_plan
     assert part.read_bytes() == b"being written by rank 0"
+
+
+def test_checkpoints_record_their_kind_and_older_ones_without_it_still_load(
+    classifier_checkpoint, tree_checkpoint, tmp_path
+):
+    for checkpoint, kind in ((classifier_checkpoint, "classifier"), (tree_checkpoint, "tree")):
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        assert stored[CHECKPOINT_KIND_KEY] == kind
+        assert read_model_header(checkpoint)[0] == kind
+        del stored[CHECKPOINT_KIND_KEY]
+        older = tmp_path / f"before-kinds-{kind}.ckpt"
+        torch.save(stored, older)
+        assert read_model_header(older)[0] == kind

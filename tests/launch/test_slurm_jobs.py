@@ -65,7 +65,7 @@ def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo
     [run_file] = offline_run_files(run_dir)
     run = read_offline_run(run_file)
     assert run.run_id == f"single-{job_id}"
-    assert run.job_type == "classification"
+    assert run.job_type == "classifier"
     assert run.config["model"]["learning_rate"] == pytest.approx(1e-3)
     accuracy = run.metric("validation/accuracy")
     assert len(accuracy) == 2

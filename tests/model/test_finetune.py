@@ -14,6 +14,7 @@ from zoobot_hpc.model import (
     FinetuneableZoobotRegressor,
     FinetuneableZoobotTree,
 )
+from zoobot_hpc.model.kinds import MODEL_KINDS
 
 PAIRS = {"colour": ["red", "blue"], "size": ["big", "small"]}
 DEPENDENCIES = {"colour": None, "size": "colour_red"}
@@ -49,17 +50,17 @@ def colour_votes(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def test_model_classes_and_launcher_properties():
-    assert set(MODEL_CLASSES) == {"classifier", "regressor", "tree"}
+    assert tuple(MODEL_CLASSES) == MODEL_KINDS == ("classifier", "regressor", "tree")
     model = classifier(greyscale=True)
-    assert (model.task, model.label_cols, model.in_channels) == ("classification", ["label"], 1)
+    assert (model.kind, model.label_cols, model.in_channels) == ("classifier", ["label"], 1)
     assert (model.monitor_metric, model.monitor_mode) == ("validation/loss", "min")
     tree = FinetuneableZoobotTree(
         name=TINY_ENCODER, pretrained=False, question_answer_pairs=PAIRS, dependencies=DEPENDENCIES
     )
-    assert tree.task == "tree"
+    assert tree.kind == "tree"
     assert tree.label_cols == ["colour_red", "colour_blue", "size_big", "size_small"]
     regressor = FinetuneableZoobotRegressor(name=TINY_ENCODER, pretrained=False, label_col="redshift")
-    assert (regressor.task, regressor.label_cols, regressor.in_channels) == ("regression", ["redshift"], 3)
+    assert (regressor.kind, regressor.label_cols, regressor.in_channels) == ("regressor", ["redshift"], 3)
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,7 @@ class ShardDataModule(SplitLoaders):
         prefetch_factor: int = 4,
         persistent_workers: bool | None = None,
         predict_split: str = "test",
+        batch_pool: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -133,6 +134,7 @@ class ShardDataModule(SplitLoaders):
         self.prefetch_factor = prefetch_factor
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
         self.predict_split = predict_split
+        self.batch_pool = batch_pool
         self.datasets: dict[str, ShardDataset] = {}
 
     def setup(self, stage: str) -> None:
@@ -148,7 +150,9 @@ class ShardDataModule(SplitLoaders):
 
     def _dataset(self, split: str) -> ShardDataset:
         if split not in self.datasets:
-            self.datasets[split] = ShardDataset(self.dataset_dir, split, self.label_cols, self.locking)
+            self.datasets[split] = ShardDataset(
+                self.dataset_dir, split, self.label_cols, self.locking, batch_pool=self.batch_pool
+            )
         return self.datasets[split]
 
     def _loader_kwargs(self) -> dict[str, Any]:

@@ -52,12 +52,15 @@ def _reads_whole_chunks(images: h5py.Dataset) -> bool:
     return images.chunks == (1, *images.shape[1:]) and images.id.get_create_plist().get_nfilters() == 0
 
 
-def _new_storage(nbytes: int) -> torch.UntypedStorage:
-    """Uninitialised bytes; in a DataLoader worker, a shared-memory block reused once the main process is done
-    with the batch it held (see :mod:`zoobot_hpc.data.batch_memory`)."""
+def _new_storage(nbytes: int, batch_pool: bool) -> torch.UntypedStorage:
+    """Uninitialised bytes. In a DataLoader worker they are shared memory, so that the batch reaches the main
+    process without a copy: a fresh block, as ``default_collate`` allocates it, or with ``batch_pool`` a block
+    reused once the main process is done with the batch it held (see :mod:`zoobot_hpc.data.batch_memory`)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.UntypedStorage(nbytes)
-    return worker_pool(WORKER_BATCH_BLOCKS).allocate(nbytes)
+    if batch_pool:
+        return worker_pool(WORKER_BATCH_BLOCKS).allocate(nbytes)
+    return torch.UntypedStorage._new_shared(max(nbytes, 1))  # what default_collate does in a worker
 
 
 def _aligned(nbytes: int) -> int:
@@ -104,6 +107,8 @@ class ShardDataset(torch.utils.data.Dataset):
     split as a 0-d int64 tensor, and each label a 0-d tensor (int64 for int columns, float32 for float columns).
     ``label_cols=None`` reads every label column of the manifest. ``locking`` is passed to
     ``h5py.File`` (``False`` for Lustre/GPFS/NFS; ``None``: HDF5's default / environment).
+    ``batch_pool``: in loader workers, reuse shared-memory blocks for batches (:mod:`zoobot_hpc.data.batch_memory`;
+    opt-in, see ``data.batch_pool`` in the README).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class ShardDataset(torch.utils.data.Dataset):
         locking: bool | None = False,
         *,
         max_open_files: int = 64,
+        batch_pool: bool = False,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.manifest: Manifest = read_manifest(self.dataset_dir)
@@ -137,6 +143,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self.label_dtypes = {name: _TORCH_LABEL_DTYPES[available[name]] for name in self.label_cols}
         self.locking = locking
         self.max_open_files = max_open_files
+        self.batch_pool = batch_pool
         shards = self.manifest.splits[split]
         self.shard_paths = tuple(self.dataset_dir / shard.file for shard in shards)
         counts = np.array([shard.count for shard in shards], dtype=np.int64)
@@ -177,7 +184,7 @@ class ShardDataset(torch.utils.data.Dataset):
         for name, dtype in {"index": torch.int64, **self.label_dtypes}.items():
             offsets[name] = (end, dtype)
             end = _aligned(end + count * dtype.itemsize)
-        storage = _new_storage(end)
+        storage = _new_storage(end, self.batch_pool)
         images = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (count, *self.image_shape))
         columns = {
             name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, (count,))

@@ -229,7 +229,7 @@ def model_attributes(model: FinetuneableZoobotAbstract, plan: InferencePlan, con
     schema = {key: hparams.get(key) for key in ("question_answer_pairs", "dependencies") if key in hparams}
     return {
         **plan_attributes(plan, config),
-        "task": model.task,
+        "task": model.kind,
         "label_cols": json.dumps(model.label_cols),
         "class_names": json.dumps(hparams.get("class_names")),
         "tree_schema": json.dumps(schema or None),

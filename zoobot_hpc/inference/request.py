@@ -21,9 +21,9 @@ import torch
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, load_yaml, parse_override
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, file_sha256, read_manifest
+from zoobot_hpc.model.kinds import MODEL_KINDS, stored_kind
 
 MODES = ("predict", "embed")
-KINDS = ("classifier", "regressor", "tree")
 EXPORT_FORMATS = ("csv", "parquet")
 PLAN_FILE = "plan.json"
 PARTS_DIR = "parts"
@@ -132,26 +132,18 @@ class InferencePlan:
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in raw.items()})
 
 
-def checkpoint_kind(hyper_parameters: dict[str, Any], checkpoint: Path) -> str:
-    """The model kind ('classifier', 'regressor' or 'tree') a checkpoint's hyper-parameters describe."""
-    if "question_answer_pairs" in hyper_parameters:
-        return "tree"
-    if "num_classes" in hyper_parameters:
-        return "classifier"
-    if "loss" in hyper_parameters:
-        return "regressor"
-    raise InferenceError(f"checkpoint={checkpoint}: not a zoobot-hpc model checkpoint (no model hyper-parameters)")
-
-
-def read_hyper_parameters(checkpoint: Path) -> dict[str, Any]:
-    """The model hyper-parameters stored in a checkpoint (memory-mapped, no weights are loaded)."""
+def read_model_header(checkpoint: Path) -> tuple[str, dict[str, Any]]:
+    """The model kind and hyper-parameters a checkpoint stores (memory-mapped, no weights are loaded)."""
     if not checkpoint.is_file():
         raise InferenceError(f"checkpoint={checkpoint}: file not found")
     try:
         data = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise InferenceError(f"checkpoint={checkpoint}: not a readable checkpoint ({type(error).__name__})") from None
-    return dict(data.get("hyper_parameters") or {})
+    kind = stored_kind(data)
+    if kind is None:
+        raise InferenceError(f"checkpoint={checkpoint}: not a zoobot-hpc model checkpoint (no model kind)")
+    return kind, dict(data.get("hyper_parameters") or {})
 
 
 def run_config_path(checkpoint: Path) -> Path:
@@ -192,8 +184,8 @@ def _trained_image_shape(trained: RunConfig) -> tuple[int, ...] | None:
 def _check_request(request: InferenceRequest) -> None:
     if request.mode not in MODES:
         raise InferenceError(f"mode={request.mode!r} must be one of {MODES}")
-    if request.task is not None and request.task not in KINDS:
-        raise InferenceError(f"task={request.task!r} must be one of {KINDS}")
+    if request.task is not None and request.task not in MODEL_KINDS:
+        raise InferenceError(f"task={request.task!r} must be one of {MODEL_KINDS}")
     if request.mc_samples is not None and (request.mode != "predict" or request.mc_samples < 1):
         raise InferenceError(f"mc_samples={request.mc_samples!r} must be >= 1, and only with mode='predict'")
     if request.export_format is not None and request.export_format not in EXPORT_FORMATS:
@@ -238,8 +230,7 @@ def _selected_splits(request: InferenceRequest, available: dict[str, Any]) -> tu
 def build_plan(request: InferenceRequest, config: RunConfig, trained: RunConfig) -> InferencePlan:
     """Check the request against the checkpoint and the dataset, and describe the work (writes nothing)."""
     _check_request(request)
-    hyper_parameters = read_hyper_parameters(request.checkpoint)
-    kind = checkpoint_kind(hyper_parameters, request.checkpoint)
+    kind, hyper_parameters = read_model_header(request.checkpoint)
     if request.task is not None and request.task != kind:
         raise InferenceError(f"checkpoint={request.checkpoint} is a {kind} model, not the {request.task} asked for")
     try:

@@ -23,6 +23,7 @@ from zoobot_hpc.model.encoders import (
     encoder_from_architecture,
     encoder_from_checkpoint,
 )
+from zoobot_hpc.model.kinds import CHECKPOINT_KIND_KEY
 from zoobot_hpc.model.param_groups import apply_lr_scale, finetuning_param_groups
 from zoobot_hpc.model.schedulers import (
     create_scheduler,
@@ -69,7 +70,7 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         seed: seeds the random initialisation of the head (and of a non-pretrained encoder).
     """
 
-    task: ClassVar[str]
+    kind: ClassVar[str]  # one of MODEL_KINDS, recorded in every checkpoint
     monitor_metric: ClassVar[str] = "validation/loss"
     monitor_mode: ClassVar[str] = "min"
 
@@ -313,7 +314,9 @@ class FinetuneableZoobotAbstract(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Weights live in the checkpoint: restoring rebuilds the encoder without pretrained weights, from the
-        timm architecture and arguments stored here (no `hf_hub:` or `local-dir:` config is read again)."""
+        timm architecture and arguments stored here (no `hf_hub:` or `local-dir:` config is read again). The
+        model's kind is stored too, so that inference reads it instead of guessing it."""
+        checkpoint[CHECKPOINT_KIND_KEY] = self.kind
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"].update(
                 pretrained=False, zoobot_checkpoint_loc=None, encoder_architecture=encoder_architecture(self.encoder)
@@ -332,7 +335,7 @@ class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
         **kwargs: the arguments of `FinetuneableZoobotAbstract`.
     """
 
-    task: ClassVar[str] = "classification"
+    kind: ClassVar[str] = "classifier"
 
     def __init__(
         self,
@@ -398,7 +401,7 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
         **kwargs: the arguments of `FinetuneableZoobotAbstract`.
     """
 
-    task: ClassVar[str] = "regression"
+    kind: ClassVar[str] = "regressor"
     LOSSES: ClassVar[dict[str, Callable[..., torch.Tensor]]] = {"mse": F.mse_loss, "mae": F.l1_loss}
 
     def __init__(self, loss: str = "mse", unit_interval: bool = False, label_col: str = "label", **kwargs: Any) -> None:
@@ -435,7 +438,7 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
         **kwargs: the arguments of `FinetuneableZoobotAbstract`.
     """
 
-    task: ClassVar[str] = "tree"
+    kind: ClassVar[str] = "tree"
 
     def __init__(
         self,
@@ -471,7 +474,5 @@ def _is_real(value: Any) -> bool:
 
 
 MODEL_CLASSES: dict[str, type[FinetuneableZoobotAbstract]] = {
-    "classifier": FinetuneableZoobotClassifier,
-    "regressor": FinetuneableZoobotRegressor,
-    "tree": FinetuneableZoobotTree,
+    cls.kind: cls for cls in (FinetuneableZoobotClassifier, FinetuneableZoobotRegressor, FinetuneableZoobotTree)
 }
