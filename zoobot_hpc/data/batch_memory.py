@@ -15,6 +15,8 @@ The flag is a plain word, not an atomic: only the worker sets it and only the ma
 after its last read of the batch and a garbage collection's worth of instructions. That is safe in
 practice on x86 (stores are not reordered before earlier loads); a weakly ordered CPU (ARM) is not
 formally excluded from letting the clear overtake a read, though no window of that size is known.
+That, and the private storage API, are why the pool is opt-in (``data.batch_pool``, off by default): it is
+worth it only where fresh shared pages are expensive, which a GPU node's own measurement has to show.
 """
 
 from __future__ import annotations

@@ -259,6 +259,8 @@ class ShardDataset(torch.utils.data.Dataset):
         self._reset_handles()
 
     def __getstate__(self) -> dict[str, Any]:
+        # A worker receives the dataset pickled, without handles: each process opens the files it reads itself,
+        # because an HDF5 handle shared across fork or pickling corrupts reads (libhdf5 state is per process).
         state = self.__dict__.copy()
         state["_handles"] = OrderedDict()
         return state
