@@ -82,7 +82,13 @@ class StartupPhases(Callback):
 
 
 class ThroughputMonitor(Callback):
-    """Logs training images/s (all ranks together) and epoch wall time; keeps the latest figures for summaries."""
+    """Logs training images/s (all ranks together) and epoch wall time; keeps the latest figures for summaries.
+
+    Not Lightning's `ThroughputMonitor`: that one calls `torch.cuda.synchronize()` after every batch (a stall of
+    the step pipeline on a GPU), logs to the loggers directly (its figure never reaches `callback_metrics` or
+    this run's summary), needs a full window of batches before it reports anything, and warns unless the model
+    counts its FLOPs. What is kept here is what those lack: one figure per logging interval, no synchronisation.
+    """
 
     def __init__(self, batch_size: int, requeue_count: int) -> None:
         self.batch_size = batch_size

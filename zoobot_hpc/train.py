@@ -162,17 +162,53 @@ def make_trainer(
     )
 
 
+def build_training_trainer(
+    config: RunConfig,
+    run_dir: Path,
+    callbacks: list[Callback],
+    loggers: list[Logger],
+    cluster_environment: ClusterEnvironment | None,
+    interactive: bool,
+) -> L.Trainer:
+    """The training Trainer: `make_trainer` with the config's trainer settings and atomic checkpoint IO. No
+    sanity-check pass: the login node validated the dataset, and it would start the val workers before training."""
+    settings = config.trainer
+    return make_trainer(
+        config,
+        callbacks=callbacks,
+        cluster_environment=cluster_environment,
+        interactive=interactive,
+        plugins=[AtomicCheckpointIO()],
+        max_epochs=settings.max_epochs,
+        deterministic=settings.deterministic,
+        gradient_clip_val=settings.gradient_clip_val,
+        accumulate_grad_batches=settings.accumulate_grad_batches,
+        limit_train_batches=settings.limit_train_batches,
+        limit_val_batches=settings.limit_val_batches,
+        log_every_n_steps=settings.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_model_summary=interactive,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+    )
+
+
 def build_callbacks(
     config: RunConfig,
     run_dir: Path,
     model: FinetuneableZoobotAbstract,
-    resume: ResumeCheckpointer,
+    flag: PreemptionFlag | None,
     requeue_count: int,
     interactive: bool,
 ) -> list[Callback]:
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
     callbacks: list[Callback] = [
-        resume,
+        ResumeCheckpointer(
+            run_dir / layout.CHECKPOINTS,
+            flag=flag,
+            every_n_steps=config.trainer.checkpoint_every_n_steps,
+            every_minutes=config.trainer.checkpoint_every_minutes,
+        ),
         RNGStateCallback(),
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS,
@@ -209,6 +245,13 @@ def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
             if preempted:
                 logger.experiment.mark_preempting()
             logger.experiment.finish()
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig) -> int:
+    """Create the run dir's checkpoint folder and write its config; returns how many starts it has had."""
+    (run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
+    return len(layout.read_segments(run_dir))
 
 
 def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
@@ -267,11 +310,8 @@ def run_training(
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
-    checkpoint_dir = run_dir / layout.CHECKPOINTS
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
+    requeue_count = prepare_run_dir(run_dir, config)
     interactive = sys.stderr.isatty() if interactive is None else interactive
-    requeue_count = len(layout.read_segments(run_dir))
     if not config.resources.gpus_per_node:
         torch.set_num_threads(config.resources.cpus_per_task)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -281,34 +321,18 @@ def run_training(
         model = model.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(config, model)
     startup.phase("model, datamodule")
-    resume = ResumeCheckpointer(
-        checkpoint_dir,
-        flag=flag,
-        every_n_steps=config.trainer.checkpoint_every_n_steps,
-        every_minutes=config.trainer.checkpoint_every_minutes,
-    )
-    callbacks = build_callbacks(config, run_dir, model, resume, requeue_count, interactive)
-    trainer = make_trainer(
+    callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
+    trainer = build_training_trainer(
         config,
-        callbacks=[*callbacks, StartupPhases(startup)],
-        cluster_environment=cluster_environment,
-        interactive=interactive,
-        plugins=[AtomicCheckpointIO()],
-        max_epochs=config.trainer.max_epochs,
-        deterministic=config.trainer.deterministic,
-        gradient_clip_val=config.trainer.gradient_clip_val,
-        accumulate_grad_batches=config.trainer.accumulate_grad_batches,
-        limit_train_batches=config.trainer.limit_train_batches,
-        limit_val_batches=config.trainer.limit_val_batches,
-        log_every_n_steps=config.trainer.log_every_n_steps,
-        num_sanity_val_steps=0,
-        enable_model_summary=interactive,
-        logger=_loggers(config, run_dir, group, model.kind),
-        default_root_dir=str(run_dir),
+        run_dir,
+        [*callbacks, StartupPhases(startup)],
+        _loggers(config, run_dir, group, model.kind),
+        cluster_environment,
+        interactive,
     )
     startup.phase("trainer, loggers")
 
-    resume_from = newest_valid_checkpoint(checkpoint_dir)
+    resume_from = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
     if trainer.global_rank == 0:
         record_segment(run_dir, config, resume_from)
     try:

@@ -384,6 +384,22 @@ def build_dataset(
         out_dir, catalog, frame, ids, splits, labels, image_col, size, channels, shard_size_bytes, on_error
     )
     results = _run_tasks(tasks, num_workers, progress)
+    image_shape = (size, size, channels)
+    return _finish_dataset(out_dir, catalog, on_error, tasks, results, labels, image_shape, allow_nan, id_col)
+
+
+def _finish_dataset(
+    out_dir: Path,
+    catalog: Path,
+    on_error: str,
+    tasks: Sequence[ShardTask],
+    results: Sequence[ShardResult],
+    labels: dict[str, np.ndarray],
+    image_shape: tuple[int, int, int],
+    allow_nan: Sequence[str],
+    id_col: str,
+) -> Manifest:
+    """Write the build report; unless images failed (with on_error='fail') or none was read, the manifest."""
     report = _write_report(out_dir, catalog, on_error, results)
     failures = [failure for result in results for failure in result.failures]
     if failures and on_error == "fail":
@@ -400,7 +416,7 @@ def build_dataset(
         raise DatasetError(f"{catalog}: no image could be read; see {report}")
     manifest = Manifest(
         format_version=FORMAT_VERSION,
-        image_shape=(size, size, channels),
+        image_shape=image_shape,
         label_columns={name: label_dtype_name(values) for name, values in labels.items()},
         allow_nan=tuple(allow_nan),
         splits={split: tuple(infos) for split, infos in shard_splits.items()},

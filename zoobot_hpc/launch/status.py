@@ -47,11 +47,22 @@ def _job_states(command: list[str]) -> dict[str, str]:
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Job id -> state from sacct (squeue for jobs sacct does not know yet)."""
+    """Job id -> state from sacct, through submitit's job watcher (one call for every array), and squeue for
+    jobs sacct does not know yet."""
     if not job_ids:
         return {}
-    array_ids = ",".join(sorted({job.split("_")[0] for job in job_ids}))
-    states = _job_states(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array_ids])
+    states: dict[str, str] = {}
+    if shutil.which("sacct") is not None:
+        from submitit.slurm.slurm import SlurmInfoWatcher
+
+        watcher = SlurmInfoWatcher()
+        for job in job_ids:
+            watcher.register_job(job)
+        watcher.update()
+        for job in job_ids:
+            state = watcher.get_state(job, mode="cache")
+            if state != "UNKNOWN":
+                states[job] = state.split()[0]  # "CANCELLED by 0" -> "CANCELLED"
     missing = [job for job in job_ids if job not in states]
     if missing:
         states.update(_job_states(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)]))
