@@ -1,4 +1,7 @@
-"""`zoobot-hpc` command line: each command parses its options, calls one function and prints the result."""
+"""`zoobot-hpc` command line: each command parses its options, calls one function and prints the result.
+
+Commands import what they use inside their functions, so `--help` and the login-node commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import re
 
 import click
 
-from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.model.kinds import MODEL_KINDS
 
 _BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -130,6 +132,7 @@ def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers
 @click.option("--label-col", "label_cols", multiple=True, help="Label column that must exist (repeatable).")
 def inspect(dataset_dir: str, checksums: bool, locking: bool, label_cols: tuple[str, ...]) -> None:
     """Validate a shard dataset and print its summary; exit code 0 only when it is valid."""
+    from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import inspect_dataset
 
     try:
@@ -166,6 +169,7 @@ def submit(
 ) -> None:
     """Submit CONFIG (with KEY=VALUE overrides; KEY=a,b,c sweeps) as one job or one job array."""
     from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.launch.preflight import PreflightError
     from zoobot_hpc.launch.status import follow as follow_logs
     from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan
@@ -315,6 +319,7 @@ def _infer(mode: str, options: dict) -> None:
     from pathlib import Path
 
     from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.inference.job import run_request_here, submit_request
     from zoobot_hpc.inference.request import InferenceError, InferenceRequest, default_output
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, build_config, load_yaml
-from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.model.tree_schema import TreeSchema
 
 
@@ -76,6 +75,7 @@ def check_resources(config: RunConfig, executor: str) -> None:
 
 def check_dataset(config: RunConfig) -> None:
     """The dataset validates and holds what the model needs: label columns, channels, a train and val split."""
+    from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import validate_dataset
 
     try:
