@@ -20,6 +20,17 @@ from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc.cli import main
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
+STARTUP_PHASES = (
+    "interpreter, imports",
+    "model, datamodule",
+    "trainer, loggers",
+    "process group, W&B run, data set up",
+    "model on the device",
+    "checkpoint restored",
+    "loader workers, first batch",
+    "first training step",
+)
+
 
 def _log_mentions(job, pattern: str, at_least: int = 1):
     def check():
@@ -57,6 +68,9 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:])
     log_text = job.paths.stdout.read_text()
     assert log_text.count("preemption signal: saved") == 2
+    phases = re.findall(r"start-up: (\S.*?\S)\s+\d+\.\d+ s \(", log_text)
+    assert phases[:8] == list(STARTUP_PHASES), "the first start logs each start-up phase, in order"
+    assert phases.count("first training step") == 3, "every start (two requeues) logs its way to the first step"
     assert_same_weights(final_weights(run_dir), final_weights(baseline.plan.runs[0].run_dir))
 
     runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
