@@ -14,7 +14,6 @@ device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +43,6 @@ __all__ = [
     "worker_context",
 ]
 
-log = logging.getLogger("zoobot_hpc")
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
 
 
