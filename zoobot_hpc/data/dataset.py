@@ -264,3 +264,32 @@ class ShardDataset(torch.utils.data.Dataset):
         state = self.__dict__.copy()
         state["_handles"] = OrderedDict()
         return state
+
+
+class ManifestOrderDataset(torch.utils.data.Dataset):
+    """Several splits of a shard dataset as one sequence (in the given order); `index` is the global position.
+
+    The dataset of `predict` / `embed`. It lives here, next to `ShardDataset`, because loader workers unpickle it:
+    this module is preloaded by their forkserver, while the inference loop's module imports Lightning.
+    """
+
+    def __init__(self, dataset_dir: Path, splits: Sequence[str], locking: bool | None) -> None:
+        self.splits = [ShardDataset(dataset_dir, split, label_cols=(), locking=locking) for split in splits]
+        self.starts = np.cumsum([0] + [len(split) for split in self.splits])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        positions = np.asarray(positions, dtype=np.int64)
+        which = np.searchsorted(self.starts, positions, side="right") - 1
+        samples: list[dict[str, Any]] = [{} for _ in positions]
+        for split_index in np.unique(which):
+            rows = np.flatnonzero(which == split_index)
+            local = (positions[rows] - self.starts[split_index]).tolist()
+            for row, sample in zip(rows, self.splits[split_index].__getitems__(local), strict=True):
+                samples[row] = {**sample, "index": int(positions[row])}
+        return samples

@@ -22,44 +22,19 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_group
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
-from zoobot_hpc.data.dataset import ShardDataset, collate_samples
+from zoobot_hpc.data.dataset import ManifestOrderDataset, collate_samples
 from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 
 log = logging.getLogger("zoobot_hpc")
-
-
-class ManifestOrderDataset(Dataset):
-    """Several splits of a shard dataset as one sequence (in the given order); `index` is the global position."""
-
-    def __init__(self, dataset_dir: Path, splits: Sequence[str], locking: bool | None) -> None:
-        self.splits = [ShardDataset(dataset_dir, split, label_cols=(), locking=locking) for split in splits]
-        self.starts = np.cumsum([0] + [len(split) for split in self.splits])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        return self.__getitems__([position])[0]
-
-    def __getitems__(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        positions = np.asarray(positions, dtype=np.int64)
-        which = np.searchsorted(self.starts, positions, side="right") - 1
-        samples: list[dict[str, Any]] = [{} for _ in positions]
-        for split_index in np.unique(which):
-            rows = np.flatnonzero(which == split_index)
-            local = (positions[rows] - self.starts[split_index]).tolist()
-            for row, sample in zip(rows, self.splits[split_index].__getitems__(local), strict=True):
-                samples[row] = {**sample, "index": int(positions[row])}
-        return samples
 
 
 class BlockBatches(Sampler[list[int]]):
