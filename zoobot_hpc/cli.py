@@ -48,10 +48,30 @@ def main() -> None:
     """Finetune Zoobot-style galaxy-morphology models at scale on SLURM clusters."""
 
 
+class Numbers(click.ParamType):
+    """Comma-separated numbers, e.g. `0.5,99.5` or `2,1,0`."""
+
+    name = "numbers"
+
+    def __init__(self, kind: type, count: int | None = None) -> None:
+        self.kind, self.count = kind, count
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(self.kind(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not comma-separated {self.kind.__name__}s", param, ctx)
+        if self.count is not None and len(numbers) != self.count:
+            self.fail(f"{value!r} must give {self.count} numbers", param, ctx)
+        return numbers
+
+
 @main.command()
-@click.argument("catalog", type=click.Path(exists=True, dir_okay=False))
+@click.argument("catalog", type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset directory.")
-@click.option("--image-col", default="file_loc", show_default=True, help="Column with image paths.")
+@click.option("--image-col", default="file_loc", show_default=True, help="Column with image paths or image bytes.")
 @click.option("--id-col", default="id_str", show_default=True, help="Column with unique ids.")
 @click.option("--label-col", "label_cols", multiple=True, help="Label column (repeat for several).")
 @click.option("--allow-nan", multiple=True, help="Label column where NaN (missing) is allowed (repeatable).")
@@ -62,6 +82,12 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
 @click.option("--shard-size", default="2GB", show_default=True, type=ByteSize(), help="Max bytes per shard.")
 @click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
+@click.option(
+    "--stretch", type=click.Choice(["asinh", "percentile"]), help="Scale FITS, 16-bit and float pixels to 8 bits."
+)
+@click.option("--percentiles", default="0.5,99.5", show_default=True, type=Numbers(float, 2), help="Stretch range.")
+@click.option("--asinh-softening", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--bands", type=Numbers(int), default=None, help="FITS image planes to use as channels, e.g. 2,1,0.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def shard(
     catalog: str,
@@ -77,12 +103,23 @@ def shard(
     workers: int,
     shard_size: int,
     on_error: str,
+    stretch: str | None,
+    percentiles: tuple[float, float],
+    asinh_softening: float,
+    bands: tuple[int, ...] | None,
     progress: bool,
 ) -> None:
-    """Build HDF5 shards from a CSV/parquet CATALOG."""
+    """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
+    `save_to_disk` folder) whose --image-col holds encoded images."""
     from zoobot_hpc.data.build import build_dataset
+    from zoobot_hpc.data.stretch import ImageScaling
 
     try:
+        scaling = None
+        if stretch is not None:
+            scaling = ImageScaling(stretch, *percentiles, asinh_softening=asinh_softening, bands=bands)
+        elif bands is not None:
+            raise ValueError("--bands selects FITS planes, which need --stretch as well")
         manifest = build_dataset(
             catalog,
             out_dir,
@@ -98,6 +135,7 @@ def shard(
             on_error=on_error,
             progress=progress,
             allow_nan=allow_nan,
+            scaling=scaling,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from zoobot_hpc.data.fits_images import is_fits, read_fits_planes
+from zoobot_hpc.data.hf_tables import is_table_source, read_embedded_images, read_table_source
 from zoobot_hpc.data.shard_format import (
     DEFAULT_SHARD_SIZE_BYTES,
     FORMAT_VERSION,
@@ -36,6 +39,7 @@ from zoobot_hpc.data.shard_format import (
     shard_file_name,
     write_manifest,
 )
+from zoobot_hpc.data.stretch import ImageScaling
 
 REPORT_NAME = "build_report.json"
 HASH_SPLITS = ("train", "val", "test")
@@ -57,37 +61,83 @@ def hash_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1))
     return np.array(HASH_SPLITS, dtype=object)[bucket]
 
 
-def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """Load a JPEG/PNG (PIL) or .npy image as uint8 (size, size, channels): centre-cropped square, resized.
+# PIL modes whose pixels do not fit 8 bits (PIL's own conversion to "L" clips them)
+HIGH_DEPTH_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
 
-    `.npy` arrays are (H, W) or (H, W, C) with C in 1, 3, 4; uint8 is used as is, floats must lie in [0, 1].
+
+def load_image(
+    path: str | os.PathLike,
+    size: int,
+    channels: int,
+    scaling: ImageScaling | None = None,
+    data: bytes | None = None,
+) -> np.ndarray:
+    """Load an image as uint8 (size, size, channels): centre-cropped square, resized.
+
+    JPEG/PNG/TIFF (PIL), `.npy` arrays ((H, W) or (H, W, C) with C in 1, 3, 4) or FITS (astropy). uint8 pixels
+    are used as they are; FITS and 16-bit, 32-bit or float pixels are scaled with `scaling`'s stretch and refused
+    without one (8 bits cannot hold them as they are). `.npy` floats in [0, 1] need no stretch. `data` holds the
+    encoded file when it is not on disk (then `path` only names it).
     """
     if not str(path):
         raise ValueError("image path is empty")
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        image = _array_to_image(np.load(path), path)
+    source = io.BytesIO(data) if data is not None else path
+    if is_fits(path):
+        if scaling is None:
+            raise ValueError(
+                f"{path}: FITS pixels need a stretch to become 8-bit: choose --stretch asinh or percentile"
+            )
+        image = _planes_to_image(read_fits_planes(source, scaling.bands), path, scaling)
+    elif path.suffix.lower() == ".npy":
+        image = _array_to_image(np.load(source), path, scaling)
     else:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             opened.load()
-            image = opened.copy()
+            image = _deep_image_to_8bit(opened.copy(), path, scaling)
     image = image.convert("RGB" if channels == 3 else "L")
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
 
 
-def _array_to_image(array: np.ndarray, path: Path) -> Image.Image:
+def _deep_image_to_8bit(image: Image.Image, path: Path, scaling: ImageScaling | None) -> Image.Image:
+    depth = HIGH_DEPTH_MODES.get(image.mode)
+    if depth is None:
+        return image
+    if scaling is None:
+        raise ValueError(
+            f"{path}: {depth} pixels (PIL mode {image.mode}) would lose their range as 8-bit: choose --stretch "
+            "asinh or percentile"
+        )
+    return _planes_to_image(np.asarray(image)[..., None], path, scaling)
+
+
+def _planes_to_image(planes: np.ndarray, path: Path, scaling: ImageScaling) -> Image.Image:
+    """Stretch float (H, W, C) planes with C in 1 or 3 to an 8-bit PIL image."""
+    if planes.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: {planes.shape[-1]} image planes; choose 1 or 3 of them with --bands")
+    try:
+        pixels = scaling.to_uint8(planes)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def _array_to_image(array: np.ndarray, path: Path, scaling: ImageScaling | None) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"{path}: array shape {array.shape} is not (H, W) or (H, W, C) with C in 1, 3, 4")
+    if array.dtype != np.uint8 and scaling is not None and array.dtype.kind in "fiu":
+        planes = array[..., :3] if array.ndim == 3 else array[..., None]
+        return _planes_to_image(planes, path, scaling)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ValueError(f"{path}: float arrays must be finite and within [0, 1]")
+            raise ValueError(f"{path}: float arrays must be finite and within [0, 1], or choose --stretch")
         array = np.round(array * 255)
     elif array.dtype != np.uint8:
-        raise ValueError(f"{path}: array dtype {array.dtype} is not uint8 or float")
+        raise ValueError(f"{path}: array dtype {array.dtype} is not uint8 or float; choose --stretch to scale it")
     return Image.fromarray(array.astype(np.uint8))
 
 
@@ -103,6 +153,8 @@ class ShardTask:
     size: int
     channels: int
     on_error: str
+    scaling: ImageScaling | None = None
+    embedded_col: str | None = None  # image_paths are FILE#ROW references into this column of parquet/Arrow files
 
 
 @dataclass
@@ -116,9 +168,16 @@ class ShardResult:
 
 def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarray], list[dict[str, str]]]:
     images, failures = {}, []
-    for row in rows:
+    rows = list(rows)
+    if task.embedded_col is not None:
+        encoded = read_embedded_images([task.image_paths[row] for row in rows], task.embedded_col)
+    else:
+        encoded = [(task.image_paths[row], None) for row in rows]
+    for row, (name, data) in zip(rows, encoded, strict=True):
         try:
-            images[row] = load_image(task.image_paths[row], task.size, task.channels)
+            if task.embedded_col is not None and data is None:
+                raise ValueError(f"{task.image_paths[row]}: no image bytes")
+            images[row] = load_image(name, task.size, task.channels, task.scaling, data)
         except Exception as error:
             message = " ".join(str(error).split()) or type(error).__name__
             failures.append({"id": task.ids[row], "path": task.image_paths[row], "error": message})
@@ -126,8 +185,12 @@ def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarr
 
 
 def _sources_digest(task: ShardTask, rows: Sequence[int]) -> str:
-    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order."""
-    return hashlib.sha256("\n".join(task.image_paths[row] for row in rows).encode()).hexdigest()
+    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order, and the
+    stretch that scaled them."""
+    parts = [task.image_paths[row] for row in rows]
+    if task.scaling is not None:
+        parts.append(json.dumps(task.scaling.to_dict(), sort_keys=True))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _existing_shard(task: ShardTask) -> ShardResult | None:
@@ -192,6 +255,8 @@ def build_shard(task: ShardTask) -> ShardResult:
 def read_catalog(catalog: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV or parquet catalog with pandas."""
     catalog = Path(catalog)
+    if catalog.is_dir():
+        raise DatasetError(f"{catalog}: a folder is read only as a Hugging Face dataset with an image-bytes column")
     if not catalog.is_file():
         raise DatasetError(f"{catalog}: catalog file does not exist")
     suffix = catalog.suffix.lower()
@@ -273,6 +338,14 @@ def _assign_splits(
     return splits
 
 
+def _image_paths(catalog: Path, frame: pd.DataFrame, image_col: str) -> np.ndarray:
+    """Image paths of a catalog, relative to its folder unless absolute ("" where missing)."""
+    return np.array(
+        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
+        dtype=object,
+    )
+
+
 def _plan_tasks(
     out_dir: Path,
     catalog: Path,
@@ -280,16 +353,14 @@ def _plan_tasks(
     ids: np.ndarray,
     splits: np.ndarray,
     labels: dict[str, np.ndarray],
-    image_col: str,
+    image_paths: np.ndarray,
     size: int,
     channels: int,
     shard_size_bytes: int,
     on_error: str,
+    scaling: ImageScaling | None,
+    embedded_col: str | None,
 ) -> list[ShardTask]:
-    image_paths = np.array(
-        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
-        dtype=object,
-    )
     per_shard = images_per_shard((size, size, channels), shard_size_bytes)
     tasks = []
     for split in SPLITS:
@@ -306,6 +377,8 @@ def _plan_tasks(
                     size=size,
                     channels=channels,
                     on_error=on_error,
+                    scaling=scaling,
+                    embedded_col=embedded_col,
                 )
             )
     return tasks
@@ -357,10 +430,15 @@ def build_dataset(
     on_error: str = "fail",
     progress: bool = True,
     allow_nan: Sequence[str] = (),
+    scaling: ImageScaling | None = None,
 ) -> Manifest:
     """Build a shard dataset in `out_dir` from a CSV/parquet catalog and return its manifest.
 
-    Image paths are relative to the catalog's folder unless absolute. Rows are split by a hash of the id
+    Image paths are relative to the catalog's folder unless absolute. `catalog` may instead be a Hugging Face
+    dataset (parquet file or folder, or a `datasets.save_to_disk` folder) whose `image_col` holds encoded image
+    bytes: the other columns are the catalog, a `hf_split` column names the Hub split where the files say it, and
+    the files' sha256 (and the Hub revision) go into the manifest's provenance. FITS and images deeper than 8 bits
+    are scaled with `scaling` (recorded in the manifest) and refused without it. Rows are split by a hash of the id
     (`split_fractions` for train/val/test) or by `split_col`; with no label columns and no `split_col` every
     row goes to `predict`. Unreadable images are listed in `build_report.json` and either skipped
     (`on_error='skip'`) or fail the build after all other shards are written. Re-running resumes: finished
@@ -368,8 +446,18 @@ def build_dataset(
     """
     catalog = Path(catalog)
     out_dir = Path(out_dir)
-    frame = read_catalog(catalog)
-    columns = {"image": image_col, "id": id_col, "split": split_col}
+    provenance: dict = {}
+    if is_table_source(catalog, image_col):
+        table = read_table_source(catalog, image_col)
+        frame, image_paths, embedded_col = table.catalog, np.array(table.image_refs, dtype=object), image_col
+        provenance.update(table.provenance)
+        columns = {"id": id_col, "split": split_col}
+    else:
+        frame = read_catalog(catalog)
+        embedded_col = None
+        columns = {"image": image_col, "id": id_col, "split": split_col}
+    if scaling is not None:
+        provenance["image_scaling"] = scaling.to_dict()
     _check_build_args(catalog, frame, columns, label_cols, allow_nan, channels, size, on_error)
     ids = frame[id_col].astype(str).to_numpy(dtype=object)
     repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
@@ -379,8 +467,22 @@ def build_dataset(
     splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    if embedded_col is None:
+        image_paths = _image_paths(catalog, frame, image_col)
     tasks = _plan_tasks(
-        out_dir, catalog, frame, ids, splits, labels, image_col, size, channels, shard_size_bytes, on_error
+        out_dir,
+        catalog,
+        frame,
+        ids,
+        splits,
+        labels,
+        image_paths,
+        size,
+        channels,
+        shard_size_bytes,
+        on_error,
+        scaling,
+        embedded_col,
     )
     results = _run_tasks(tasks, num_workers, progress)
     report = _write_report(out_dir, catalog, on_error, results)
@@ -406,6 +508,7 @@ def build_dataset(
         id_column=id_col,
         source=str(catalog.resolve()),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        provenance=provenance,
     )
     write_manifest(out_dir, manifest)
     return manifest
