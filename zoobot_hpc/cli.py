@@ -335,7 +335,12 @@ def _inference_options(function):
         click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False)),
         click.argument("overrides", nargs=-1),
         click.option("--out", type=click.Path(dir_okay=False), default=None, help="HDF5 output (default: in RUN_DIR)."),
-        click.option("--format", "export_format", type=click.Choice(["csv", "parquet"]), help="Also write a table."),
+        click.option(
+            "--format",
+            "export_format",
+            type=click.Choice(["csv", "parquet", "zoobot-csv"]),
+            help="Also write a table; zoobot-csv: the columns of Zoobot's predict_on_catalog (id_str, {answer}_pred).",
+        ),
         click.option("--split", "splits", multiple=True, help="Split to run over (repeatable; default: all)."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs once the new ones are complete."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Run config."),
