@@ -403,6 +403,25 @@ def embed(**options) -> None:
 
 
 @main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--push", "repo_id", default=None, metavar="OWNER/REPO", help="Upload to this Hugging Face model repo.")
+@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
+def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) -> None:
+    """Write CHECKPOINT's encoder and head to OUT_DIR in the timm / Hugging Face layout, with a model card."""
+    from zoobot_hpc.export import ExportError, export_checkpoint, push_export
+
+    try:
+        exported = export_checkpoint(checkpoint, out_dir)
+    except ExportError as error:
+        _fail(error)
+    click.echo(f"wrote {out_dir}: {', '.join(exported.files)}")
+    click.echo(f'load the encoder: timm.create_model("local-dir:{out_dir}", pretrained=True)')
+    if repo_id is not None:
+        click.echo(f"pushed: {push_export(out_dir, repo_id, private=private)}")
+
+
+@main.command()
 @click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: SWEEP_DIR/report.")
 def report(sweep_dir: str, out_dir: str | None) -> None:
