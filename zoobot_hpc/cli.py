@@ -74,6 +74,7 @@ class Numbers(click.ParamType):
 @click.option("--image-col", default="file_loc", show_default=True, help="Column with image paths or image bytes.")
 @click.option("--id-col", default="id_str", show_default=True, help="Column with unique ids.")
 @click.option("--label-col", "label_cols", multiple=True, help="Label column (repeat for several).")
+@click.option("--schema", default=None, help="Add the label columns of a named Galaxy Zoo tree, e.g. decals_dr5.")
 @click.option("--allow-nan", multiple=True, help="Label column where NaN (missing) is allowed (repeatable).")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(min=1), help="Image size (px).")
 @click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]), help="Image channels.")
@@ -95,6 +96,7 @@ def shard(
     image_col: str,
     id_col: str,
     label_cols: tuple[str, ...],
+    schema: str | None,
     allow_nan: tuple[str, ...],
     size: int,
     channels: str,
@@ -115,6 +117,11 @@ def shard(
     from zoobot_hpc.data.stretch import ImageScaling
 
     try:
+        if schema is not None:
+            from zoobot_hpc.model.schemas import answer_column, preset_schema
+
+            pairs, _ = preset_schema(schema)
+            label_cols = (*label_cols, *(answer_column(q, a) for q, answers in pairs.items() for a in answers))
         scaling = None
         if stretch is not None:
             scaling = ImageScaling(stretch, *percentiles, asinh_softening=asinh_softening, bands=bands)

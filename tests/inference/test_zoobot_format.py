@@ -85,7 +85,7 @@ def test_hub_dataset_shards_trains_with_a_named_schema_and_predicts_zoobot_colum
 
     shards = tmp_path / "shards"
     args = ["shard", str(tmp_path / "rings.parquet"), "--out", str(shards), "--image-col", "image"]
-    args += ["--label-col", "ring_yes", "--label-col", "ring_no", "--size", str(IMAGE_SIZE), "--no-progress"]
+    args += ["--schema", "gz_rings", "--size", str(IMAGE_SIZE), "--no-progress"]  # label columns ring_yes, ring_no
     built = CliRunner().invoke(main, args)
     assert built.exit_code == 0, built.output
 
