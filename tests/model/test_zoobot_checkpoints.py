@@ -11,6 +11,7 @@ import torch
 
 from tests.model.helpers import TINY_ENCODER, cpu_trainer, galaxy_images, loader
 from zoobot_hpc.model import FinetuneableZoobotTree
+from zoobot_hpc.model.encoders import checkpoint_channels
 
 
 class ZoobotTreeLike(L.LightningModule):
@@ -95,6 +96,12 @@ def test_greyscale_pretraining_checkpoint_of_zoobot_tree_finetunes(tmp_path):
     data = ring_votes(8, channels=1)
     cpu_trainer(max_epochs=1).fit(model, loader(data, 4), loader(data, 8))
     assert not same_weights(model.encoder, source.encoder)
+
+
+def test_channels_follow_zoobots_hyper_parameters_or_its_greyscale_hub_names():
+    assert checkpoint_channels({"channels": 1, "greyscale": False}, "efficientnet_b0") == 1
+    assert checkpoint_channels({}, "hf_hub:mwalmsley/zoobot-encoder-greyscale-convnext_nano") == 1
+    assert checkpoint_channels({}, "hf_hub:mwalmsley/zoobot-encoder-convnext_nano") == 3
 
 
 def test_zoobot_finetuning_tree_checkpoint_with_its_pickled_schema_loads(tmp_path):
