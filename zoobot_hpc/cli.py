@@ -419,7 +419,7 @@ def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) ->
     from zoobot_hpc.export import ExportError, export_checkpoint, push_export
 
     try:
-        exported = export_checkpoint(checkpoint, out_dir)
+        exported = export_checkpoint(checkpoint, out_dir, repo_id)
     except ExportError as error:
         _fail(error)
     click.echo(f"wrote {out_dir}: {', '.join(exported.files)}")

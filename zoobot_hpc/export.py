@@ -67,8 +67,11 @@ def _run_context(checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, Any
     return config, summary, data
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Exported:
-    """Write the checkpoint's encoder and head in the timm / HF layout with a model card; returns what was written."""
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, repo_id: str | None = None) -> Exported:
+    """Write the checkpoint's encoder and head in the timm / HF layout with a model card; returns what was written.
+
+    `repo_id` (OWNER/REPO) names the Hub repository in the card's usage example.
+    """
     from safetensors.torch import save_file
     from timm.models import save_for_hf
 
@@ -100,7 +103,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Exported:
     }
     save_for_hf(model.encoder, str(out_dir), model_config={CONFIG_KEY: description}, safe_serialization=True)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out_dir / HEAD_FILE))
-    (out_dir / CARD_FILE).write_text(model_card(description, config), encoding="utf-8")
+    (out_dir / CARD_FILE).write_text(model_card(description, config, repo_id), encoding="utf-8")
     return Exported(out_dir, tuple(sorted(p.name for p in out_dir.iterdir())), description)
 
 
@@ -109,7 +112,7 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=list))
 
 
-def model_card(description: dict[str, Any], config: dict[str, Any] | None) -> str:
+def model_card(description: dict[str, Any], config: dict[str, Any] | None, repo_id: str | None = None) -> str:
     """The README.md of an export: Hub metadata, what the model predicts, its data, metrics and config."""
     data = description.get("training_data") or {}
     metrics = description.get("metrics") or {}
@@ -125,7 +128,7 @@ def model_card(description: dict[str, Any], config: dict[str, Any] | None) -> st
         "",
         "```python",
         "import timm",
-        'encoder = timm.create_model("hf_hub:OWNER/REPO", pretrained=True)  # pooled features, num_classes=0',
+        f'encoder = timm.create_model("hf_hub:{repo_id or "OWNER/REPO"}", pretrained=True)  # pooled features',
         "```",
         "",
         f"The finetuned head is `{HEAD_FILE}`; `config.json` describes it under `{CONFIG_KEY}`.",

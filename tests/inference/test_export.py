@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from zoobot_hpc.cli import main
-from zoobot_hpc.export import load_export, push_export
+from zoobot_hpc.export import load_export
 from zoobot_hpc.model import FinetuneableZoobotTree
 
 
@@ -57,21 +57,24 @@ class RecordingHubApi:
         return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/abc"})()
 
 
-def test_push_creates_the_repo_then_uploads_the_export_folder(tree_checkpoint, tmp_path):
-    from huggingface_hub import HfApi
+def test_push_creates_the_repo_then_uploads_the_export_folder(tree_checkpoint, tmp_path, monkeypatch):
+    import huggingface_hub
 
-    out = tmp_path / "export"
-    assert CliRunner().invoke(main, ["export", str(tree_checkpoint), str(out)]).exit_code == 0
+    real_api = huggingface_hub.HfApi
     api = RecordingHubApi()
-    url = push_export(out, "astro-lab/zoobot-rings", private=True, api=api)
-    assert url == "https://huggingface.co/astro-lab/zoobot-rings/commit/abc"
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: api)  # the network boundary: nothing leaves this machine
+    out = tmp_path / "export"
+    result = CliRunner().invoke(main, ["export", str(tree_checkpoint), str(out), "--push", "astro-lab/rings"])
+    assert result.exit_code == 0, result.output
+    assert "pushed: https://huggingface.co/astro-lab/rings/commit/abc" in result.output
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     create, upload = api.calls[0][1], api.calls[1][1]
-    assert create == {"repo_id": "astro-lab/zoobot-rings", "repo_type": "model", "private": True, "exist_ok": True}
-    assert upload["folder_path"] == str(out) and upload["repo_id"] == "astro-lab/zoobot-rings"
+    assert create == {"repo_id": "astro-lab/rings", "repo_type": "model", "private": False, "exist_ok": True}
+    assert upload["folder_path"] == str(out) and upload["repo_id"] == "astro-lab/rings"
     assert upload["files"] == ["README.md", "config.json", "head.safetensors", "model.safetensors"]
+    assert 'timm.create_model("hf_hub:astro-lab/rings", pretrained=True)' in (out / "README.md").read_text()
     for name, kwargs in api.calls:  # the real client accepts exactly these arguments
-        accepted = inspect.signature(getattr(HfApi, name)).parameters
+        accepted = inspect.signature(getattr(real_api, name)).parameters
         assert set(kwargs) - {"files"} <= set(accepted), name
 
 
