@@ -16,7 +16,7 @@ from zoobot_hpc.data.embedding_cache import CACHE_DIR_NAME
 from zoobot_hpc.data.shard_format import DatasetError
 from zoobot_hpc.data.validate import validate_dataset
 from zoobot_hpc.model.encoders import ensure_encoder_weights
-from zoobot_hpc.model.tree import TreeSchema
+from zoobot_hpc.model.tree_schema import TreeSchema
 from zoobot_hpc.train import import_callback_class
 
 
