@@ -126,6 +126,31 @@ def test_16_bit_png_and_float_tiff_keep_their_range_or_are_refused(tmp_path, nam
     assert read_manifest(tmp_path / "out").provenance["image_scaling"]["stretch"] == "percentile"
 
 
+def rgb48_png(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel colour PNG, written by hand (PIL cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[row].astype(">u2").tobytes() for row in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_colour_png_is_refused_rather_than_cut_to_its_top_byte(tmp_path):
+    faint = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3))  # all below 256: PIL would give all zeros
+    (tmp_path / "rgb48.png").write_bytes(rgb48_png(faint))
+    catalog = tmp_path / "catalog.csv"
+    pd.DataFrame({"id_str": ["a"], "file_loc": ["rgb48.png"]}).to_csv(catalog, index=False)
+    for options in ((), ("--stretch", "asinh")):
+        result = run_shard(catalog, tmp_path / f"out{len(options)}", *options)
+        assert result.exit_code != 0
+        assert "rgb48.png: 16-bit colour pixels (RGB;16B) are decoded by PIL to their top 8 bits only" in result.output
+
+
 def png_bytes(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((SIZE, SIZE, 3), value, dtype=np.uint8)).save(buffer, format="PNG")

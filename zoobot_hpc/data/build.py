@@ -93,12 +93,24 @@ def load_image(
         image = _array_to_image(np.load(source), path, scaling)
     else:
         with Image.open(source) as opened:
+            _refuse_truncated_colour(opened, path)
             opened.load()
             image = _deep_image_to_8bit(opened.copy(), path, scaling)
     image = image.convert("RGB" if channels == 3 else "L")
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
+
+
+def _refuse_truncated_colour(image: Image.Image, path: Path) -> None:
+    """PIL decodes 16-bit colour images (e.g. 48-bit PNG) to their top 8 bits: refuse them rather than lose the rest."""
+    args = image.tile[0].args if image.tile else None
+    rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+    if image.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
+        raise ValueError(
+            f"{path}: 16-bit colour pixels ({rawmode}) are decoded by PIL to their top 8 bits only: save the cutout "
+            "as FITS or .npy, which --stretch scales"
+        )
 
 
 def _deep_image_to_8bit(image: Image.Image, path: Path, scaling: ImageScaling | None) -> Image.Image:
