@@ -126,6 +126,22 @@ def test_16_bit_png_and_float_tiff_keep_their_range_or_are_refused(tmp_path, nam
     assert read_manifest(tmp_path / "out").provenance["image_scaling"]["stretch"] == "percentile"
 
 
+def test_npy_arrays_of_16_bit_colour_take_the_stretch(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 60000, (SIZE, SIZE, 3)).astype(np.uint16)
+    np.save(tmp_path / "deep.npy", pixels)
+    catalog = tmp_path / "catalog.csv"
+    pd.DataFrame({"id_str": ["a"], "file_loc": ["deep.npy"]}).to_csv(catalog, index=False)
+    refused = run_shard(catalog, tmp_path / "refused")
+    assert (
+        refused.exit_code != 0
+        and "deep.npy: array dtype uint16 is not uint8 or float; choose --stretch" in refused.output
+    )
+    result = run_shard(catalog, tmp_path / "out", "--stretch", "percentile", "--percentiles", "0,100")
+    assert result.exit_code == 0, result.output
+    ramp = (pixels - pixels.min()) / (float(pixels.max()) - pixels.min())
+    np.testing.assert_allclose(shard_images(tmp_path / "out")["a"], np.round(255 * ramp), atol=0.5)
+
+
 def rgb48_png(pixels: np.ndarray) -> bytes:
     """A 16-bit-per-channel colour PNG, written by hand (PIL cannot write one)."""
     import struct
