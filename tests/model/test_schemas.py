@@ -65,7 +65,7 @@ def test_named_schema_in_a_config_round_trips(alias, columns):
 
 def test_unknown_or_contradicting_schema_is_one_line_error():
     raw = {"data": {"dataset_dir": "d"}, "model": {"kind": "tree", "name": "resnet18", "schema": "gz3"}}
-    with pytest.raises(ConfigError, match=r"model.schema='gz3' is not a known tree; choose one of \["):
+    with pytest.raises(ConfigError, match=r"model: schema='gz3' is not a known Galaxy Zoo tree; choose one of \["):
         build_config(raw)
     raw["model"].update(schema="gz2", question_answer_pairs=ZOOBOT_DR5_PAIRS, dependencies=ZOOBOT_SHARED_DEPENDENCIES)
     with pytest.raises(ConfigError, match="disagree"):

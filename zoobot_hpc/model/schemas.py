@@ -297,7 +297,7 @@ def preset_schema(name: str) -> tuple[Pairs, Dependencies]:
     """(question_answer_pairs, dependencies) of the named tree; copies, safe to change."""
     tree = PRESETS.get(ALIASES.get(name, name))
     if tree is None:
-        raise ValueError(f"model.schema={name!r} is not a known tree; choose one of {schema_names()}")
+        raise ValueError(f"schema={name!r} is not a known Galaxy Zoo tree; choose one of {schema_names()}")
     pairs, dependencies = tree
     return {q: list(a) for q, a in pairs.items()}, dict(dependencies)
 
