@@ -1,6 +1,7 @@
 """Images that are not 8-bit JPEG/PNG files: FITS cutouts, 16-bit PNG, float TIFF, Hugging Face datasets."""
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,12 @@ def test_hugging_face_parquet_and_save_to_disk_datasets_shard_without_extracting
     assert provenance["datasets_fingerprint"] == [dataset._fingerprint]
     assert len(provenance["files"]) == 1 and len(provenance["files"][0]["sha256"]) == 64
     assert shard_images(tmp_path / "from_disk").keys() == images.keys()
+
+
+def test_fits_without_astropy_names_the_extra_to_install(tmp_path, monkeypatch):
+    from zoobot_hpc.data.fits_images import read_fits_planes
+
+    monkeypatch.setitem(sys.modules, "astropy", None)  # as if astropy were not installed
+    monkeypatch.setitem(sys.modules, "astropy.io", None)
+    with pytest.raises(ImportError, match=r"reading FITS images needs astropy: pip install 'zoobot-hpc\[fits\]'"):
+        read_fits_planes(tmp_path / "cutout.fits")
