@@ -201,6 +201,8 @@ def test_hugging_face_parquet_and_save_to_disk_datasets_shard_without_extracting
         "ring_yes",
         "--split-col",
         "hf_split",
+        "--workers",
+        "2",  # the worker processes read the images from the parquet files themselves
     )
     assert from_hub.exit_code == 0, from_hub.output
     manifest = read_manifest(tmp_path / "from_hub")
