@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import shutil
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 from click.testing import CliRunner
@@ -16,7 +18,9 @@ from zoobot_hpc.export import load_export
 from zoobot_hpc.model import FinetuneableZoobotTree
 
 
-def test_export_loads_in_timm_with_identical_features_and_a_model_card(tree_checkpoint, train_data, tmp_path):
+def test_export_loads_in_timm_with_identical_features_and_a_model_card(
+    tree_checkpoint, train_data, tmp_path, monkeypatch
+):
     out = tmp_path / "export"
     result = CliRunner().invoke(main, ["export", str(tree_checkpoint), str(out)])
     assert result.exit_code == 0, result.output
@@ -29,6 +33,17 @@ def test_export_loads_in_timm_with_identical_features_and_a_model_card(tree_chec
         assert torch.equal(encoder(images), model.encoder(images))
         reloaded = load_export(out)
         assert torch.equal(reloaded(images), model(images))
+
+    # the same folder as a Hub repository (an offline HF cache snapshot) loads as hf_hub:OWNER/REPO
+    snapshot = tmp_path / "hf_cache" / "models--astro-lab--rings" / "snapshots" / ("0" * 40)
+    shutil.copytree(out, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    from_hub = timm.create_model("hf_hub:astro-lab/rings", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(from_hub(images), model.encoder(images))
 
     description = json.loads((out / "config.json").read_text())["zoobot_hpc"]
     assert description["task"] == "tree" and description["label_cols"] == model.label_cols
