@@ -51,12 +51,33 @@ def main() -> None:
     """Finetune Zoobot-style galaxy-morphology models at scale on SLURM clusters."""
 
 
+class Numbers(click.ParamType):
+    """Comma-separated numbers, e.g. `0.5,99.5` or `2,1,0`."""
+
+    name = "numbers"
+
+    def __init__(self, kind: type, count: int | None = None) -> None:
+        self.kind, self.count = kind, count
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(self.kind(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not comma-separated {self.kind.__name__}s", param, ctx)
+        if self.count is not None and len(numbers) != self.count:
+            self.fail(f"{value!r} must give {self.count} numbers", param, ctx)
+        return numbers
+
+
 @main.command()
-@click.argument("catalog", type=click.Path(exists=True, dir_okay=False))
+@click.argument("catalog", type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Dataset directory.")
-@click.option("--image-col", default="file_loc", show_default=True, help="Column with image paths.")
+@click.option("--image-col", default="file_loc", show_default=True, help="Column with image paths or image bytes.")
 @click.option("--id-col", default="id_str", show_default=True, help="Column with unique ids.")
 @click.option("--label-col", "label_cols", multiple=True, help="Label column (repeat for several).")
+@click.option("--schema", default=None, help="Add the label columns of a named Galaxy Zoo tree, e.g. decals_dr5.")
 @click.option("--allow-nan", multiple=True, help="Label column where NaN (missing) is allowed (repeatable).")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(min=1), help="Image size (px).")
 @click.option("--channels", default=3, show_default=True, type=click.Choice(["1", "3"]), help="Image channels.")
@@ -65,6 +86,12 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
 @click.option("--shard-size", default="2GB", show_default=True, type=ByteSize(), help="Max bytes per shard.")
 @click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
+@click.option(
+    "--stretch", type=click.Choice(["asinh", "percentile"]), help="Scale FITS, 16-bit and float pixels to 8 bits."
+)
+@click.option("--percentiles", default="0.5,99.5", show_default=True, type=Numbers(float, 2), help="Stretch range.")
+@click.option("--asinh-softening", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--bands", type=Numbers(int), default=None, help="FITS image planes to use as channels, e.g. 2,1,0.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def shard(
     catalog: str,
@@ -72,6 +99,7 @@ def shard(
     image_col: str,
     id_col: str,
     label_cols: tuple[str, ...],
+    schema: str | None,
     allow_nan: tuple[str, ...],
     size: int,
     channels: str,
@@ -80,12 +108,28 @@ def shard(
     workers: int,
     shard_size: int,
     on_error: str,
+    stretch: str | None,
+    percentiles: tuple[float, float],
+    asinh_softening: float,
+    bands: tuple[int, ...] | None,
     progress: bool,
 ) -> None:
-    """Build HDF5 shards from a CSV/parquet CATALOG."""
+    """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
+    `save_to_disk` folder) whose --image-col holds encoded images."""
     from zoobot_hpc.data.build import build_dataset
+    from zoobot_hpc.data.stretch import ImageScaling
 
     try:
+        if schema is not None:
+            from zoobot_hpc.model.schemas import answer_column, preset_schema
+
+            pairs, _ = preset_schema(schema)
+            label_cols = (*label_cols, *(answer_column(q, a) for q, answers in pairs.items() for a in answers))
+        scaling = None
+        if stretch is not None:
+            scaling = ImageScaling(stretch, *percentiles, asinh_softening=asinh_softening, bands=bands)
+        elif bands is not None:
+            raise ValueError("--bands selects FITS planes, which need --stretch as well")
         manifest = build_dataset(
             catalog,
             out_dir,
@@ -101,6 +145,7 @@ def shard(
             on_error=on_error,
             progress=progress,
             allow_nan=allow_nan,
+            scaling=scaling,
         )
     except ValueError as error:
         raise click.ClickException(str(error)) from error
@@ -302,7 +347,12 @@ def _inference_options(function):
         click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False)),
         click.argument("overrides", nargs=-1),
         click.option("--out", type=click.Path(dir_okay=False), default=None, help="HDF5 output (default: in RUN_DIR)."),
-        click.option("--format", "export_format", type=click.Choice(["csv", "parquet"]), help="Also write a table."),
+        click.option(
+            "--format",
+            "export_format",
+            type=click.Choice(["csv", "parquet", "zoobot-csv"]),
+            help="Also write a table; zoobot-csv: the columns of Zoobot's predict_on_catalog (id_str, {answer}_pred).",
+        ),
         click.option("--split", "splits", multiple=True, help="Split to run over (repeatable; default: all)."),
         click.option("--overwrite", is_flag=True, help="Replace existing outputs once the new ones are complete."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Run config."),
@@ -363,6 +413,25 @@ def predict(**options) -> None:
 def embed(**options) -> None:
     """Write the encoder's pooled embeddings of every galaxy of DATASET_DIR (KEY=VALUE overrides as for predict)."""
     _infer("embed", options)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--push", "repo_id", default=None, metavar="OWNER/REPO", help="Upload to this Hugging Face model repo.")
+@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
+def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) -> None:
+    """Write CHECKPOINT's encoder and head to OUT_DIR in the timm / Hugging Face layout, with a model card."""
+    from zoobot_hpc.export import ExportError, export_checkpoint, push_export
+
+    try:
+        exported = export_checkpoint(checkpoint, out_dir, repo_id)
+    except ExportError as error:
+        _fail(error)
+    click.echo(f"wrote {out_dir}: {', '.join(exported.files)}")
+    click.echo(f'load the encoder: timm.create_model("local-dir:{out_dir}", pretrained=True)')
+    if repo_id is not None:
+        click.echo(f"pushed: {push_export(out_dir, repo_id, private=private)}")
 
 
 @main.command()

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zoobot_hpc.data.augment_config import AugmentConfig
-from zoobot_hpc.model.tree_schema import TreeSchema
+from zoobot_hpc.model.schemas import resolve_schema
 
 
 class ConfigError(ValueError):
@@ -67,12 +67,16 @@ class RegressorSettings(_ModelCommon):
 
 class TreeSettings(_ModelCommon):
     kind: Literal["tree"]
-    question_answer_pairs: dict[str, list[str]]
-    dependencies: dict[str, str | None]
+    schema_name: str | None = Field(None, alias="schema", description="a named Galaxy Zoo tree, e.g. gz2, desi")
+    question_answer_pairs: dict[str, list[str]] | None = None
+    dependencies: dict[str, str | None] | None = None
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, populate_by_name=True, serialize_by_alias=True)
 
     @model_validator(mode="after")
     def _check_schema(self) -> TreeSettings:
-        TreeSchema(self.question_answer_pairs, self.dependencies)
+        pairs, dependencies = resolve_schema(self.schema_name, self.question_answer_pairs, self.dependencies)
+        self.question_answer_pairs, self.dependencies = pairs, dependencies
         return self
 
 

@@ -28,7 +28,6 @@ def test_schema_columns_and_slices():
         ({}, {}, "empty"),
         ({"q": ["a"]}, {"q": None}, "at least 2 answers"),
         ({"q": ["a", "b"]}, {}, "missing \\['q'\\]"),
-        ({"q": ["a", "b"]}, {"q": None, "r": None}, "unknown \\['r'\\]"),
         ({"q": ["a", "b"]}, {"q": "q_c"}, "'q_c' is not an answer column"),
         ({"q": ["a", "a"]}, {"q": None}, "duplicate label columns"),
         ({"q": ["a", "b"], "r": ["c", "d"]}, {"q": "r_c", "r": "q_a"}, "cycle"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -18,6 +20,8 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from zoobot_hpc.atomic import write_text
+from zoobot_hpc.data.fits_images import is_fits, read_fits_planes
+from zoobot_hpc.data.hf_tables import is_table_source, read_embedded_images, read_table_source
 from zoobot_hpc.data.shard_format import (
     DEFAULT_SHARD_SIZE_BYTES,
     FORMAT_VERSION,
@@ -37,6 +41,7 @@ from zoobot_hpc.data.shard_format import (
     shard_file_name,
     write_manifest,
 )
+from zoobot_hpc.data.stretch import ImageScaling
 
 REPORT_NAME = "build_report.json"
 HASH_SPLITS = ("train", "val", "test")
@@ -58,37 +63,95 @@ def hash_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1))
     return np.array(HASH_SPLITS, dtype=object)[bucket]
 
 
-def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
-    """Load a JPEG/PNG (PIL) or .npy image as uint8 (size, size, channels): centre-cropped square, resized.
+# PIL modes whose pixels do not fit 8 bits (PIL's own conversion to "L" clips them)
+HIGH_DEPTH_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "32-bit float"}
 
-    `.npy` arrays are (H, W) or (H, W, C) with C in 1, 3, 4; uint8 is used as is, floats must lie in [0, 1].
+
+def load_image(
+    path: str | os.PathLike,
+    size: int,
+    channels: int,
+    scaling: ImageScaling | None = None,
+    data: bytes | None = None,
+) -> np.ndarray:
+    """Load an image as uint8 (size, size, channels): centre-cropped square, resized.
+
+    JPEG/PNG/TIFF (PIL), `.npy` arrays ((H, W) or (H, W, C) with C in 1, 3, 4) or FITS (astropy). uint8 pixels
+    are used as they are; FITS and 16-bit, 32-bit or float pixels are scaled with `scaling`'s stretch and refused
+    without one (8 bits cannot hold them as they are). `.npy` floats in [0, 1] need no stretch. `data` holds the
+    encoded file when it is not on disk (then `path` only names it).
     """
     if not str(path):
         raise ValueError("image path is empty")
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        image = _array_to_image(np.load(path), path)
+    source = io.BytesIO(data) if data is not None else path
+    if is_fits(path):
+        if scaling is None:
+            raise ValueError(
+                f"{path}: FITS pixels need a stretch to become 8-bit: choose --stretch asinh or percentile"
+            )
+        image = _planes_to_image(read_fits_planes(source, scaling.bands), path, scaling)
+    elif path.suffix.lower() == ".npy":
+        image = _array_to_image(np.load(source), path, scaling)
     else:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
+            _refuse_truncated_colour(opened, path)
             opened.load()
-            image = opened.copy()
+            image = _deep_image_to_8bit(opened.copy(), path, scaling)
     image = image.convert("RGB" if channels == 3 else "L")
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8).reshape(size, size, channels)
 
 
-def _array_to_image(array: np.ndarray, path: Path) -> Image.Image:
+def _refuse_truncated_colour(image: Image.Image, path: Path) -> None:
+    """PIL decodes 16-bit colour images (e.g. 48-bit PNG) to their top 8 bits: refuse them rather than lose the rest."""
+    args = image.tile[0].args if image.tile else None
+    rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+    if image.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
+        raise ValueError(
+            f"{path}: 16-bit colour pixels ({rawmode}) are decoded by PIL to their top 8 bits only: save the cutout "
+            "as FITS or .npy, which --stretch scales"
+        )
+
+
+def _deep_image_to_8bit(image: Image.Image, path: Path, scaling: ImageScaling | None) -> Image.Image:
+    depth = HIGH_DEPTH_MODES.get(image.mode)
+    if depth is None:
+        return image
+    if scaling is None:
+        raise ValueError(
+            f"{path}: {depth} pixels (PIL mode {image.mode}) would lose their range as 8-bit: choose --stretch "
+            "asinh or percentile"
+        )
+    return _planes_to_image(np.asarray(image)[..., None], path, scaling)
+
+
+def _planes_to_image(planes: np.ndarray, path: Path, scaling: ImageScaling) -> Image.Image:
+    """Stretch float (H, W, C) planes with C in 1 or 3 to an 8-bit PIL image."""
+    if planes.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: {planes.shape[-1]} image planes; choose 1 or 3 of them with --bands")
+    try:
+        pixels = scaling.to_uint8(planes)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def _array_to_image(array: np.ndarray, path: Path, scaling: ImageScaling | None) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"{path}: array shape {array.shape} is not (H, W) or (H, W, C) with C in 1, 3, 4")
+    if array.dtype != np.uint8 and scaling is not None and array.dtype.kind in "fiu":
+        planes = array[..., :3] if array.ndim == 3 else array[..., None]
+        return _planes_to_image(planes, path, scaling)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ValueError(f"{path}: float arrays must be finite and within [0, 1]")
+            raise ValueError(f"{path}: float arrays must be finite and within [0, 1], or choose --stretch")
         array = np.round(array * 255)
     elif array.dtype != np.uint8:
-        raise ValueError(f"{path}: array dtype {array.dtype} is not uint8 or float")
+        raise ValueError(f"{path}: array dtype {array.dtype} is not uint8 or float; choose --stretch to scale it")
     return Image.fromarray(array.astype(np.uint8))
 
 
@@ -104,6 +167,8 @@ class ShardTask:
     size: int
     channels: int
     on_error: str
+    scaling: ImageScaling | None = None
+    embedded_col: str | None = None  # image_paths are FILE#ROW references into this column of parquet/Arrow files
 
 
 @dataclass
@@ -117,9 +182,16 @@ class ShardResult:
 
 def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarray], list[dict[str, str]]]:
     images, failures = {}, []
-    for row in rows:
+    rows = list(rows)
+    if task.embedded_col is not None:
+        encoded = read_embedded_images([task.image_paths[row] for row in rows], task.embedded_col)
+    else:
+        encoded = [(task.image_paths[row], None) for row in rows]
+    for row, (name, data) in zip(rows, encoded, strict=True):
         try:
-            images[row] = load_image(task.image_paths[row], task.size, task.channels)
+            if task.embedded_col is not None and data is None:
+                raise ValueError(f"{task.image_paths[row]}: no image bytes")
+            images[row] = load_image(name, task.size, task.channels, task.scaling, data)
         except Exception as error:
             message = " ".join(str(error).split()) or type(error).__name__
             failures.append({"id": task.ids[row], "path": task.image_paths[row], "error": message})
@@ -127,8 +199,12 @@ def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarr
 
 
 def _sources_digest(task: ShardTask, rows: Sequence[int]) -> str:
-    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order."""
-    return hashlib.sha256("\n".join(task.image_paths[row] for row in rows).encode()).hexdigest()
+    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order, and the
+    stretch that scaled them."""
+    parts = [task.image_paths[row] for row in rows]
+    if task.scaling is not None:
+        parts.append(json.dumps(task.scaling.to_dict(), sort_keys=True))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _existing_shard(task: ShardTask) -> ShardResult | None:
@@ -193,6 +269,8 @@ def build_shard(task: ShardTask) -> ShardResult:
 def read_catalog(catalog: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV or parquet catalog with pandas."""
     catalog = Path(catalog)
+    if catalog.is_dir():
+        raise DatasetError(f"{catalog}: a folder is read only as a Hugging Face dataset with an image-bytes column")
     if not catalog.is_file():
         raise DatasetError(f"{catalog}: catalog file does not exist")
     suffix = catalog.suffix.lower()
@@ -274,6 +352,14 @@ def _assign_splits(
     return splits
 
 
+def _image_paths(catalog: Path, frame: pd.DataFrame, image_col: str) -> np.ndarray:
+    """Image paths of a catalog, relative to its folder unless absolute ("" where missing)."""
+    return np.array(
+        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
+        dtype=object,
+    )
+
+
 def _plan_tasks(
     out_dir: Path,
     catalog: Path,
@@ -281,16 +367,14 @@ def _plan_tasks(
     ids: np.ndarray,
     splits: np.ndarray,
     labels: dict[str, np.ndarray],
-    image_col: str,
+    image_paths: np.ndarray,
     size: int,
     channels: int,
     shard_size_bytes: int,
     on_error: str,
+    scaling: ImageScaling | None,
+    embedded_col: str | None,
 ) -> list[ShardTask]:
-    image_paths = np.array(
-        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
-        dtype=object,
-    )
     per_shard = images_per_shard((size, size, channels), shard_size_bytes)
     tasks = []
     for split in SPLITS:
@@ -307,6 +391,8 @@ def _plan_tasks(
                     size=size,
                     channels=channels,
                     on_error=on_error,
+                    scaling=scaling,
+                    embedded_col=embedded_col,
                 )
             )
     return tasks
@@ -343,6 +429,28 @@ def _write_report(out_dir: Path, catalog: Path, on_error: str, results: list[Sha
     return path
 
 
+@dataclass
+class _Source:
+    """A catalog as read: its rows, the image references of an embedded-image table, and provenance."""
+
+    frame: pd.DataFrame
+    embedded_col: str | None
+    image_refs: np.ndarray | None
+    provenance: dict[str, Any]
+
+
+def _read_source(catalog: Path, image_col: str, scaling: ImageScaling | None) -> _Source:
+    """A CSV/parquet catalog of image paths, or a Hugging Face table whose `image_col` holds image bytes."""
+    if is_table_source(catalog, image_col):
+        table = read_table_source(catalog, image_col)
+        source = _Source(table.catalog, image_col, np.array(table.image_refs, dtype=object), dict(table.provenance))
+    else:
+        source = _Source(read_catalog(catalog), None, None, {})
+    if scaling is not None:
+        source.provenance["image_scaling"] = scaling.to_dict()
+    return source
+
+
 def build_dataset(
     catalog: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -358,10 +466,15 @@ def build_dataset(
     on_error: str = "fail",
     progress: bool = True,
     allow_nan: Sequence[str] = (),
+    scaling: ImageScaling | None = None,
 ) -> Manifest:
     """Build a shard dataset in `out_dir` from a CSV/parquet catalog and return its manifest.
 
-    Image paths are relative to the catalog's folder unless absolute. Rows are split by a hash of the id
+    Image paths are relative to the catalog's folder unless absolute. `catalog` may instead be a Hugging Face
+    dataset (parquet file or folder, or a `datasets.save_to_disk` folder) whose `image_col` holds encoded image
+    bytes: the other columns are the catalog, a `hf_split` column names the Hub split where the files say it, and
+    the files' sha256 (and the Hub revision) go into the manifest's provenance. FITS and images deeper than 8 bits
+    are scaled with `scaling` (recorded in the manifest) and refused without it. Rows are split by a hash of the id
     (`split_fractions` for train/val/test) or by `split_col`; with no label columns and no `split_col` every
     row goes to `predict`. Unreadable images are listed in `build_report.json` and either skipped
     (`on_error='skip'`) or fail the build after all other shards are written. Re-running resumes: finished
@@ -369,8 +482,9 @@ def build_dataset(
     """
     catalog = Path(catalog)
     out_dir = Path(out_dir)
-    frame = read_catalog(catalog)
-    columns = {"image": image_col, "id": id_col, "split": split_col}
+    source = _read_source(catalog, image_col, scaling)
+    frame, embedded_col = source.frame, source.embedded_col
+    columns = ({"image": image_col} if embedded_col is None else {}) | {"id": id_col, "split": split_col}
     _check_build_args(catalog, frame, columns, label_cols, allow_nan, channels, size, on_error)
     ids = frame[id_col].astype(str).to_numpy(dtype=object)
     repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
@@ -380,12 +494,27 @@ def build_dataset(
     splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    image_paths = source.image_refs if embedded_col else _image_paths(catalog, frame, image_col)
     tasks = _plan_tasks(
-        out_dir, catalog, frame, ids, splits, labels, image_col, size, channels, shard_size_bytes, on_error
+        out_dir,
+        catalog,
+        frame,
+        ids,
+        splits,
+        labels,
+        image_paths,
+        size,
+        channels,
+        shard_size_bytes,
+        on_error,
+        scaling,
+        embedded_col,
     )
     results = _run_tasks(tasks, num_workers, progress)
     image_shape = (size, size, channels)
-    return _finish_dataset(out_dir, catalog, on_error, tasks, results, labels, image_shape, allow_nan, id_col)
+    return _finish_dataset(
+        out_dir, catalog, on_error, tasks, results, labels, image_shape, allow_nan, id_col, source.provenance
+    )
 
 
 def _finish_dataset(
@@ -398,6 +527,7 @@ def _finish_dataset(
     image_shape: tuple[int, int, int],
     allow_nan: Sequence[str],
     id_col: str,
+    provenance: dict[str, Any],
 ) -> Manifest:
     """Write the build report; unless images failed (with on_error='fail') or none was read, the manifest."""
     report = _write_report(out_dir, catalog, on_error, results)
@@ -423,6 +553,7 @@ def _finish_dataset(
         id_column=id_col,
         source=str(catalog.resolve()),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        provenance=provenance,
     )
     write_manifest(out_dir, manifest)
     return manifest

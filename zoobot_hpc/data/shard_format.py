@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -60,6 +61,7 @@ class Manifest:
     id_column: str
     source: str
     created: str
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def split_count(self, split: str) -> int:
         """Number of images in `split` (0 when the dataset has no such split)."""
@@ -76,6 +78,7 @@ class Manifest:
             "id_column": self.id_column,
             "source": self.source,
             "created": self.created,
+            "provenance": dict(self.provenance),
         }
 
 
@@ -232,7 +235,8 @@ def write_manifest(dataset_dir: str | os.PathLike, manifest: Manifest) -> None:
 
 
 def _parse_manifest(path: Path, raw: dict) -> Manifest:
-    missing = [field.name for field in dataclasses.fields(Manifest) if field.name not in raw]
+    optional = ("provenance",)
+    missing = [f.name for f in dataclasses.fields(Manifest) if f.name not in raw and f.name not in optional]
     if missing:
         raise DatasetError(f"{path}: manifest is missing keys {missing}")
     if raw["format_version"] != FORMAT_VERSION:
@@ -265,6 +269,7 @@ def _parse_manifest(path: Path, raw: dict) -> Manifest:
         id_column=raw["id_column"],
         source=raw["source"],
         created=raw["created"],
+        provenance=dict(raw.get("provenance") or {}),
     )
 
 

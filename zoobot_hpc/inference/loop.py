@@ -201,7 +201,7 @@ def output_columns(model: FinetuneableZoobotAbstract, plan: InferencePlan) -> di
 def model_attributes(model: FinetuneableZoobotAbstract, plan: InferencePlan, config: RunConfig) -> dict[str, str]:
     """Provenance of the output: the plan, the config, the task and its class names or tree schema."""
     hparams = model.hparams
-    schema = {key: hparams.get(key) for key in ("question_answer_pairs", "dependencies") if key in hparams}
+    schema = {key: hparams.get(key) for key in ("schema", "question_answer_pairs", "dependencies") if key in hparams}
     return {
         **plan_attributes(plan, config),
         "task": model.kind,

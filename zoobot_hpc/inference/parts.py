@@ -137,17 +137,47 @@ def read_table_block(handle: h5py.File, start: int, stop: int):
     return pd.DataFrame(frame)
 
 
+ZOOBOT_ID_COLUMN = "id_str"
+ZOOBOT_OUTPUTS = ("concentrations", "probabilities", "values")  # what Zoobot's models predict, by task
+
+
+def read_zoobot_block(handle: h5py.File, start: int, stop: int):
+    """Rows [start, stop) in the columns of Zoobot's `predict_on_catalog` CSV: `id_str`, then `{label}_pred` per
+    output (Dirichlet concentrations for a tree, class probabilities, regression values); with several MC samples
+    each cell is a JSON list of the samples, as Zoobot writes them (read back with `json.loads`)."""
+    import pandas as pd
+
+    name = next(name for name in ZOOBOT_OUTPUTS if name in handle)
+    dataset = handle[name]
+    if COLUMNS_ATTR in dataset.attrs:
+        labels = json.loads(dataset.attrs[COLUMNS_ATTR])
+    else:
+        labels = json.loads(handle.attrs["label_cols"])
+    values = dataset[start:stop]
+    mc_samples = json.loads(handle.attrs["mc_samples"]) if "mc_samples" in handle.attrs else None
+    if mc_samples is None:
+        values = values[:, None]  # (N, 1, ...): one sample
+    values = values.reshape(len(values), values.shape[1], len(labels))  # (N, samples, outputs)
+    frame = {ZOOBOT_ID_COLUMN: handle[IDS_KEY].asstr()[start:stop]}
+    for k, label in enumerate(labels):
+        column = values[:, :, k].astype(float)
+        frame[f"{label}_pred"] = column[:, 0] if mc_samples is None else [json.dumps(list(row)) for row in column]
+    return pd.DataFrame(frame)
+
+
 def export_table(merged_path: Path, table_path: Path, export_format: str) -> None:
-    """Write the merged HDF5 file as a CSV or parquet table, in blocks of rows, atomically."""
+    """Write the merged HDF5 file as a CSV or parquet table (or Zoobot's CSV, `zoobot-csv`), in blocks of rows,
+    atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     with atomic_path(table_path) as tmp, h5py.File(merged_path, "r") as handle:
         total = handle[IDS_KEY].shape[0]
         writer = None
+        read_block = read_zoobot_block if export_format == "zoobot-csv" else read_table_block
         for start in range(0, max(total, 1), EXPORT_ROWS):
-            block = read_table_block(handle, start, min(start + EXPORT_ROWS, total))
-            if export_format == "csv":
+            block = read_block(handle, start, min(start + EXPORT_ROWS, total))
+            if export_format in ("csv", "zoobot-csv"):
                 block.to_csv(tmp, mode="w" if start == 0 else "a", header=start == 0, index=False)
             else:
                 table = pa.Table.from_pandas(block, preserve_index=False)

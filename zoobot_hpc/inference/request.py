@@ -24,7 +24,7 @@ from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, file_sha25
 from zoobot_hpc.model.kinds import MODEL_KINDS, stored_kind
 
 MODES = ("predict", "embed")
-EXPORT_FORMATS = ("csv", "parquet")
+EXPORT_FORMATS = ("csv", "parquet", "zoobot-csv")
 PLAN_FILE = "plan.json"
 PARTS_DIR = "parts"
 
@@ -44,7 +44,8 @@ class InferenceRequest:
         mode: 'predict' (the model's predictions) or 'embed' (the encoder's pooled embeddings).
         task: the model kind the caller expects ('classifier', 'regressor', 'tree'); None accepts any.
         mc_samples: keep the head's dropout on and store this many samples per galaxy (predict only).
-        export_format: also write the table as 'csv' or 'parquet' next to `out` (same stem).
+        export_format: also write the table as 'csv' or 'parquet' next to `out` (same stem), or as 'zoobot-csv':
+            the columns of Zoobot's `predict_on_catalog` (`id_str`, `{answer}_pred`), to `out` with suffix .csv.
         splits: the splits to run over, in this order; None: every split, in manifest order.
         overwrite: replace existing outputs (only once the new ones are complete).
         chunk_size: galaxies per rank per chunk; each rank writes one part file per chunk.
@@ -73,7 +74,9 @@ class InferenceRequest:
     @property
     def export_path(self) -> Path | None:
         """The exported table (`out` with the format's suffix), or None."""
-        return self.out.with_suffix(f".{self.export_format}") if self.export_format else None
+        if self.export_format is None:
+            return None
+        return self.out.with_suffix(".csv" if self.export_format == "zoobot-csv" else f".{self.export_format}")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ def _check_request(request: InferenceRequest) -> None:
         raise InferenceError(f"mc_samples={request.mc_samples!r} must be >= 1, and only with mode='predict'")
     if request.export_format is not None and request.export_format not in EXPORT_FORMATS:
         raise InferenceError(f"export_format={request.export_format!r} must be one of {EXPORT_FORMATS}")
+    if request.export_format == "zoobot-csv" and request.mode != "predict":
+        raise InferenceError("export_format='zoobot-csv' writes predictions: use it with mode='predict'")
     if request.chunk_size < 1:
         raise InferenceError(f"chunk_size={request.chunk_size!r} must be >= 1")
     if request.out.suffix in {".csv", ".parquet"}:

@@ -190,6 +190,39 @@ def _download_first(repo_id: str, revision: str | None, filenames: tuple[str, ..
             continue
 
 
+# Classes a Zoobot finetuning checkpoint pickles into its hyper-parameters (FinetuneableZoobotTree's `schema`).
+ZOOBOT_PICKLED_CLASSES = (
+    "zoobot.shared.schemas.Schema",
+    "zoobot.shared.schemas.Question",
+    "zoobot.shared.schemas.Answer",
+)
+COMPILED_PREFIX = "_orig_mod."
+
+
+class _ZoobotObject:
+    """Stands in for a Zoobot class pickled in a checkpoint, so it loads with `weights_only=True`."""
+
+
+def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint loaded with `weights_only=True`, Zoobot's own checkpoints included.
+
+    Zoobot's FinetuneableZoobotTree pickles its `schema` object into the hyper-parameters; those objects load as
+    inert stand-ins (their question/answer dicts are also stored as plain hyper-parameters by ZoobotTree).
+    """
+    stand_ins = [(type(name.rsplit(".", 1)[1], (_ZoobotObject,), {}), name) for name in ZOOBOT_PICKLED_CLASSES]
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_channels(hparams: Mapping[str, Any], name: str) -> int:
+    """Input channels of a checkpoint's encoder: Zoobot's `channels`, our `greyscale`, or a greyscale Hub name."""
+    if "channels" in hparams:
+        return int(hparams["channels"])
+    if "greyscale" in hparams:
+        return 1 if hparams["greyscale"] else 3
+    return 1 if "greyscale" in name else 3
+
+
 def encoder_from_checkpoint(
     checkpoint_loc: str | os.PathLike,
     name: str | None = None,
@@ -198,26 +231,32 @@ def encoder_from_checkpoint(
 ) -> tuple[nn.Module, str, dict[str, Any] | None]:
     """The encoder of a Lightning checkpoint (its `encoder.*` weights), built without downloading weights.
 
-    The architecture is `name` or else the checkpoint's own `name` / `timm_kwargs` hyper-parameters.
-    Returns the encoder with the name and timm_kwargs it was built from.
+    Reads ours and Zoobot's: pretraining (`ZoobotTree`: `architecture_name`, `channels`, `timm_kwargs`, possibly a
+    compiled encoder) and finetuning (`FinetuneableZoobot*`: `name`). The architecture is `name` or else the
+    checkpoint's own. Returns the encoder with the name and timm_kwargs it was built from.
     """
     path = Path(checkpoint_loc)
     if not path.is_file():
         raise ValueError(f"zoobot_checkpoint_loc={str(checkpoint_loc)!r} is not a file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_lightning_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     if name is None:
         name = hparams.get("name") or hparams.get("architecture_name")
         timm_kwargs = hparams.get("timm_kwargs") if timm_kwargs is None else timm_kwargs
         if name is None:
             raise ValueError(f"zoobot_checkpoint_loc={str(path)!r} names no encoder: pass name= as well")
-    saved_channels = hparams.get("channels", 1 if hparams.get("greyscale") else 3)
+    saved_channels = checkpoint_channels(hparams, name)
     if saved_channels != (1 if greyscale else 3):
         raise ValueError(f"greyscale={greyscale} but zoobot_checkpoint_loc={str(path)!r} has {saved_channels} channels")
+    timm_kwargs = None if timm_kwargs is None else dict(timm_kwargs)
     encoder = create_encoder(name, pretrained=False, timm_kwargs=timm_kwargs, greyscale=greyscale)
     prefix = "encoder."
-    weights = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    weights = {
+        k.removeprefix(prefix).removeprefix(COMPILED_PREFIX): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(prefix)
+    }
     if not weights:
         raise ValueError(f"zoobot_checkpoint_loc={str(path)!r} has no '{prefix}*' weights in its state_dict")
     encoder.load_state_dict(weights)
-    return encoder, name, None if timm_kwargs is None else dict(timm_kwargs)
+    return encoder, name, timm_kwargs

@@ -31,6 +31,7 @@ from zoobot_hpc.model.schedulers import (
     steps_on_epochs,
     validate_scheduler_kwargs,
 )
+from zoobot_hpc.model.schemas import resolve_schema
 from zoobot_hpc.model.tree import DirichletConcentrations, TreeSchema, tree_loss, vote_fractions
 
 STAGES = ("train", "validation", "test")
@@ -433,8 +434,10 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
     """Decision-tree model (Zoobot's schema): Dirichlet concentrations per answer, Dirichlet-multinomial loss.
 
     Args:
-        question_answer_pairs: question -> its answers; the label column of each is f"{question}_{answer}".
+        question_answer_pairs: question -> its answers, ours (`"smooth"`, column `question_smooth`) or Zoobot's
+            (`"_smooth"`, column `question + answer`).
         dependencies: question -> the answer column it follows from, or None for a top-level question.
+        schema: a named Galaxy Zoo tree (`gz2`, `decals_dr5`, `desi`, ...) instead of the two above.
         **kwargs: the arguments of `FinetuneableZoobotAbstract`.
     """
 
@@ -442,16 +445,17 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
 
     def __init__(
         self,
-        question_answer_pairs: Mapping[str, Sequence[str]],
-        dependencies: Mapping[str, str | None],
+        question_answer_pairs: Mapping[str, Sequence[str]] | None = None,
+        dependencies: Mapping[str, str | None] | None = None,
+        schema: str | None = None,
         **kwargs: Any,
     ) -> None:
-        schema = TreeSchema(question_answer_pairs, dependencies)
+        tree = TreeSchema(*resolve_schema(schema, question_answer_pairs, dependencies))
         super().__init__(**kwargs)
-        self.hparams.question_answer_pairs = schema.question_answer_pairs
-        self.hparams.dependencies = schema.dependencies
-        self.schema = schema
-        self.head = self.linear_head(len(schema.label_cols), DirichletConcentrations())
+        self.hparams.question_answer_pairs = tree.question_answer_pairs
+        self.hparams.dependencies = tree.dependencies
+        self.schema = tree
+        self.head = self.linear_head(len(tree.label_cols), DirichletConcentrations())
 
     @property
     def label_cols(self) -> list[str]:
