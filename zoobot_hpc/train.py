@@ -29,6 +29,7 @@ from zoobot_hpc.checkpointing import (
     PreemptionFlag,
     ResumeCheckpointer,
     RNGStateCallback,
+    last_state_checkpoint,
     newest_valid_checkpoint,
 )
 from zoobot_hpc.config import RunConfig, dump_config
@@ -181,9 +182,9 @@ def run_training(
             filename="best",
             monitor=model.monitor_metric,
             mode=model.monitor_mode,
-            save_last=True,
             enable_version_counter=False,
         ),
+        last_state_checkpoint(checkpoint_dir),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
         LearningRateMonitor(logging_interval="step"),
