@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
+from zoobot_hpc.redaction import redact_config
 
 
 def scheduler_job_key() -> str:
@@ -60,7 +61,7 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         tags=list(tracking.tags),
         save_dir=str(save_dir),
         mode=tracking.mode,
-        config=config.model_dump(mode="json"),
+        config=redact_config(config).model_dump(mode="json"),
     )
 
 

@@ -150,12 +150,17 @@ def run_training(
     cluster_environment: ClusterEnvironment | None = None,
     group: str | None = None,
     interactive: bool | None = None,
+    write_config: bool = True,
 ) -> TrainingOutcome:
-    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended."""
+    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
+
+    `write_config=False` keeps the `config.yaml` that `submit` wrote (a submitted job carries a config with its
+    secrets redacted)."""
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / layout.CHECKPOINTS
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / layout.CONFIG).write_text(dump_config(config))
+    if write_config:
+        (run_dir / layout.CONFIG).write_text(dump_config(config))
     if interactive is None:
         interactive = sys.stderr.isatty()
     requeue_count = len(layout.read_segments(run_dir))

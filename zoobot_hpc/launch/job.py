@@ -92,6 +92,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             cluster_environment=environment,
             group=self.group,
             interactive=False,
+            write_config=False,
         )
         if outcome.preempted:
             hand_over_preemption(flag, environment.global_rank())
