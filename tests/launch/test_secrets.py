@@ -12,6 +12,7 @@ from tests.launch.conftest import write_test_config
 from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.cli import main
+from zoobot_hpc.launch.status import collect_status
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
 from zoobot_hpc.redaction import REDACTED, redact_text
 
@@ -53,8 +54,10 @@ def test_redact_text_hides_values_of_secret_looking_names_only():
 def test_a_secret_in_a_setup_line_reaches_only_the_runs_config_yaml(tmp_path, demo_dataset):
     config = secret_config(tmp_path / "input", demo_dataset)
     submission = submit_plan(plan_runs(config))
-    submission.jobs[0].result()
     run_dir = submission.plan.runs[0].run_dir
+    assert [s.state for s in collect_status(run_dir)] == ["RUNNING"]
+    submission.jobs[0].result()
+    assert [s.state for s in collect_status(run_dir)] == ["COMPLETED"]
     assert layout.read_json(run_dir / layout.SUMMARY) is not None
 
     checkpoint = run_dir / layout.CHECKPOINTS / "last.ckpt"

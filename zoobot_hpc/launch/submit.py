@@ -14,6 +14,7 @@ from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_conf
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
 from zoobot_hpc.launch.job import TrainingJob
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
+from zoobot_hpc.launch.status import process_start_ticks
 from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
 from zoobot_hpc.redaction import redact_config, redact_text
 
@@ -145,6 +146,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "submitit_folder": str(plan.submitit_dir.resolve()),
                 "stdout": str(job.paths.stdout),
                 "stderr": str(job.paths.stderr),
+                "process_start": process_start_ticks(job.job_id) if plan.executor == "local" else None,
                 "point": run.point,
                 "sweep": plan.sweep_name,
                 "submitted": submitted,
