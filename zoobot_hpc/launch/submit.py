@@ -13,6 +13,7 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
 from zoobot_hpc.launch.job import TrainingJob
+from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
 from zoobot_hpc.launch.status import process_start_ticks
 from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
@@ -105,6 +106,15 @@ def describe_plan(plan: Plan) -> str:
             + sbatch_script(redact_config(plan.runs[0].config), plan.submitit_dir, job_name, len(plan.runs))
         )
     return "\n".join(parts)
+
+
+def submit_warnings(plan: Plan) -> list[str]:
+    """Login-node warnings that do not stop a submit: whether a checkpoint fits in the signal delay and in the
+    SLURM partition's preemption grace time, and whether a preempted run comes back by itself."""
+    config = plan.runs[0].config
+    partition = read_partition(config.resources.partition) if plan.executor == "slurm" else None
+    need, source = save_time_needed([run.run_dir for run in plan.runs])
+    return preemption_warnings(partition, config, need, source, plan.base_dir)
 
 
 @dataclass
