@@ -137,6 +137,10 @@ def check_timm_kwargs(config: RunConfig) -> None:
         unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
         key = f"model.timm_kwargs.{unexpected.group(1)}" if unexpected else "model.timm_kwargs"
         raise PreflightError(f"{key}: not a keyword of encoder {model.name!r} ({exc})") from None
+    except OSError as exc:
+        raise PreflightError(
+            f"model.name={model.name}: cannot read its architecture to check timm_kwargs ({exc})"
+        ) from None
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise PreflightError(
             f"model.timm_kwargs={model.timm_kwargs}: encoder {model.name!r} rejects them ({exc})"
