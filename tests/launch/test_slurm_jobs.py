@@ -83,7 +83,7 @@ def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo
 
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, f"the W&B API key was written to {leaked}"
-    scripts = list((run_dir / "submitit").glob("*_submission.sh"))
+    scripts = list((run_dir / "submitit").glob("*.sh"))
     holding = {p for p in tmp_path.rglob("*") if p.is_file() and SETUP_SECRET.encode() in p.read_bytes()}
     assert scripts and holding == {config, run_dir / layout.CONFIG, *scripts}
 
