@@ -3,6 +3,8 @@ cannot fit or a preempted run cannot come back by itself."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -74,14 +76,17 @@ def test_the_measured_stop_and_save_time_of_the_last_segment_decides(tmp_path, d
 @pytest.mark.slurm
 def test_submit_reads_the_real_partition_and_warns_in_one_line(tmp_path, demo_dataset, slurm_cluster):
     debug = read_partition("debug")
-    assert debug is not None and debug.name == "debug" and debug.grace_time_s == 0
-    assert read_partition(None) == read_partition("debug")
+    raw = slurm_cluster.run("scontrol", "show", "partition", "debug").stdout
+    assert debug == Partition("debug", re.search(r"PreemptMode=(\S+)", raw)[1], 0, default=True)
+    assert read_partition(None) == debug
     assert read_partition("no-such-partition") is None
 
     config = write_test_config(tmp_path, demo_dataset, resources__executor="slurm", resources__partition="debug")
-    calm = CliRunner().invoke(main, ["submit", str(config), "--dry-run"])
-    assert calm.exit_code == 0 and calm.stderr == ""
     short = CliRunner().invoke(main, ["submit", str(config), "--dry-run", "resources.signal_delay_s=10"])
     assert short.exit_code == 0
-    [line] = short.stderr.splitlines()
-    assert line.startswith("warning: resources.signal_delay_s=10 is shorter than the 30 s a stop-and-save takes")
+    expected = preemption_warnings(
+        debug, load_config(config, ["resources.signal_delay_s=10"]), 30.0, "assumed before any measurement", tmp_path / "runs" / "demo"
+    )
+    assert short.stderr.splitlines() == [f"warning: {line}" for line in expected]
+    assert expected[0].startswith("resources.signal_delay_s=10 is shorter than the 30 s a stop-and-save takes")
+    assert len([line for line in expected if "partition debug: GraceTime=0 s" in line]) == int(debug.preemptible)
