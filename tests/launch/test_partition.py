@@ -85,7 +85,10 @@ def test_submit_reads_the_real_partition_and_warns_in_one_line(tmp_path, demo_da
     short = CliRunner().invoke(main, ["submit", str(config), "--dry-run", "resources.signal_delay_s=10"])
     assert short.exit_code == 0
     short_delay = load_config(config, ["resources.signal_delay_s=10"])
-    expected = preemption_warnings(debug, short_delay, 30.0, "assumed before any measurement", tmp_path / "runs" / "demo")
+    run_dir = tmp_path / "runs" / "demo"
+    expected = preemption_warnings(
+        debug, short_delay, DEFAULT_STOP_AND_SAVE_S, "assumed before any measurement", run_dir
+    )
     assert short.stderr.splitlines() == [f"warning: {line}" for line in expected]
     assert expected[0].startswith("resources.signal_delay_s=10 is shorter than the 30 s a stop-and-save takes")
     assert len([line for line in expected if "partition debug: GraceTime=0 s" in line]) == int(debug.preemptible)
