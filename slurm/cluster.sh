@@ -312,18 +312,36 @@ start_munged() {
     wait_for munged "serving $MUNGE_SOCKET" munge_works
 }
 
+# MariaDB's data directory. mariadbd runs as the mysql user, which must be able to reach it: $ROOT/db, unless a parent
+# of the root is closed to other users (e.g. a `mktemp -d` folder, mode 700); then a folder under /var/tmp that
+# $ROOT/db links to.
+mariadb_datadir() {
+    if setpriv --reuid=mysql --regid=mysql --clear-groups test -x "$ROOT" 2>/dev/null; then
+        echo "$ROOT/db"
+        return
+    fi
+    local dir=/var/tmp/zoobot-hpc-slurm-db/$(printf %s "$ROOT" | sha256sum | cut -c1-16)
+    mkdir -p "$dir" && chmod 755 /var/tmp/zoobot-hpc-slurm-db || die "cannot create MariaDB's data directory $dir"
+    [[ -L $ROOT/db ]] || rm -rf "$ROOT/db"
+    ln -sfn "$dir" "$ROOT/db"
+    say "the mysql user cannot reach $ROOT (a parent folder is closed to other users): MariaDB's data is in $dir"
+    echo "$dir"
+}
+
 start_mariadbd() {
     if mysql_works >/dev/null 2>&1; then return; fi # a mariadbd is already serving the socket: share it
-    if [[ ! -d $ROOT/db/mysql ]]; then
-        rm -rf "$ROOT/db"
-        mariadb-install-db --user=mysql --datadir="$ROOT/db" --auth-root-authentication-method=socket \
+    local datadir
+    datadir=$(mariadb_datadir) || exit 1
+    if [[ ! -d $datadir/mysql ]]; then
+        rm -rf "$datadir"
+        mariadb-install-db --user=mysql --datadir="$datadir" --auth-root-authentication-method=socket \
             --skip-test-db >>"$LOG_DIR/mariadbd.out" 2>&1 ||
-            fail_start mariadbd "could not initialise its data directory $ROOT/db"
+            fail_start mariadbd "could not initialise its data directory $datadir"
     fi
     rm -f "$MYSQL_SOCKET"
     mkdir -p /run/mysqld
     chown mysql:mysql /run/mysqld
-    launch mariadbd mariadbd --user=mysql --datadir="$ROOT/db" --socket="$MYSQL_SOCKET" \
+    launch mariadbd mariadbd --user=mysql --datadir="$datadir" --socket="$MYSQL_SOCKET" \
         --bind-address=127.0.0.1 --skip-networking
     wait_for mariadbd "answering on $MYSQL_SOCKET" mysql_works
 }

@@ -8,7 +8,9 @@ together), and its own atomic save moves a temp file across filesystems, which i
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -19,11 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from zoobot_hpc.atomic import atomic_path
 
 RESUME_CHECKPOINT = "resume.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -36,6 +40,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             torch.save(checkpoint, tmp)
+
+
+def mirror_checkpoint(source: Path, target: Path) -> None:
+    """Make `target` hold what `source` holds now, atomically: a hard link (no copy) renamed into place; a copy
+    where the filesystem has no hard links. A later atomic rewrite of `source` leaves `target` as it was."""
+    with atomic_path(target) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def last_state_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
+    """Lightning's ModelCheckpoint that keeps `last.ckpt` at the state of every validation end (every epoch end
+    without validation), whether or not the monitored metric improved.
+
+    `ModelCheckpoint(save_last=True)` writes `last.ckpt` only in a step where it also writes a top-k checkpoint,
+    so a run whose metric stopped improving would end with `last.ckpt` at its best epoch. With `monitor=None`
+    and `save_top_k=1`, ModelCheckpoint keeps the newest checkpoint, here always under the one name.
+    """
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=Path(LAST_CHECKPOINT).stem,
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
 
 
 def stored_step(path: Path) -> int | None:
@@ -55,7 +87,7 @@ def is_loadable_checkpoint(path: Path) -> bool:
 def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The loadable checkpoint with the highest global step; at equal steps the full-state `resume.ckpt`, then
     `last.ckpt`, win over a `best.ckpt` written at the same moment."""
-    preference = {RESUME_CHECKPOINT: 2, "last.ckpt": 1}
+    preference = {RESUME_CHECKPOINT: 2, LAST_CHECKPOINT: 1}
     candidates = []
     for path in Path(checkpoint_dir).glob("*.ckpt"):
         step = stored_step(path)
@@ -115,7 +147,8 @@ class PreemptedStop(Exception):
 
 
 class ResumeCheckpointer(Callback):
-    """Writes the full-state `resume.ckpt` on preemption and on a step/time cadence, on all ranks together.
+    """Writes the full-state `resume.ckpt` on preemption and on a step/time cadence, on all ranks together,
+    and makes `last.ckpt` the same state (a hard link), so that `last.ckpt` is always the newest saved state.
 
     After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether the signal
     arrived on any of them and whether a periodic save is due; after a preemption save every rank raises
@@ -161,6 +194,8 @@ class ResumeCheckpointer(Callback):
         if not (signalled or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
+        if trainer.is_global_zero:
+            mirror_checkpoint(self.path, self.path.with_name(LAST_CHECKPOINT))
         self._last_save = time.monotonic()
         if signalled:
             log.info("preemption signal: saved %s at step %d; stopping all ranks", self.path, step)

@@ -217,12 +217,13 @@ def submit(
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.launch.preflight import PreflightError
     from zoobot_hpc.launch.status import follow as follow_logs
-    from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan
+    from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan, submit_warnings
 
     try:
         plan = plan_runs(config, overrides, grid_file, sweep_name)
         if dry_run:
             click.echo(describe_plan(plan))
+            _echo_warnings(submit_warnings(plan))
             return
         submission = submit_plan(plan, allow_download=not no_download)
     except (ConfigError, PreflightError, DatasetError) as error:
@@ -231,11 +232,17 @@ def submit(
     click.echo(f"submitted {len(submission.jobs)} run(s) with the {plan.executor} executor; run dir: {where}")
     for run, job, log_path in zip(plan.runs, submission.jobs, submission.log_paths(), strict=True):
         click.echo(f"  job {job.job_id}  {run.name}  log: {log_path}")
+    _echo_warnings(submit_warnings(plan))
     if plan.sweep_name:
         click.echo(f"watch it: zoobot-hpc status {where}")
     if follow:
         follow_logs(submission.log_paths(), lambda: all(job.done() for job in submission.jobs))
         click.echo(_results_text(plan.runs[0].run_dir))
+
+
+def _echo_warnings(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 def _results_text(run_dir) -> str:

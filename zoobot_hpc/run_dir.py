@@ -6,7 +6,7 @@ RUN_DIR/submission.json     how it was submitted (executor, job id, array index,
 RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends
-RUN_DIR/checkpoints/        resume.ckpt (full state), last.ckpt, best.ckpt
+RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 ```

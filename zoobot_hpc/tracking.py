@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
+from zoobot_hpc.redaction import redact_config
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -65,7 +66,7 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         tags=list(tracking.tags),
         save_dir=str(save_dir),
         mode=tracking.mode,
-        config=config.model_dump(mode="json"),
+        config=redact_config(config).model_dump(mode="json"),
     )
 
 

@@ -31,6 +31,7 @@ from zoobot_hpc.checkpointing import (
     PreemptionFlag,
     ResumeCheckpointer,
     RNGStateCallback,
+    last_state_checkpoint,
     newest_valid_checkpoint,
 )
 from zoobot_hpc.config import RunConfig, dump_config
@@ -215,9 +216,9 @@ def build_callbacks(
             filename="best",
             monitor=model.monitor_metric,
             mode=model.monitor_mode,
-            save_last=True,
             enable_version_counter=False,
         ),
+        last_state_checkpoint(run_dir / layout.CHECKPOINTS),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
         LearningRateMonitor(logging_interval="step"),
@@ -247,10 +248,12 @@ def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
             logger.experiment.finish()
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig) -> int:
-    """Create the run dir's checkpoint folder and write its config; returns how many starts it has had."""
+def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int:
+    """Create the run dir's checkpoint folder and (unless `submit` wrote it) its config; returns how many starts
+    it has had."""
     (run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
+    if write_config:
+        atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
     return len(layout.read_segments(run_dir))
 
 
@@ -303,14 +306,17 @@ def run_training(
     group: str | None = None,
     interactive: bool | None = None,
     startup: StartupLog | None = None,
+    write_config: bool = True,
 ) -> TrainingOutcome:
     """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
 
     `startup` times the job's start-up phases (from the process's start) into the log, up to the first step.
+    `write_config=False` keeps the `config.yaml` that `submit` wrote (a submitted job carries a config with its
+    secrets redacted).
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
-    requeue_count = prepare_run_dir(run_dir, config)
+    requeue_count = prepare_run_dir(run_dir, config, write_config)
     interactive = sys.stderr.isatty() if interactive is None else interactive
     if not config.resources.gpus_per_node:
         torch.set_num_threads(config.resources.cpus_per_task)

@@ -96,8 +96,13 @@ def trained_steps(run_dir: Path) -> int:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The model weights of the run's last checkpoint."""
+    """The model weights the run ended with: its `last.ckpt`, checked to hold the step the run's summary says
+    training ended at (a stale `last.ckpt`, e.g. one from the best epoch, fails here)."""
+    summary = layout.read_json(Path(run_dir) / layout.SUMMARY)
+    assert summary is not None, f"{run_dir} has no {layout.SUMMARY}: the run did not finish"
     checkpoint = torch.load(Path(run_dir) / layout.CHECKPOINTS / "last.ckpt", map_location="cpu", weights_only=True)
+    step = checkpoint["global_step"]
+    assert step == summary["global_step"], f"last.ckpt holds step {step}; the run ended at {summary['global_step']}"
     return checkpoint["state_dict"]
 
 

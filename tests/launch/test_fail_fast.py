@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from tests.launch.conftest import write_test_config
 from zoobot_hpc.cli import main
+from zoobot_hpc.config import load_config
+from zoobot_hpc.launch.preflight import check_scheduler_kwargs, check_timm_kwargs
 
 
 def run_submit(config: Path, *args: str, env: dict[str, str] | None = None):
@@ -144,3 +146,30 @@ def test_local_executor_needs_the_gpus_it_asks_for(tmp_path, demo_dataset):
     )
     assert_one_line_error(run_submit(config), f"resources.gpus_per_node={gpus}")
     assert_nothing_submitted(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        (
+            "model.scheduler_kwargs={sched: cosine, num_epochs: 2, warmup_epoch: 1}",
+            ["model.scheduler_kwargs", "'warmup_epoch'", "did you mean 'warmup_epochs'"],
+        ),
+        (
+            "model.scheduler_kwargs={sched: wsd, num_epochs: 2, decay_epochs: 20}",
+            ["model.scheduler_kwargs", "rejected by timm"],
+        ),
+        ("model.timm_kwargs={drop_path_rat: 0.1}", ["model.timm_kwargs.drop_path_rat", "test_convnext"]),
+    ],
+)
+def test_scheduler_and_encoder_keyword_typos_fail_on_the_login_node(tmp_path, demo_dataset, override, fragments):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    assert_one_line_error(run_submit(config, override), *fragments)
+    assert_nothing_submitted(tmp_path)
+
+
+def test_valid_scheduler_and_encoder_keywords_pass_the_login_node_checks(tmp_path, demo_dataset):
+    path = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    config = load_config(path, ["model.timm_kwargs={drop_path_rate: 0.1}"])
+    check_timm_kwargs(config)
+    check_scheduler_kwargs(config)

@@ -26,6 +26,7 @@ from zoobot_hpc.data.shard_format import read_manifest
 pytestmark = pytest.mark.slurm
 
 SECRET = "wandb-test-secret-0123456789abcdef"
+SETUP_SECRET = "hf-setup-secret-0123456789abcdef"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,7 +51,13 @@ def probe(out_dir: Path) -> list[dict]:
 
 @pytest.mark.timeout(420)
 def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo_dataset, slurm_cluster):
-    config = write_test_config(tmp_path, demo_dataset, name="single", resources__executor="slurm")
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="single",
+        resources__executor="slurm",
+        resources__setup=[f"export HF_TOKEN={SETUP_SECRET}"],
+    )
     result = cli("submit", str(config), env={"WANDB_API_KEY": SECRET})
     assert result.returncode == 0, result.stderr
     [job_id] = submitted_job_ids(result.stdout)
@@ -76,6 +83,9 @@ def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo
 
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, f"the W&B API key was written to {leaked}"
+    scripts = list((run_dir / "submitit").glob("*.sh"))
+    holding = {p for p in tmp_path.rglob("*") if p.is_file() and SETUP_SECRET.encode() in p.read_bytes()}
+    assert scripts and holding == {config, run_dir / layout.CONFIG, *scripts}
 
 
 @pytest.mark.timeout(480)

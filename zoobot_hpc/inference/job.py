@@ -33,6 +33,7 @@ from zoobot_hpc.launch.job import (
     requeue_self,
     slurm_task_rank,
 )
+from zoobot_hpc.redaction import redact_config
 
 log = logging.getLogger("zoobot_hpc")
 SUBMITIT_DIR = "submitit"
@@ -72,7 +73,7 @@ def submit_inference(
     plan = prepare_inference(request, config, trained)
     job_name = f"{request.mode}-{config.name}"
     submitter = make_executor(config, request.work_dir / SUBMITIT_DIR, executor, job_name)
-    job = submitter.submit(InferenceJob(request, config.model_dump(mode="json")))
+    job = submitter.submit(InferenceJob(request, redact_config(config).model_dump(mode="json")))
     log.info("submitted %s job %s writing %s", request.mode, job.job_id, Path(request.out))
     return job, plan
 

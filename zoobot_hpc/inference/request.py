@@ -22,6 +22,7 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, load_yaml, parse_override
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, file_sha256, read_manifest
 from zoobot_hpc.model.kinds import MODEL_KINDS, stored_kind
+from zoobot_hpc.redaction import redact_config
 
 MODES = ("predict", "embed")
 EXPORT_FORMATS = ("csv", "parquet", "zoobot-csv")
@@ -307,7 +308,7 @@ def plan_attributes(plan: InferencePlan, config: RunConfig) -> dict[str, str]:
     """Provenance stored on the output file."""
     return {
         **{key: json.dumps(value) if not isinstance(value, str) else value for key, value in plan.to_json().items()},
-        "config": json.dumps(config.model_dump(mode="json")),
+        "config": json.dumps(redact_config(config).model_dump(mode="json")),
     }
 
 

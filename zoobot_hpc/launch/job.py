@@ -105,6 +105,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             group=self.group,
             interactive=False,
             startup=startup,
+            write_config=False,
         )
         if outcome.preempted:
             hand_over_preemption(flag, environment.global_rank())

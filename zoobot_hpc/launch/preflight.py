@@ -7,6 +7,7 @@ Each check imports what it needs (torch, timm, the training module) only when it
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -116,6 +117,45 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
         raise PreflightError(f"model.name={model.name}: {exc}") from None
 
 
+def check_scheduler_kwargs(config: RunConfig) -> None:
+    """`model.scheduler_kwargs` builds timm's scheduler (against a dummy optimiser), as the job will."""
+    from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
+
+    try:
+        validate_scheduler_kwargs(config.model.scheduler_kwargs)
+    except ValueError as exc:
+        raise PreflightError(f"model.{exc}") from None
+
+
+def check_timm_kwargs(config: RunConfig) -> None:
+    """`model.timm_kwargs` build the encoder's architecture: on the meta device, without weights (no memory, no
+    download), so a keyword the model does not take fails here, naming the key."""
+    model = config.model
+    if not model.timm_kwargs or model.zoobot_checkpoint_loc is not None:
+        return
+    import timm
+    import torch
+
+    from zoobot_hpc.model.encoders import encoder_timm_kwargs
+
+    try:
+        kwargs = encoder_timm_kwargs(model.timm_kwargs, model.greyscale)
+        with torch.device("meta"):
+            timm.create_model(model.name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        key = f"model.timm_kwargs.{unexpected.group(1)}" if unexpected else "model.timm_kwargs"
+        raise PreflightError(f"{key}: not a keyword of encoder {model.name!r} ({exc})") from None
+    except OSError as exc:
+        raise PreflightError(
+            f"model.name={model.name}: cannot read its architecture to check timm_kwargs ({exc})"
+        ) from None
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise PreflightError(
+            f"model.timm_kwargs={model.timm_kwargs}: encoder {model.name!r} rejects them ({exc})"
+        ) from None
+
+
 def check_callbacks(config: RunConfig) -> None:
     """Every extra callback's class imports here (the job imports it the same way)."""
     if not config.trainer.callbacks:
@@ -185,6 +225,7 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
     """Run every check once per distinct dataset / encoder among `configs`; raises PreflightError."""
     seen_datasets: set[tuple] = set()
     seen_encoders: set[tuple] = set()
+    seen_architectures: set[tuple] = set()
     for config in configs:
         check_resources(config, executor)
         check_callbacks(config)
@@ -196,8 +237,13 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
 
                 check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache")
             seen_datasets.add(key)
+        check_scheduler_kwargs(config)
         encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
         if encoder_key not in seen_encoders:
             check_encoder(config, allow_download)
             seen_encoders.add(encoder_key)
+        architecture_key = (config.model.name, repr(config.model.timm_kwargs), config.model.greyscale)
+        if architecture_key not in seen_architectures:
+            check_timm_kwargs(config)
+            seen_architectures.add(architecture_key)
     check_writable(output_dir)

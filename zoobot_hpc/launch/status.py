@@ -69,17 +69,37 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _process_alive(pid: str) -> bool:
+def process_start_ticks(pid: int | str) -> int | None:
+    """When a live process started (clock ticks since boot, field 22 of /proc/PID/stat); None when there is none
+    or it is a zombie."""
     try:
         fields = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, ValueError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) -> bool:
+    """Whether PID is still the local job's controller and not a process that reused its PID: it started when
+    `submit` recorded (`started`), or, for submissions without that record, its command line names the job's
+    submitit folder."""
+    ticks = process_start_ticks(pid)
+    if ticks is None:
         return False
-    return fields[0] != "Z"
+    if started is not None:
+        return ticks == started
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return str(submitit_folder).encode() in cmdline
 
 
-def local_state(job_id: str, submitit_folder: Path) -> str:
+def local_state(job_id: str, submitit_folder: Path, started: int | None = None) -> str:
     """State of a submitit local job: its controller process, else the result it pickled."""
-    if _process_alive(job_id):
+    if is_job_process(job_id, submitit_folder, started):
         return "RUNNING"
     result = Path(submitit_folder) / f"{job_id}_0_result.pkl"
     if not result.exists():
@@ -111,7 +131,7 @@ def collect_status(path: Path) -> list[RunStatus]:
         if sub.get("executor") == "slurm":
             state = states.get(job_id, "UNKNOWN")
         elif sub.get("executor") == "local":
-            state = local_state(job_id, Path(sub["submitit_folder"]))
+            state = local_state(job_id, Path(sub["submitit_folder"]), sub.get("process_start"))
         else:
             state = "FINISHED" if summary else "NOT-SUBMITTED"
         epoch = f"{progress['epoch']}/{progress['max_epochs']}" if progress else "-"
@@ -140,6 +160,8 @@ def cancel_runs(path: Path) -> list[str]:
         if sub.get("executor") == "slurm":
             slurm_ids.append(sub["job_id"])
         elif sub.get("executor") == "local":
+            if not is_job_process(sub["job_id"], Path(sub["submitit_folder"]), sub.get("process_start")):
+                continue
             try:
                 os.kill(int(sub["job_id"]), signal.SIGINT)
                 cancelled.append(sub["job_id"])

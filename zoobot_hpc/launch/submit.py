@@ -14,8 +14,11 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
 from zoobot_hpc.launch.job import TrainingJob
+from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
+from zoobot_hpc.launch.status import process_start_ticks
 from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
+from zoobot_hpc.redaction import redact_config, redact_text
 
 
 @dataclass
@@ -96,13 +99,23 @@ def describe_plan(plan: Plan) -> str:
     """The resolved config(s) and the sbatch script, for --dry-run."""
     parts = [f"# executor: {plan.executor}; {len(plan.runs)} run(s) under {plan.base_dir}"]
     for run in plan.runs:
-        parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(run.config)}")
+        parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(redact_config(run.config))}")
     job_name = plan.sweep_name or plan.runs[0].config.name
     if plan.executor == "slurm" or plan.runs[0].config.resources.executor != "local":
         parts.append(
-            "# --- sbatch script\n" + sbatch_script(plan.runs[0].config, plan.submitit_dir, job_name, len(plan.runs))
+            "# --- sbatch script\n"
+            + sbatch_script(redact_config(plan.runs[0].config), plan.submitit_dir, job_name, len(plan.runs))
         )
     return "\n".join(parts)
+
+
+def submit_warnings(plan: Plan) -> list[str]:
+    """Login-node warnings that do not stop a submit: whether a checkpoint fits in the signal delay and in the
+    SLURM partition's preemption grace time, and whether a preempted run comes back by itself."""
+    config = plan.runs[0].config
+    partition = read_partition(config.resources.partition) if plan.executor == "slurm" else None
+    need, source = save_time_needed([run.run_dir for run in plan.runs])
+    return preemption_warnings(partition, config, need, source, plan.base_dir)
 
 
 @dataclass
@@ -126,7 +139,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
     job_name = plan.sweep_name or plan.runs[0].config.name
     executor = make_executor(plan.runs[0].config, plan.submitit_dir, plan.executor, job_name)
     calls = [
-        TrainingJob(run.config.model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
+        TrainingJob(redact_config(run.config).model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
         for run in plan.runs
     ]
     if len(calls) == 1:
@@ -144,6 +157,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "submitit_folder": str(plan.submitit_dir.resolve()),
                 "stdout": str(job.paths.stdout),
                 "stderr": str(job.paths.stderr),
+                "process_start": process_start_ticks(job.job_id) if plan.executor == "local" else None,
                 "point": run.point,
                 "sweep": plan.sweep_name,
                 "submitted": submitted,
@@ -155,7 +169,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
             {
                 "sweep": plan.sweep_name,
                 "source": plan.source,
-                "overrides": plan.overrides,
+                "overrides": [redact_text(text) for text in plan.overrides],
                 "grid_file": plan.grid_file,
                 "executor": plan.executor,
                 "submitted": submitted,

@@ -4,6 +4,7 @@ timm's contract: `scheduler.step(epoch + 1)` at the end of each epoch, or `sched
 after each optimiser step; only the call matching `step_on_epochs` acts.
 """
 
+import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -30,8 +31,10 @@ def validate_scheduler_kwargs(scheduler_kwargs: Mapping[str, Any] | None) -> dic
     kwargs = dict(scheduler_kwargs)
     unknown = sorted(set(kwargs) - SCHEDULER_KEYS)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], SCHEDULER_KEYS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"scheduler_kwargs has unknown keys {unknown}; create_scheduler_v2 takes {sorted(SCHEDULER_KEYS)}"
+            f"scheduler_kwargs has unknown keys {unknown}; {hint}create_scheduler_v2 takes {sorted(SCHEDULER_KEYS)}"
         )
     if kwargs.get("sched") in UNSUPPORTED_SCHEDULERS:
         raise ValueError(f"scheduler_kwargs sched={kwargs['sched']!r} is not supported (timm deprecates it)")
