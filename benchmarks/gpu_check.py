@@ -129,7 +129,7 @@ def main() -> None:
         rows.append(("train loader alone (uint8 batches)", shard_loader_rate(dataset, args, batch_pool=False), "img/s"))
         rows.append(("train loader alone, batch pool", shard_loader_rate(dataset, args, batch_pool=True), "img/s"))
         rate, wrote = predict_rate(args, dataset, work)
-        rows.append((f"`predict` (every split{'' if wrote else ', NO OUTPUT'})", rate, "img/s"))
+        rows.append((f"`predict`, every split, start-up included{'' if wrote else ' (NO OUTPUT)'}", rate, "img/s"))
         uncached, cached = head_only_rates(args, dataset, work)
         rows.append(("head_only, encoder every step", uncached, "epochs/s"))
         rows.append(("head_only, cached embeddings (2 views)", cached, "epochs/s"))
