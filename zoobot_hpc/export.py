@@ -75,13 +75,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, repo_id: str 
     from safetensors.torch import save_file
     from timm.models import save_for_hf
 
-    from zoobot_hpc.inference.request import InferenceError, checkpoint_kind, read_hyper_parameters
+    from zoobot_hpc.inference.request import InferenceError, read_model_header
     from zoobot_hpc.model import MODEL_CLASSES
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     try:
-        hparams = read_hyper_parameters(checkpoint)
-        kind = checkpoint_kind(hparams, checkpoint)
+        kind, hparams = read_model_header(checkpoint)
     except InferenceError as error:
         raise ExportError(str(error)) from None
     if out_dir.exists() and any(out_dir.iterdir()):
