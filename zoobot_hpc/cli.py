@@ -150,6 +150,9 @@ def _fail(error: Exception) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--grid", "grid_file", type=click.Path(exists=True, dir_okay=False), help="Grid file to sweep.")
+@click.option(
+    "--search", "search_file", type=click.Path(exists=True, dir_okay=False), help="Search file (Optuna trials)."
+)
 @click.option("--sweep-name", default=None, help="Name of the sweep directory (default: config name + time).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config(s) and sbatch script; submit nothing.")
 @click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
@@ -158,6 +161,7 @@ def submit(
     config: str,
     overrides: tuple[str, ...],
     grid_file: str | None,
+    search_file: str | None,
     sweep_name: str | None,
     dry_run: bool,
     follow: bool,
@@ -169,6 +173,11 @@ def submit(
     from zoobot_hpc.launch.status import follow as follow_logs
     from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan
 
+    if search_file:
+        if grid_file:
+            _fail(ConfigError("--grid and --search: choose one (a search file may use sampler: grid)"))
+        _submit_search(config, overrides, search_file, sweep_name, dry_run, no_download)
+        return
     try:
         plan = plan_runs(config, overrides, grid_file, sweep_name)
         if dry_run:
@@ -186,6 +195,31 @@ def submit(
     if follow:
         follow_logs(submission.log_paths(), lambda: all(job.done() for job in submission.jobs))
         click.echo(_results_text(plan.runs[0].run_dir))
+
+
+def _submit_search(
+    config: str, overrides: tuple[str, ...], search_file: str, sweep_name: str | None, dry_run: bool, no_download: bool
+) -> None:
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.launch.preflight import PreflightError
+    from zoobot_hpc.launch.search_submit import describe_search, plan_search, submit_search
+
+    try:
+        plan = plan_search(config, overrides, search_file, sweep_name)
+        if dry_run:
+            click.echo(describe_search(plan))
+            return
+        jobs = submit_search(plan, allow_download=not no_download)
+    except (ConfigError, PreflightError, DatasetError) as error:
+        _fail(error)
+    where = plan.base_dir.resolve()
+    click.echo(
+        f"submitted a search of {plan.spec.trials} trials ({plan.spec.parallel} at a time) with the "
+        f"{plan.executor} executor; search dir: {where}"
+    )
+    for job in jobs:
+        click.echo(f"  job {job.job_id}  log: {job.paths.stdout}")
+    click.echo(f"watch it: zoobot-hpc status {where}")
 
 
 def _results_text(run_dir) -> str:
@@ -241,11 +275,18 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def status(path: str) -> None:
-    """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint."""
+    """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint; for a
+    search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
     from pathlib import Path
 
+    from zoobot_hpc.launch.search import is_search_dir
     from zoobot_hpc.launch.status import collect_status
 
+    if is_search_dir(Path(path)):
+        from zoobot_hpc.launch.search_status import status_lines
+
+        click.echo("\n".join(status_lines(Path(path))))
+        return
     rows = collect_status(Path(path))
     if not rows:
         _fail(ValueError(f"{path}: no run directories (with config.yaml) found"))

@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,10 @@ def run_training(
     cluster_environment: ClusterEnvironment | None = None,
     group: str | None = None,
     interactive: bool | None = None,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> TrainingOutcome:
-    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended."""
+    """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
+    `extra_callbacks` are added to the config's (a search trial's reporter)."""
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / layout.CHECKPOINTS
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +192,7 @@ def run_training(
         LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += build_extra_callbacks(config)
+    callbacks += list(extra_callbacks)
     if not interactive:
         callbacks.append(LogLineProgress())
     if config.trainer.early_stopping_patience:
