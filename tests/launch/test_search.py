@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 
 import pytest
@@ -70,7 +71,7 @@ def test_dry_run_shows_the_space_and_one_array_of_trials_k_at_a_time(tmp_path, d
     assert not plan.base_dir.exists()
 
     search.write_text("trials: 2\nparameters:\n  model.learning_rat: {uniform: [0.1, 0.2]}\n")
-    with pytest.raises(ConfigError, match="parameters.model.learning_rat: unknown key 'model.learning_rat'"):
+    with pytest.raises(ConfigError, match=re.escape("parameters.model.learning_rat: unknown key 'model.learning_rat'")):
         plan_search(config, [], search, "typo")
 
 
