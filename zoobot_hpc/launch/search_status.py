@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.launch.search import fail_stale_trials, load_study
+from zoobot_hpc.launch.search import fail_stale_trials, load_study, require_optuna
 from zoobot_hpc.launch.status import slurm_states
 from zoobot_hpc.launch.sweep import run_name
 
@@ -40,13 +40,32 @@ def _best_value(trial: Any) -> float | None:
     return min(values) if values else None
 
 
+ENDED_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+
+
+def fail_trials_of_ended_jobs(study: Any, jobs: dict[int, str], states: dict[str, str]) -> list[int]:
+    """Mark FAIL the RUNNING trials whose array task the scheduler says has ended (e.g. killed while it waited
+    in the queue after a requeue, where no heartbeat is expected)."""
+    optuna = require_optuna()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        state = states.get(jobs.get(trial.user_attrs.get("array_task"), ""))
+        if state in ENDED_JOB_STATES:
+            study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its job ended {state}")
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
+
+
 def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, int]:
-    """Every trial of the search (stale ones failed first), the best finished one, and the tasks not started."""
+    """Every trial of the search (stale ones and those of ended jobs failed first), the best finished one, and
+    the number of tasks not started."""
     sweep_dir = Path(sweep_dir)
     study, spec, record = load_study(sweep_dir)
     fail_stale_trials(study, sweep_dir, spec.stale_after_s)
     jobs = {job["array_task"]: job["job_id"] for job in record.get("jobs", [])}
     states = slurm_states(list(jobs.values())) if record.get("executor") == "slurm" else {}
+    fail_trials_of_ended_jobs(study, jobs, states)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         task = trial.user_attrs.get("array_task")
