@@ -14,6 +14,7 @@ from tests.launch.test_slurm_jobs import cli, submitted_job_ids
 from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.launch.search import load_study
+from zoobot_hpc.report import write_report
 
 pytestmark = pytest.mark.slurm
 
@@ -116,3 +117,10 @@ def test_search_prunes_resumes_a_preempted_trial_and_survives_a_crash(tmp_path, 
     lines = status.stdout.strip().splitlines()
     assert len(lines) == 9 and lines[-1].startswith(f"best so far: trial {best.number} ")
     assert sum(" PRUNED " in line for line in lines) == len(pruned)
+
+    table, written = write_report(sweep_dir)
+    assert table.set_index("trial")["state"].to_dict() == {t.number: t.state.name for t in trials}
+    names = {path.name for path in written}
+    expected = {"optimization_history.png", "param_importances.png", "intermediate_values.png", "learning_curves.png"}
+    assert expected | {"validation_loss_vs_learning_rate.png", "validation_loss_vs_head_dropout_prob.png"} <= names
+    assert all(path.stat().st_size > 0 for path in written)
