@@ -297,12 +297,18 @@ def status(path: str) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def cancel(path: str) -> None:
-    """Cancel the jobs of a sweep or run directory."""
+    """Cancel the jobs of a sweep, search or run directory."""
     from pathlib import Path
 
+    from zoobot_hpc.launch.search import is_search_dir
     from zoobot_hpc.launch.status import cancel_runs
 
-    cancelled = cancel_runs(Path(path))
+    if is_search_dir(Path(path)):
+        from zoobot_hpc.launch.search_status import cancel_search
+
+        cancelled = cancel_search(Path(path))
+    else:
+        cancelled = cancel_runs(Path(path))
     click.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}" if cancelled else "nothing to cancel")
 
 

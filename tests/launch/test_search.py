@@ -65,6 +65,7 @@ def test_dry_run_shows_the_space_and_one_array_of_trials_k_at_a_time(tmp_path, d
     plan = plan_search(config, ["trainer.max_epochs=3"], search, "lr")
     text = describe_search(plan)
     assert "#SBATCH --array=0-7%4" in text
+    assert "# one job array: sbatch --array=0-7%4" in text
     assert "8 trials, 4 at a time, sampler tpe, pruner median (min_epochs 2)" in text
     assert "model.layer_decay: uniform [0.5, 0.9]" in text
     assert plan.config.trainer.max_epochs == 3
@@ -138,3 +139,14 @@ def test_eight_tasks_writing_the_journal_at_once_lose_nothing(tmp_path):
         assert trial.intermediate_values == {e: pytest.approx(1.0 / e + task) for e in range(1, 26)}
         assert len([key for key in trial.user_attrs if key.startswith("epoch")]) == 25
         assert trial.value == pytest.approx(1.0 / 25 + task)
+
+
+def test_grid_sampler_gives_each_task_its_own_point(tmp_path):
+    sweep_dir = tmp_path / "search"
+    grid = {"model.learning_rate": {"choice": [1.0e-4, 1.0e-3]}, "model.layer_decay": {"choice": [0.5, 0.75]}}
+    spec = make_search(sweep_dir, sampler="grid", trials=4, parameters=grid)
+    points = [
+        acquire_trial(load_study(sweep_dir, task_index=task)[0], spec, sweep_dir, task).params for task in range(4)
+    ]
+    drawn = sorted((p["model.learning_rate"], p["model.layer_decay"]) for p in points)
+    assert drawn == [(1e-4, 0.5), (1e-4, 0.75), (1e-3, 0.5), (1e-3, 0.75)]

@@ -194,13 +194,14 @@ def load_search(path: str | Path) -> SearchSpec:
 
 
 def make_sampler(spec: SearchSpec, task_index: int = 0) -> Any:
-    """The spec's sampler; each array task seeds its own, so tasks starting together do not draw alike."""
+    """The spec's sampler; each array task seeds TPE / random its own way, so tasks starting together do not draw
+    alike (the grid sampler assigns points by trial number instead)."""
     samplers = require_optuna().samplers
     seed = spec.seed + task_index
     if spec.sampler == "random":
         return samplers.RandomSampler(seed=seed)
-    if spec.sampler == "grid":
-        return samplers.GridSampler({p.key: p.grid_values() for p in spec.parameters}, seed=seed)
+    if spec.sampler == "grid":  # one seed for all: it shuffles the grid, and grid_id i must mean one point
+        return samplers.GridSampler({p.key: p.grid_values() for p in spec.parameters}, seed=spec.seed)
     return samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(10, max(spec.parallel, 2)))
 
 

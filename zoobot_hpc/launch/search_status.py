@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,3 +103,23 @@ def status_lines(sweep_dir: Path) -> list[str]:
         lines.append(f"{waiting} task(s) not started yet")
     lines.append(f"best so far: trial {best.number} best={best.best:.4g} {best.run_dir}" if best else "no trial done")
     return lines
+
+
+def cancel_search(sweep_dir: Path) -> list[str]:
+    """Cancel the job array of a search (its running trials are failed by the next `status`); returns the ids."""
+    from zoobot_hpc import run_dir as layout
+
+    record = layout.read_json(Path(sweep_dir) / "search.json") or {}
+    jobs = [job["job_id"] for job in record.get("jobs", [])]
+    if not jobs:
+        return []
+    if record.get("executor") == "slurm":
+        arrays = sorted({job.split("_")[0] for job in jobs})
+        subprocess.run(["scancel", *arrays], check=True)
+        return arrays
+    cancelled = []
+    for job in jobs:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(job), signal.SIGINT)
+            cancelled.append(job)
+    return cancelled

@@ -78,6 +78,7 @@ def describe_search(plan: SearchPlan) -> str:
         f"# search {plan.sweep_name}: {spec.trials} trials, {spec.parallel} at a time, sampler {spec.sampler}, "
         f"pruner {spec.pruner} (min_epochs {spec.min_epochs}), executor {plan.executor}",
         f"# study: {spec.storage or plan.base_dir / 'study.journal'}",
+        f"# one job array: sbatch --array=0-{spec.trials - 1}%{spec.parallel}",
     ]
     lines += [f"#   {p.key}: {p.kind} {p.values}" for p in spec.parameters]
     lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(plan.config)}")
