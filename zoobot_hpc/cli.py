@@ -410,7 +410,8 @@ def embed(**options) -> None:
 @click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: SWEEP_DIR/report.")
 def report(sweep_dir: str, out_dir: str | None) -> None:
-    """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s)."""
+    """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s); for a
+    search, also its optimisation history, parameter importances and metric against each parameter."""
     from zoobot_hpc.report import write_report
 
     try:
