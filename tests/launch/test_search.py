@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.launch.conftest import write_test_config
+from tests.launch.conftest import REPO, write_test_config
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError
 from zoobot_hpc.launch.search import (
@@ -71,14 +71,20 @@ def test_dry_run_shows_the_space_and_one_array_of_trials_k_at_a_time(tmp_path, d
     assert plan.config.trainer.max_epochs == 3
     assert not plan.base_dir.exists()
 
+    shipped = plan_search(REPO / "configs" / "demo.yaml", [], REPO / "configs" / "searches" / "lr_ld_dropout.yaml")
+    assert (shipped.spec.trials, shipped.spec.parallel, shipped.spec.pruner) == (24, 6, "asha")
+
     search.write_text("trials: 2\nparameters:\n  model.learning_rat: {uniform: [0.1, 0.2]}\n")
     with pytest.raises(ConfigError, match=re.escape("parameters.model.learning_rat: unknown key 'model.learning_rat'")):
         plan_search(config, [], search, "typo")
 
 
-def test_a_requeued_task_gets_its_trial_back_and_a_silent_death_is_failed_then_retried(tmp_path):
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_requeued_task_gets_its_trial_back_and_a_silent_death_is_failed_then_retried(tmp_path, storage):
     sweep_dir = tmp_path / "search"
-    spec = make_search(sweep_dir, heartbeat={"interval_s": 1, "stale_after_s": 30})
+    url = {"storage": f"sqlite:///{tmp_path / 'study.db'}"} if storage == "sqlite" else {}
+    spec = make_search(sweep_dir, heartbeat={"interval_s": 1, "stale_after_s": 30}, **url)
+    assert (sweep_dir / "study.journal").exists() == (storage == "journal")
     study, _, _ = load_study(sweep_dir, task_index=0)
     first = acquire_trial(study, spec, sweep_dir, task_index=0)
     second = acquire_trial(load_study(sweep_dir, task_index=1)[0], spec, sweep_dir, task_index=1)
