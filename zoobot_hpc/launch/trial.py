@@ -182,12 +182,11 @@ class TrialJob(submitit.helpers.Checkpointable):
         if rank == 0:
             study._storage.set_trial_user_attr(trial._trial_id, "run_dir", name)
             log.info("task %d: trial %d %s", self.task_index, trial.number, trial.params)
-        config = trial_config(self.base, trial.params, name)
         reporter = TrialReporter(study, trial, monitor="validation/loss")
         heartbeat = Heartbeat(sweep_dir, trial.number, spec.heartbeat_s).start() if rank == 0 else None
         try:
             outcome = run_training(
-                config,
+                trial_config(self.base, trial.params, name),
                 run_dir,
                 flag=flag,
                 cluster_environment=environment,
