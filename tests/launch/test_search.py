@@ -156,3 +156,18 @@ def test_grid_sampler_gives_each_task_its_own_point(tmp_path):
     ]
     drawn = sorted((p["model.learning_rate"], p["model.layer_decay"]) for p in points)
     assert drawn == [(1e-4, 0.5), (1e-4, 0.75), (1e-3, 0.5), (1e-3, 0.75)]
+
+
+def test_the_heartbeat_thread_beats_until_stopped_and_leaves_its_final_state(tmp_path):
+    from zoobot_hpc.launch.trial import Heartbeat
+
+    heartbeat = Heartbeat(tmp_path, 3, interval_s=0.05).start()
+    first = layout.read_json(heartbeat_path(tmp_path, 3))
+    time.sleep(0.3)
+    beating = layout.read_json(heartbeat_path(tmp_path, 3))
+    assert beating["state"] == "running" and beating["time"] > first["time"]
+    heartbeat.stop("requeued")
+    stopped = layout.read_json(heartbeat_path(tmp_path, 3))
+    time.sleep(0.2)
+    assert layout.read_json(heartbeat_path(tmp_path, 3)) == stopped
+    assert stopped["state"] == "requeued"
