@@ -58,6 +58,8 @@ class OfflineRun:
     group: str = ""
     job_type: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def metric(self, key: str) -> list[Any]:
@@ -74,18 +76,22 @@ def _update_config(config: dict[str, Any], items) -> None:
 
 
 def read_offline_run(path: Path) -> OfflineRun:
-    """The run id, name, group, config and history rows of one `.wandb` file."""
+    """The run id, name, group, job type, tags, config, summary and history rows of one `.wandb` file."""
     run = OfflineRun()
     for record in iter_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.run_id = record.run.run_id
-            run.name = record.run.display_name
-            run.group = record.run.run_group
-            run.job_type = record.run.job_type
+            run.run_id = record.run.run_id or run.run_id
+            run.name = record.run.display_name or run.name
+            run.group = record.run.run_group or run.group
+            run.job_type = record.run.job_type or run.job_type
+            run.tags = list(record.run.tags) or run.tags
             _update_config(run.config, record.run.config.update)
         elif kind == "config":
             _update_config(run.config, record.config.update)
+        elif kind == "summary":
+            for item in record.summary.update:
+                run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "history":
             run.history.append(
                 {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}

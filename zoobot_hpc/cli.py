@@ -199,6 +199,9 @@ def _fail(error: Exception) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--grid", "grid_file", type=click.Path(exists=True, dir_okay=False), help="Grid file to sweep.")
+@click.option(
+    "--search", "search_file", type=click.Path(exists=True, dir_okay=False), help="Search file (Optuna trials)."
+)
 @click.option("--sweep-name", default=None, help="Name of the sweep directory (default: config name + time).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config(s) and sbatch script; submit nothing.")
 @click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
@@ -207,6 +210,7 @@ def submit(
     config: str,
     overrides: tuple[str, ...],
     grid_file: str | None,
+    search_file: str | None,
     sweep_name: str | None,
     dry_run: bool,
     follow: bool,
@@ -219,6 +223,11 @@ def submit(
     from zoobot_hpc.launch.status import follow as follow_logs
     from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan, submit_warnings
 
+    if search_file:
+        if grid_file:
+            _fail(ConfigError("--grid and --search: choose one (a search file may use sampler: grid)"))
+        _submit_search(config, overrides, search_file, sweep_name, dry_run, no_download)
+        return
     try:
         plan = plan_runs(config, overrides, grid_file, sweep_name)
         if dry_run:
@@ -243,6 +252,32 @@ def submit(
 def _echo_warnings(lines: list[str]) -> None:
     for line in lines:
         click.echo(f"warning: {line}", err=True)
+
+
+def _submit_search(
+    config: str, overrides: tuple[str, ...], search_file: str, sweep_name: str | None, dry_run: bool, no_download: bool
+) -> None:
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.launch.preflight import PreflightError
+    from zoobot_hpc.launch.search_submit import describe_search, plan_search, submit_search
+
+    try:
+        plan = plan_search(config, overrides, search_file, sweep_name)
+        if dry_run:
+            click.echo(describe_search(plan))
+            return
+        jobs = submit_search(plan, allow_download=not no_download)
+    except (ConfigError, PreflightError, DatasetError) as error:
+        _fail(error)
+    where = plan.base_dir.resolve()
+    click.echo(
+        f"submitted a search of {plan.spec.trials} trials ({plan.spec.parallel} at a time) with the "
+        f"{plan.executor} executor; search dir: {where}"
+    )
+    for job in jobs:
+        click.echo(f"  job {job.job_id}  log: {job.paths.stdout}")
+    click.echo(f"watch it: zoobot-hpc status {where}")
 
 
 def _results_text(run_dir) -> str:
@@ -298,11 +333,18 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def status(path: str) -> None:
-    """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint."""
+    """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint; for a
+    search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
     from pathlib import Path
 
+    from zoobot_hpc.launch.search import is_search_dir
     from zoobot_hpc.launch.status import collect_status
 
+    if is_search_dir(Path(path)):
+        from zoobot_hpc.launch.search_status import status_lines
+
+        click.echo("\n".join(status_lines(Path(path))))
+        return
     rows = collect_status(Path(path))
     if not rows:
         _fail(ValueError(f"{path}: no run directories (with config.yaml) found"))
@@ -313,12 +355,18 @@ def status(path: str) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def cancel(path: str) -> None:
-    """Cancel the jobs of a sweep or run directory."""
+    """Cancel the jobs of a sweep, search or run directory."""
     from pathlib import Path
 
+    from zoobot_hpc.launch.search import is_search_dir
     from zoobot_hpc.launch.status import cancel_runs
 
-    cancelled = cancel_runs(Path(path))
+    if is_search_dir(Path(path)):
+        from zoobot_hpc.launch.search_status import cancel_search
+
+        cancelled = cancel_search(Path(path))
+    else:
+        cancelled = cancel_runs(Path(path))
     click.echo(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}" if cancelled else "nothing to cancel")
 
 
@@ -445,7 +493,8 @@ def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) ->
 @click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Default: SWEEP_DIR/report.")
 def report(sweep_dir: str, out_dir: str | None) -> None:
-    """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s)."""
+    """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s); for a
+    search, also its optimisation history, parameter importances and metric against each parameter."""
     from zoobot_hpc.report import write_report
 
     try:

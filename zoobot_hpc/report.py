@@ -259,7 +259,12 @@ def swept_params(runs: list[RunRecord]) -> list[str]:
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
-    """Write the runs table and the plots; returns the table and the files written."""
+    """Write the runs table and the plots; returns the table and the files written. A search directory also
+    gets the search's plots (search_report.py)."""
+    if (Path(sweep_dir) / "search.json").exists():
+        from zoobot_hpc.search_report import write_search_report
+
+        return write_search_report(Path(sweep_dir), Path(out_dir) if out_dir else None)
     runs = collect_runs(Path(sweep_dir))
     if not runs:
         raise ValueError(f"sweep_dir={sweep_dir}: no runs found (no sweep.json and no run directories)")

@@ -307,12 +307,13 @@ def run_training(
     interactive: bool | None = None,
     startup: StartupLog | None = None,
     write_config: bool = True,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> TrainingOutcome:
     """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
 
     `startup` times the job's start-up phases (from the process's start) into the log, up to the first step.
     `write_config=False` keeps the `config.yaml` that `submit` wrote (a submitted job carries a config with its
-    secrets redacted).
+    secrets redacted). `extra_callbacks` are added to the config's (a search trial's reporter).
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
@@ -331,7 +332,7 @@ def run_training(
     trainer = build_training_trainer(
         config,
         run_dir,
-        [*callbacks, StartupPhases(startup)],
+        [*callbacks, *extra_callbacks, StartupPhases(startup)],
         _loggers(config, run_dir, group, model.kind),
         cluster_environment,
         interactive,

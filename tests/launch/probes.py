@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,25 @@ class CrashOnRank(Callback):
 
 def read_probes(out_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
+
+
+class ArrayTaskProbe(Callback):
+    """Breaks or slows chosen SLURM array tasks (a search's trials): raises at a step on `crash_task`, sleeps
+    `slow_s` after each training batch on `slow_task`, so a test can signal it mid-epoch."""
+
+    def __init__(
+        self, crash_task: int | None = None, crash_step: int = 2, slow_task: int | None = None, slow_s: float = 0.0
+    ) -> None:
+        self.crash_task = crash_task
+        self.crash_step = crash_step
+        self.slow_task = slow_task
+        self.slow_s = slow_s
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        task = int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
+        if task == self.crash_task and trainer.global_step >= self.crash_step:
+            raise RuntimeError(f"array task {task} crashed on purpose at step {trainer.global_step}")
+        if task == self.slow_task:
+            time.sleep(self.slow_s)

@@ -1,0 +1,123 @@
+"""`zoobot-hpc submit CONFIG --search SEARCH.yaml`: check a search on the login node, create its study, submit one
+job array of `trials` tasks, `parallel` at a time; each task asks the study for its trial (launch/trial.py)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
+from zoobot_hpc.launch.search import SEARCH, SearchSpec, create_study, load_search, require_optuna
+from zoobot_hpc.launch.sweep import parse_overrides
+
+
+@dataclass
+class SearchPlan:
+    """What a search submit would do."""
+
+    spec: SearchSpec
+    config: RunConfig
+    raw: dict[str, Any]
+    executor: str
+    base_dir: Path
+    sweep_name: str
+    source: str
+    overrides: list[str]
+
+    @property
+    def submitit_dir(self) -> Path:
+        return self.base_dir / "submitit"
+
+
+def plan_search(
+    config_path: str | Path,
+    overrides: list[str] | tuple[str, ...],
+    search_file: str | Path,
+    sweep_name: str | None = None,
+) -> SearchPlan:
+    """Validate the config, the search file and every searched key against the config (nothing is written)."""
+    from zoobot_hpc.launch.preflight import resolve_executor
+
+    spec = load_search(search_file)
+    require_optuna()
+    raw = load_yaml(config_path)
+    fixed, swept = parse_overrides(overrides)
+    if swept:
+        raise ConfigError(f"{sorted(swept)[0]}: a search samples its parameters; put ranges in {search_file}")
+    for key, value in fixed.items():
+        apply_override(raw, key.split("."), value)
+    for parameter in spec.parameters:
+        trial_raw = copy.deepcopy(raw)
+        apply_override(trial_raw, parameter.key.split("."), parameter.example())
+        build_config(trial_raw, source=f"{search_file}: parameters.{parameter.key}")
+    raw.setdefault("resources", {})["array_parallelism"] = spec.parallel
+    config = build_config(raw, source=str(config_path))
+    name = sweep_name or f"{config.name}-search-{time.strftime('%Y%m%d-%H%M%S')}"
+    return SearchPlan(
+        spec=spec,
+        config=config,
+        raw=raw,
+        executor=resolve_executor(config),
+        base_dir=config.output_dir / name,
+        sweep_name=name,
+        source=str(config_path),
+        overrides=list(overrides),
+    )
+
+
+def describe_search(plan: SearchPlan) -> str:
+    """The search, the base config and the one sbatch array script, for --dry-run."""
+    from zoobot_hpc.launch.executor import sbatch_script
+
+    spec = plan.spec
+    lines = [
+        f"# search {plan.sweep_name}: {spec.trials} trials, {spec.parallel} at a time, sampler {spec.sampler}, "
+        f"pruner {spec.pruner} (min_epochs {spec.min_epochs}), executor {plan.executor}",
+        f"# study: {spec.storage or plan.base_dir / 'study.journal'}",
+        f"# one job array: sbatch --array=0-{spec.trials - 1}%{spec.parallel}",
+    ]
+    lines += [f"#   {p.key}: {p.kind} {p.values}" for p in spec.parameters]
+    lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(plan.config)}")
+    if plan.executor == "slurm" or plan.config.resources.executor != "local":
+        script = sbatch_script(plan.config, plan.submitit_dir, plan.sweep_name, spec.trials)
+        lines.append("# --- sbatch script\n" + script)
+    return "\n".join(lines)
+
+
+def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
+    """Check everything, create the study, submit the job array; returns the submitit jobs."""
+    from zoobot_hpc.launch.executor import make_executor
+    from zoobot_hpc.launch.preflight import preflight
+    from zoobot_hpc.launch.trial import TrialJob
+
+    preflight([plan.config], plan.executor, plan.base_dir, allow_download=allow_download)
+    if (plan.base_dir / SEARCH).exists():
+        raise ConfigError(f"{plan.base_dir}: a search of that name exists; choose another --sweep-name")
+    plan.base_dir.mkdir(parents=True, exist_ok=True)
+    create_study(plan.base_dir, plan.spec, plan.sweep_name, direction="minimize")
+    record = {
+        "study": plan.sweep_name,
+        "spec": plan.spec.raw,
+        "source": plan.source,
+        "search_file": plan.spec.source,
+        "overrides": plan.overrides,
+        "executor": plan.executor,
+        "config": plan.config.model_dump(mode="json"),
+    }
+    layout.write_json(plan.base_dir / SEARCH, record)
+    executor = make_executor(plan.config, plan.submitit_dir, plan.executor, plan.sweep_name)
+    sweep_dir = str(plan.base_dir.resolve())
+    calls = [TrialJob(plan.config.model_dump(mode="json"), sweep_dir, index) for index in range(plan.spec.trials)]
+    with executor.batch():
+        jobs = [executor.submit(call) for call in calls]
+    record.update(
+        submitted=time.time(),
+        submitit_folder=str(plan.submitit_dir.resolve()),
+        jobs=[{"array_task": i, "job_id": job.job_id, "stdout": str(job.paths.stdout)} for i, job in enumerate(jobs)],
+    )
+    layout.write_json(plan.base_dir / SEARCH, record)
+    return jobs

@@ -1,0 +1,228 @@
+"""One array task of a search: take this task's trial from the study, train it, report every epoch, end as
+COMPLETE, PRUNED or FAIL. A requeued task resumes the same trial (same parameters, same number, the pruner's
+history in the study); a heartbeat thread tells the other tasks this trial is alive (launch/search.py)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag
+from zoobot_hpc.config import RunConfig, apply_override
+from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging, hand_over_preemption
+from zoobot_hpc.launch.search import (
+    TASKS,
+    acquire_trial,
+    load_study,
+    trial_run_name,
+    write_heartbeat,
+)
+
+log = logging.getLogger("zoobot_hpc")
+
+
+class Heartbeat:
+    """Rewrites the trial's heartbeat file every `interval_s` seconds from a daemon thread until stopped."""
+
+    def __init__(self, sweep_dir: Path, number: int, interval_s: float) -> None:
+        self.sweep_dir, self.number, self.interval_s = sweep_dir, number, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="trial-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        write_heartbeat(self.sweep_dir, self.number)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            write_heartbeat(self.sweep_dir, self.number)
+
+    def stop(self, state: str) -> None:
+        """Stop beating, leaving `state` ('requeued' keeps a preempted trial from looking stale in the queue)."""
+        self._stop.set()
+        self._thread.join()
+        write_heartbeat(self.sweep_dir, self.number, state)
+
+
+class TrialReporter(Callback):
+    """Reports the monitored validation metric to the trial after every epoch (step = epochs completed); when the
+    pruner says stop, every rank stops after this epoch. Puts the trial's number and state into W&B."""
+
+    def __init__(self, study: Any, trial: Any, monitor: str) -> None:
+        import optuna
+
+        self.trial = optuna.trial.Trial(study, trial._trial_id)
+        self.number = trial.number
+        self.study_name = study.study_name
+        self.monitor = monitor
+        self.pruned = False
+
+    def _wandb_runs(self, trainer: Trainer) -> list[Any]:
+        if trainer.global_rank:
+            return []
+        return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+    def _mark(self, trainer: Trainer, state: str) -> None:
+        for run in self._wandb_runs(trainer):
+            run.config.update({"trial/state": state}, allow_val_change=True)
+            run.summary.update({"trial/number": self.number, "trial/state": state})
+            if state == "PRUNED":
+                run.tags = (*run.tags, "pruned")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for run in self._wandb_runs(trainer):
+            run.config.update(
+                {"trial/number": self.number, "trial/study": self.study_name, "trial/state": "RUNNING"},
+                allow_val_change=True,
+            )
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.global_rank == 0:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                self.trial.report(float(value), step=trainer.current_epoch + 1)
+                prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0) and trainer.current_epoch + 1 < trainer.max_epochs:
+            self.pruned = True
+            trainer.should_stop = True
+            log.info("trial %d pruned after epoch %d", self.number, trainer.current_epoch + 1)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark(trainer, "PRUNED" if self.pruned else "COMPLETE")
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, PreemptedStop):
+            self._mark(trainer, "FAIL")
+
+
+def _segment_token() -> str:
+    """Identifies this start of the job, the same on every rank (a requeue changes it)."""
+    env = os.environ
+    return ":".join(env.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"))
+
+
+def _await_rank0_trial(sweep_dir: Path, task_index: int, timeout_s: float = 600) -> int:
+    """On ranks > 0: the trial number rank 0 took for this start of the task."""
+    path = sweep_dir / TASKS / f"task-{task_index}.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = layout.read_json(path)
+        if record and record["segment"] == _segment_token():
+            return int(record["trial"])
+        time.sleep(0.5)
+    raise RuntimeError(f"{path}: rank 0 did not record this task's trial within {timeout_s:.0f} s")
+
+
+def trial_config(base: dict[str, Any], params: dict[str, Any], name: str) -> RunConfig:
+    """The base config with the trial's parameters and its run name."""
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        apply_override(raw, key.split("."), value)
+    raw["name"] = name
+    return RunConfig.model_validate(raw)
+
+
+def _add_to_summary(run_dir: Path, trial: dict[str, Any]) -> None:
+    summary = layout.read_json(run_dir / layout.SUMMARY)
+    if summary is not None:
+        layout.write_json(run_dir / layout.SUMMARY, {**summary, "trial": trial})
+
+
+@dataclass
+class TrialJob(submitit.helpers.Checkpointable):
+    """Array task `task_index` of the search in `sweep_dir`, training on top of the `base` config."""
+
+    base: dict[str, Any]
+    sweep_dir: str
+    task_index: int
+
+    def __call__(self) -> dict[str, float]:
+        flag = PreemptionFlag().install()
+        configure_job_logging()
+        compute_node_environment()
+        from zoobot_hpc.launch.environment import SubmititEnvironment
+        from zoobot_hpc.train import run_training
+
+        environment = SubmititEnvironment()
+        rank = environment.global_rank()
+        sweep_dir = Path(self.sweep_dir)
+        max_epochs = int(self.base["trainer"]["max_epochs"])
+        study, spec, record = load_study(sweep_dir, self.task_index, max_epochs)
+        if rank == 0:
+            trial = acquire_trial(study, spec, sweep_dir, self.task_index)
+            (sweep_dir / TASKS).mkdir(exist_ok=True)
+            task_file = sweep_dir / TASKS / f"task-{self.task_index}.json"
+            layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
+        else:
+            trial = study._storage.get_trial(
+                study._storage.get_trial_id_from_study_id_trial_number(
+                    study._study_id, _await_rank0_trial(sweep_dir, self.task_index)
+                )
+            )
+        if trial.state.is_finished():
+            log.info("trial %d of task %d already ended as %s", trial.number, self.task_index, trial.state.name)
+            return {}
+        name = trial_run_name(trial.number, trial.params)
+        run_dir = sweep_dir / name
+        if rank == 0:
+            study._storage.set_trial_user_attr(trial._trial_id, "run_dir", name)
+            log.info("task %d: trial %d %s", self.task_index, trial.number, trial.params)
+        reporter = TrialReporter(study, trial, monitor="validation/loss")
+        heartbeat = Heartbeat(sweep_dir, trial.number, spec.heartbeat_s).start() if rank == 0 else None
+        try:
+            outcome = run_training(
+                trial_config(self.base, trial.params, name),
+                run_dir,
+                flag=flag,
+                cluster_environment=environment,
+                group=record["study"],
+                interactive=False,
+                extra_callbacks=[reporter],
+            )
+        except BaseException:
+            if heartbeat is not None:
+                heartbeat.stop("failed")
+                study.tell(trial.number, state=_states().FAIL)
+                log.exception("trial %d failed", trial.number)
+            raise
+        if outcome.preempted:
+            if heartbeat is not None:
+                heartbeat.stop("requeued")
+            hand_over_preemption(flag, rank)
+        if heartbeat is not None:
+            best = (layout.read_json(run_dir / layout.SUMMARY) or {}).get("best")
+            if reporter.pruned:
+                state = study.tell(trial.number, state=_states().PRUNED).state
+            elif best is not None:
+                state = study.tell(trial.number, best).state
+            else:
+                state = study.tell(trial.number, state=_states().FAIL).state
+            heartbeat.stop(state.name.lower())
+            _add_to_summary(run_dir, {"number": trial.number, "state": state.name, "params": trial.params})
+            log.info("trial %d ended as %s", trial.number, state.name)
+        return outcome.metrics
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The requeued task is this same task: it finds its trial again in the study."""
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _states() -> Any:
+    import optuna
+
+    return optuna.trial.TrialState
