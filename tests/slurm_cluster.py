@@ -118,7 +118,7 @@ def _start_if_needed(root: Path) -> bool:
     if os.geteuid() != 0:
         raise ClusterUnavailable(f"no SLURM cluster running at {root}, and starting one needs root")
     _ensure_packages()
-    started = _cluster_command("start", root, "--nodes", str(TEST_NODES), timeout=START_TIMEOUT_S)
+    started = _cluster_command("start", root, "--nodes", str(TEST_NODES), "--preemption", timeout=START_TIMEOUT_S)
     if started.returncode != 0:
         raise ClusterUnavailable(f"slurm/cluster.sh start failed:\n{(started.stdout + started.stderr)[-3000:]}")
     return True
