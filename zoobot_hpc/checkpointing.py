@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,9 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 RESUME_CHECKPOINT = "resume.ckpt"
 
@@ -74,31 +75,6 @@ def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
-class PreemptionFlag:
-    """A signal handler that only records that the signal arrived, keeping the handler it replaced.
-
-    The training loop polls the flag so that every rank stops at the same step; the replaced handler
-    (submitit's checkpoint-and-requeue) is called once the checkpoint is safely written.
-    """
-
-    def __init__(self, signum: int = signal.SIGUSR2) -> None:
-        self.signum = signum
-        self.received = False
-        self.previous_handler: Callable[..., Any] | int | None = None
-
-    def install(self) -> PreemptionFlag:
-        self.previous_handler = signal.signal(self.signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def hand_over(self) -> None:
-        """Run the handler this flag replaced (submitit's requeue), as if the signal arrived now."""
-        if callable(self.previous_handler):
-            self.previous_handler(self.signum, None)
-
-
 def _all_reduce_max(values: list[float], group: Any = None) -> list[float]:
     """Element-wise max over ranks of a few host-side flags (no-op outside distributed runs)."""
     tensor = torch.tensor(values, dtype=torch.float64)
@@ -114,22 +90,27 @@ def host_flag_group() -> Any:
     return dist.new_group(backend="gloo")
 
 
-class PreemptedStop(Exception):
-    """Raised on every rank at the same step once the preemption checkpoint is written.
+class _OwnSignalHandlers(_SignalConnector):
+    """Lightning's signal connector, minus its handlers: on SIGTERM Lightning's own handler runs a collective inside
+    the signal handler and then ends `fit` with SIGTERMException at the next step, before any save."""
 
-    An exception, not `trainer.should_stop`: Lightning would still run a validation pass and the epoch-end
-    hooks after `should_stop`, spending the grace time before the kill and logging a mid-epoch validation.
-    """
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+
+
+def keep_own_signal_handlers(trainer: Trainer) -> None:
+    """Keep the PreemptionFlag's handlers in place while `trainer` runs (Lightning installs its own at each run)."""
+    trainer._signal_connector = _OwnSignalHandlers(trainer)
 
 
 class ResumeCheckpointer(Callback):
     """Writes the full-state `resume.ckpt` on preemption and on a step/time cadence, on all ranks together.
 
-    After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether the signal
-    arrived on any of them and whether a periodic save is due; after a preemption save every rank raises
-    PreemptedStop. Saves happen only on accumulation boundaries, so no partial gradient is ever lost.
-    A save that would land on an epoch's last batch is deferred by one step (Lightning 2.6 restores wrong
-    epoch counters from such a checkpoint).
+    After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether a stop
+    signal arrived on any of them (and which: SIGTERM wins over the requeue signal) and whether a periodic save is
+    due; after a preemption save every rank records the agreed stop on its flag and raises PreemptedStop. Saves
+    happen only on accumulation boundaries, so no partial gradient is ever lost. A save that would land on an
+    epoch's last batch is deferred by one step (Lightning 2.6 restores wrong epoch counters from such a checkpoint).
     """
 
     def __init__(
@@ -162,16 +143,24 @@ class ResumeCheckpointer(Callback):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
-        signalled = float(self.flag is not None and self.flag.received)
+        flag = self.flag
+        requeue = float(flag is not None and flag.requeue_requested)
+        terminated = float(flag is not None and flag.terminated)
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = float(bool(self.every_n_steps) and step % self.every_n_steps == 0)
-        signalled, time_due = _all_reduce_max([signalled, time_due], self._flag_group)
-        if not (signalled or time_due or steps_due):
+        requeue, terminated, time_due = _all_reduce_max([requeue, terminated, time_due], self._flag_group)
+        if not (requeue or terminated or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
         self._last_save = time.monotonic()
-        if signalled:
-            log.info("preemption signal: saved %s at step %d; stopping all ranks", self.path, step)
+        if (requeue or terminated) and flag is not None:
+            flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
+            log.info(
+                "preemption signal (%s): saved %s at step %d; stopping all ranks",
+                flag.stopped.signal_name,
+                self.path,
+                step,
+            )
             raise PreemptedStop(f"preempted at step {step}")
 
 

@@ -215,10 +215,10 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     """Run CONFIG in this process or allocation (salloc, workstation, your own sbatch script)."""
     from pathlib import Path
 
-    from zoobot_hpc.checkpointing import PreemptionFlag
     from zoobot_hpc.config import ConfigError, load_config
-    from zoobot_hpc.launch.job import configure_job_logging, requeue_self
+    from zoobot_hpc.launch.job import configure_job_logging
     from zoobot_hpc.launch.preflight import PreflightError, check_run_dir
+    from zoobot_hpc.preemption import run_preemptible
     from zoobot_hpc.train import run_training
 
     try:
@@ -231,10 +231,7 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
-    flag = PreemptionFlag().install()
-    outcome = run_training(run_config, target, flag=flag)
-    if outcome.preempted:
-        requeue_self()
+    run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
     click.echo(_results_text(target))
 
 

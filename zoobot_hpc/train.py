@@ -20,15 +20,14 @@ import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import (
     AtomicCheckpointIO,
-    PreemptedStop,
-    PreemptionFlag,
     ResumeCheckpointer,
     RNGStateCallback,
+    keep_own_signal_handlers,
     newest_valid_checkpoint,
 )
 from zoobot_hpc.config import RunConfig, dump_config
@@ -36,7 +35,8 @@ from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, ThroughputMonitor
-from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
+from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.tracking import SegmentWandbLogger, create_wandb_logger, scheduler_job_key
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -135,10 +135,20 @@ def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
     if trainer.global_rank != 0:
         return
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            if preempted:
-                logger.experiment.mark_preempting()
-            logger.experiment.finish()
+        if isinstance(logger, SegmentWandbLogger):
+            logger.finish(preempted)
+
+
+def record_stop(run_dir: Path, flag: PreemptionFlag) -> None:
+    """Add how this segment stopped to its record: the signal, the step, and `stop_and_save_s` (seconds from the
+    signal's arrival on rank 0 to the checkpoint on disk), which `submit` compares with the partition's grace time."""
+    stop = flag.stopped
+    if stop is None:
+        return
+    record: dict[str, Any] = {"stop": stop.signal_name, "stop_step": stop.step, "stopped": stop.saved_at}
+    if flag.first_at is not None:
+        record["stop_and_save_s"] = round(stop.saved_at - flag.first_at, 3)
+    layout.update_last_segment(run_dir, record)
 
 
 def run_training(
@@ -227,6 +237,7 @@ def run_training(
         plugins=plugins,
         default_root_dir=str(run_dir),
     )
+    keep_own_signal_handlers(trainer)
 
     resume_from = newest_valid_checkpoint(checkpoint_dir)
     if trainer.global_rank == 0:
@@ -247,6 +258,8 @@ def run_training(
         preempted = False
     except PreemptedStop:
         preempted = True
+        if trainer.global_rank == 0 and flag is not None:
+            record_stop(run_dir, flag)
     finish_wandb(trainer, preempted)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

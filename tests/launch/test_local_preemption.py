@@ -56,7 +56,7 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert starts[0]["resumed_from"] is None
     assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:])
     log_text = job.paths.stdout.read_text()
-    assert log_text.count("preemption signal: saved") == 2
+    assert log_text.count("preemption signal (SIGUSR2): saved") == 2
     assert_same_weights(final_weights(run_dir), final_weights(baseline.plan.runs[0].run_dir))
 
     runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
