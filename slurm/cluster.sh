@@ -18,7 +18,7 @@ SIZE_GIVEN=0
 PREEMPTION=0
 # --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
 # after the grace time); `debug` stays the default partition and is never preempted.
-PREEMPT_GRACE_S=20
+PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5
 CTLD_PORT=6817

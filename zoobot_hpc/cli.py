@@ -188,6 +188,29 @@ def submit(
         click.echo(_results_text(plan.runs[0].run_dir))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
+def resume(run_dir: str, follow: bool) -> None:
+    """Submit a stopped run again (cancelled, out of time-limit requeues, preempted where preemption cancels):
+    it continues from the newest checkpoint in RUN_DIR."""
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.launch.preflight import PreflightError
+    from zoobot_hpc.launch.status import follow as follow_logs
+    from zoobot_hpc.launch.submit import plan_resume, submit_plan
+
+    try:
+        plan = plan_resume(run_dir)
+        submission = submit_plan(plan)
+    except (ConfigError, PreflightError, DatasetError) as error:
+        _fail(error)
+    [job] = submission.jobs
+    click.echo(f"resumed {plan.runs[0].run_dir} as job {job.job_id} ({plan.executor}); log: {job.paths.stdout}")
+    if follow:
+        follow_logs(submission.log_paths(), job.done)
+        click.echo(_results_text(plan.runs[0].run_dir))
+
+
 def _results_text(run_dir) -> str:
     from zoobot_hpc import run_dir as layout
     from zoobot_hpc.tracking import offline_segments

@@ -56,6 +56,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         multiprocessing.resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # starting the tracker unblocks SIGINT and SIGTERM
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
