@@ -17,7 +17,8 @@ CPUS_PER_NODE=2
 SIZE_GIVEN=0
 PREEMPTION=0
 # --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
-# after the grace time); `debug` stays the default partition and is never preempted.
+# after the grace time). `debug` stays the default partition and is never preempted: its PriorityTier equals
+# `high`'s (a partition with PreemptMode=OFF would also stop sharing cores, OverSubscribe=FORCE:2).
 PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5
@@ -286,7 +287,7 @@ EOF
         cat >>"$CONF" <<EOF
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2 PreemptMode=OFF
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2 PriorityTier=10 PreemptMode=REQUEUE
 PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=REQUEUE GraceTime=$PREEMPT_GRACE_S
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF
 EOF

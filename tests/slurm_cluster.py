@@ -7,6 +7,7 @@ a daemon failing) they are skipped with the reason, or fail when the `CI` enviro
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -67,6 +68,29 @@ class SlurmCluster:
         for record in self.sacct(job_id, allocations_only=True):
             latest[record["JobID"]] = record["State"].split()[0]
         return list(latest.values())
+
+    def preempt_low_jobs_on(self, node: str) -> str:
+        """Submit a job to `high` that needs every free core of `node` and one more, so that SLURM must preempt a
+        job of `low` there (`debug` jobs are never preempted); it ends at once. Needs `cluster.sh --preemption`."""
+        info = self.run("scontrol", "show", "node", node).stdout
+        total, allocated = (int(re.search(rf"\b{key}=(\d+)", info).group(1)) for key in ("CPUTot", "CPUAlloc"))
+        submitted = self.run(
+            "sbatch",
+            "--parsable",
+            "-p",
+            "high",
+            "-w",
+            node,
+            "-n",
+            "1",
+            "-c",
+            str(total - allocated + 1),
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        )
+        return submitted.stdout.strip()
 
     def wait_for_state(self, job_id: str | int, states: Iterable[str], timeout: float = 60) -> str:
         """Wait until the job (every task of an array) is in one of `states`; return that state.

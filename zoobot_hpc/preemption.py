@@ -71,6 +71,12 @@ class PreemptionFlag:
             self.previous_handlers[signum] = signal.signal(signum, self._handle)
         return self
 
+    def uninstall(self) -> None:
+        """Put the replaced handlers back (the workload ended without a stop)."""
+        for signum, previous in self.previous_handlers.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self.previous_handlers = {}
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.first_at is None:
             self.first_at = time.time()
@@ -185,7 +191,11 @@ def run_preemptible(work: Callable[[PreemptionFlag], Outcome], *, submitted: boo
     `submitted`: this process is a submitit task (submitit's requeue handler is the one the flag replaces).
     """
     flag = PreemptionFlag().install()
-    outcome = work(flag)
+    try:
+        outcome = work(flag)
+    except BaseException:
+        flag.uninstall()
+        raise
     if outcome.preempted:
         if submitted:
             import submitit
@@ -194,4 +204,5 @@ def run_preemptible(work: Callable[[PreemptionFlag], Outcome], *, submitted: boo
         else:
             rank = slurm_task_rank()
         end_stopped_job(flag, rank, submitted)
+    flag.uninstall()
     return outcome
