@@ -126,6 +126,7 @@ class ResumeCheckpointer(Callback):
         self.every_s = every_minutes * 60 if every_minutes else None
         self._flag_group: Any = None
         self._last_save = time.monotonic()
+        self._rerun_validation = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -143,25 +144,74 @@ class ResumeCheckpointer(Callback):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
-        flag = self.flag
-        requeue = float(flag is not None and flag.requeue_requested)
-        terminated = float(flag is not None and flag.terminated)
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
-        steps_due = float(bool(self.every_n_steps) and step % self.every_n_steps == 0)
-        requeue, terminated, time_due = _all_reduce_max([requeue, terminated, time_due], self._flag_group)
+        steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        requeue, terminated, time_due = self._agree([time_due])
         if not (requeue or terminated or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
         self._last_save = time.monotonic()
-        if (requeue or terminated) and flag is not None:
-            flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
-            log.info(
-                "preemption signal (%s): saved %s at step %d; stopping all ranks",
-                flag.stopped.signal_name,
-                self.path,
-                step,
-            )
-            raise PreemptedStop(f"preempted at step {step}")
+        if requeue or terminated:
+            self._stop(terminated, step, "saved")
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """A stop signal during a validation pass (or the sanity check) is acted on at the next batch. The training
+        position is saved with the pass marked as not yet run, so the resumed job runs the whole pass again: no
+        checkpoint ever holds a half-done validation's metrics."""
+        requeue, terminated, _ = self._agree([0.0])
+        if not (requeue or terminated):
+            return
+        if trainer.sanity_checking:
+            self._stop(terminated, trainer.global_step, "nothing new to save (sanity check)")
+        self._rerun_validation = True
+        try:
+            trainer.save_checkpoint(self.path)
+        finally:
+            self._rerun_validation = False
+        self._stop(terminated, trainer.global_step, "saved the training position, validation to rerun")
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._rerun_validation:
+            mark_validation_not_run(checkpoint)
+
+    def _agree(self, extra: list[float]) -> list[float]:
+        """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
+        flag = self.flag
+        local = [float(flag is not None and flag.requeue_requested), float(flag is not None and flag.terminated)]
+        return _all_reduce_max(local + extra, self._flag_group)
+
+    def _stop(self, terminated: float, step: int, what: str) -> None:
+        flag = self.flag
+        assert flag is not None
+        flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
+        log.info(
+            "preemption signal (%s): %s at step %d (%s); stopping all ranks",
+            flag.stopped.signal_name,
+            what,
+            step,
+            self.path.name,
+        )
+        raise PreemptedStop(f"preempted at step {step}")
+
+
+def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:
+    """Rewrite the validation loop's progress in a checkpoint taken mid-pass so that Lightning restarts the pass
+    from its first batch ("restarted mid-evaluation" with no batch of this pass done)."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    done_before = progress["total"]["completed"] - progress["current"]["completed"]
+    progress["current"].update(ready=1, started=1, processed=0, completed=0)
+    progress["total"].update(
+        ready=done_before + 1, started=done_before + 1, processed=done_before, completed=done_before
+    )
+    progress["is_last_batch"] = False
 
 
 def _capture_rng_state() -> dict[str, torch.Tensor | list[int] | int | Any]:
