@@ -24,6 +24,7 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 RESUME_CHECKPOINT = "resume.ckpt"
+VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -127,6 +128,7 @@ class ResumeCheckpointer(Callback):
         self._flag_group: Any = None
         self._last_save = time.monotonic()
         self._rerun_validation = False
+        self._resumed_before_validation = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -182,6 +184,17 @@ class ResumeCheckpointer(Callback):
         if self._rerun_validation:
             mark_validation_not_run(checkpoint)
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resumed_before_validation = bool(checkpoint.get(VALIDATION_RERUN_KEY))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After the rerun validation pass of a job stopped mid-validation: Lightning 2.6 skips the epoch's scheduler
+        step when the fit loop is still restarting at the epoch's end, so take it here (the saved scheduler state
+        is from before the step)."""
+        if self._resumed_before_validation and trainer.fit_loop.restarting:
+            trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)
+        self._resumed_before_validation = False
+
     def _agree(self, extra: list[float]) -> list[float]:
         """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
         flag = self.flag
@@ -212,6 +225,7 @@ def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:
         ready=done_before + 1, started=done_before + 1, processed=done_before, completed=done_before
     )
     progress["is_last_batch"] = False
+    checkpoint[VALIDATION_RERUN_KEY] = True
 
 
 def _capture_rng_state() -> dict[str, torch.Tensor | list[int] | int | Any]:

@@ -109,3 +109,22 @@ def step_digests(out_dir: Path) -> dict[int, set[str]]:
 
 def read_probes(out_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
+
+
+class SignalDuringValidation(Callback):
+    """Sends `signum` to this process at one validation batch of one epoch (once per run directory: `marker`)."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, signum: int = 15) -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.marker = Path(marker)
+        self.signum = signum
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.sanity_checking or self.marker.exists():
+            return
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)
