@@ -114,7 +114,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         resources__time_min=1,
         resources__signal_delay_s=30,
         resources__max_time_limit_requeues=2,
-        resources__sbatch_extra={"time": "1:30"},
+        resources__sbatch_extra={"time": "1:40"},
     )
     return {"root": root, "baseline": baseline, "time-limit": time_limited}
 
