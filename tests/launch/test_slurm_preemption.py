@@ -22,6 +22,7 @@ import torch
 from tests.launch.conftest import segments, wait_for, write_test_config
 from tests.launch.probes import step_digests
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -60,8 +61,7 @@ def submit_run(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float = 0
         trainer__callbacks=[probe],
         **overrides,
     )
-    result = cli("submit", str(config))
-    assert result.returncode == 0, result.stderr
+    submit_plan(plan_runs(config))
     return tmp_path / "runs" / name
 
 
@@ -103,8 +103,10 @@ def assert_same_final_weights(run_probe: Path, baseline_probe: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_dataset, slurm_cluster):
-    """The baseline and the time-limit run, submitted at once so that they run alongside the preemption test."""
+    """All three runs, submitted at once so that they run alongside each other. The `low` one goes first: it takes a
+    core of each node for itself (`OverSubscribe=NO`), and the `debug` ones share the other cores."""
     root = tmp_path_factory.mktemp("preemption")
+    preempted = submit_run(root / "preempted", demo_dataset, "preempted", resources__partition="low")
     baseline = submit_run(root / "baseline", demo_dataset, "baseline")
     time_limited = submit_run(
         root / "time-limit",
@@ -116,15 +118,13 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         resources__max_time_limit_requeues=2,
         resources__sbatch_extra={"time": "1:40"},
     )
-    return {"root": root, "baseline": baseline, "time-limit": time_limited}
+    return {"root": root, "preempted": preempted, "baseline": baseline, "time-limit": time_limited}
 
 
 @pytest.mark.timeout(480)
-def test_preempted_twice_by_sigterm_then_cancelled_and_resumed_ends_with_uninterrupted_weights(
-    runs, demo_dataset, slurm_cluster
-):
+def test_preempted_twice_by_sigterm_then_cancelled_and_resumed_ends_with_uninterrupted_weights(runs, slurm_cluster):
     root = runs["root"] / "preempted"
-    run_dir = submit_run(root, demo_dataset, "preempted", resources__partition="low")
+    run_dir = runs["preempted"]
     job = job_of(run_dir)
     for preemption in (1, 2):
         wait_for(trained_in_this_segment(run_dir), 240, f"training before preemption {preemption}")
