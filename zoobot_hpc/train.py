@@ -184,7 +184,6 @@ def run_training(
         every_minutes=config.trainer.checkpoint_every_minutes,
     )
     callbacks: list[Any] = [
-        resume,
         RNGStateCallback(),
         ModelCheckpoint(
             dirpath=checkpoint_dir,
@@ -209,6 +208,7 @@ def run_training(
                 patience=config.trainer.early_stopping_patience,
             )
         )
+    callbacks.append(resume)  # last: the other callbacks see (and log) the step at which a stop happens
 
     resources = config.resources
     distributed = config.world_size > 1
