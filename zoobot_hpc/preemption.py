@@ -129,7 +129,8 @@ def slurm_task_rank() -> int:
 
 
 def in_slurm_job() -> bool:
-    return "SLURM_JOB_ID" in os.environ
+    """This process is a task of a SLURM job (not submitit's local executor started inside an allocation)."""
+    return "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR", "slurm") == "slurm"
 
 
 def wait_to_be_ended() -> None:
