@@ -104,10 +104,11 @@ def assert_same_final_weights(run_probe: Path, baseline_probe: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_dataset, slurm_cluster):
-    """All three runs, submitted at once so that they run alongside each other. The `low` one goes first: it takes a
-    core of each node for itself (`OverSubscribe=NO`), and the `debug` ones share the other cores."""
+    """All three runs, running alongside each other. The `low` one starts first: it takes a core of each node for
+    itself (`OverSubscribe=NO`), and the `debug` ones then share the other cores (`OverSubscribe=FORCE:2`)."""
     root = tmp_path_factory.mktemp("preemption")
     preempted = submit_run(root / "preempted", demo_dataset, "preempted", resources__partition="low")
+    slurm_cluster.wait_for_state(job_of(preempted), ["RUNNING"], timeout=240)
     baseline = submit_run(root / "baseline", demo_dataset, "baseline")
     time_limited = submit_run(
         root / "time-limit",
