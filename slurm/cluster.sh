@@ -17,8 +17,9 @@ CPUS_PER_NODE=2
 SIZE_GIVEN=0
 PREEMPTION=0
 # --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
-# after the grace time). `debug` stays the default partition and is never preempted: its PriorityTier equals
-# `high`'s (a partition with PreemptMode=OFF would also stop sharing cores, OverSubscribe=FORCE:2).
+# after the grace time). `debug` stays the default partition; its jobs are never preempted and never preempt
+# (PreemptMode=OFF, the tier of `low`). PreemptMode=OFF also stops its cores being shared (OverSubscribe=FORCE:2),
+# so give the nodes more CPUs instead (the tests start 2 nodes x 4 CPUs).
 PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5
@@ -287,7 +288,7 @@ EOF
         cat >>"$CONF" <<EOF
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2 PriorityTier=10 PreemptMode=REQUEUE
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
 PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=REQUEUE GraceTime=$PREEMPT_GRACE_S
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF
 EOF

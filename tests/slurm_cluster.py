@@ -23,6 +23,7 @@ CLUSTER_SCRIPT = REPO_ROOT / "slurm" / "cluster.sh"
 INSTALL_SCRIPT = REPO_ROOT / "slurm" / "install.sh"
 DEFAULT_ROOT = Path("/tmp/zoobot-hpc-slurm")
 TEST_NODES = 2
+TEST_CPUS_PER_NODE = 4  # virtual CPUs: with --preemption, `debug` does not oversubscribe its cores
 REQUIRED_BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
 START_TIMEOUT_S = 300
 # States a job does not leave by itself (PREEMPTED and REQUEUED jobs come back as PENDING).
@@ -142,7 +143,16 @@ def _start_if_needed(root: Path) -> bool:
     if os.geteuid() != 0:
         raise ClusterUnavailable(f"no SLURM cluster running at {root}, and starting one needs root")
     _ensure_packages()
-    started = _cluster_command("start", root, "--nodes", str(TEST_NODES), "--preemption", timeout=START_TIMEOUT_S)
+    started = _cluster_command(
+        "start",
+        root,
+        "--nodes",
+        str(TEST_NODES),
+        "--cpus-per-node",
+        str(TEST_CPUS_PER_NODE),
+        "--preemption",
+        timeout=START_TIMEOUT_S,
+    )
     if started.returncode != 0:
         raise ClusterUnavailable(f"slurm/cluster.sh start failed:\n{(started.stdout + started.stderr)[-3000:]}")
     return True
