@@ -126,6 +126,8 @@ def requeue_latency(tmp: Path, dataset: Path, path: str) -> None:
     print(f"{first['stop']}: signal -> requeued job running again:          {second['start'] - arrived:6.2f} s")
     print(f"{first['stop']}: signal -> first training step resumed:         {resumed[0] - arrived:6.2f} s")
     subprocess.run(["scancel", job_id], check=True)
+    while squeue_count(job_id):  # a cancelled job still saves on SIGTERM: let it end before its folder goes
+        time.sleep(0.2)
 
 
 def main() -> None:
