@@ -70,6 +70,15 @@ class SlurmCluster:
             latest[record["JobID"]] = record["State"].split()[0]
         return list(latest.values())
 
+    def require_preemption(self) -> None:
+        """Skip (fail under CI) unless the cluster was started with `cluster.sh start --preemption`."""
+        partitions = self.run("sinfo", "--noheader", "--format=%R", check=False).stdout.split()
+        if not {"low", "high"} <= set(partitions):
+            message = f"the cluster at {self.root} has no low/high partitions: restart it with --preemption"
+            if os.environ.get("CI"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+
     def preempt_low_jobs_on(self, node: str) -> str:
         """Submit a job to `high` that needs every free core of `node` and one more, so that SLURM must preempt a
         job of `low` there (`debug` jobs are never preempted); it ends at once. Needs `cluster.sh --preemption`."""

@@ -14,6 +14,12 @@ from zoobot_hpc.inference.request import InferenceRequest, inference_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _preemption_partitions(slurm_cluster):
+    slurm_cluster.require_preemption()
+
+
 SLOW_BATCHES = "[{class_path: tests.inference.probes.SlowPredictBatches, init_args: {seconds: 0.6}}]"
 
 

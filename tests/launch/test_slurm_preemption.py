@@ -27,6 +27,12 @@ from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _preemption_partitions(slurm_cluster):
+    slurm_cluster.require_preemption()
+
+
 MAX_EPOCHS = 4
 GRACE_LIMIT_S = 10  # the `low` partition's GraceTime in slurm/cluster.sh --preemption
 
