@@ -120,7 +120,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         root / "time-limit",
         demo_dataset,
         "time-limit",
-        step_sleep_s=1.5,
+        step_sleep_s=4.0,
         resources__time_min=1,
         resources__signal_delay_s=30,
         resources__max_time_limit_requeues=2,
