@@ -2,7 +2,8 @@
 # A real one-machine SLURM cluster on loopback: munged, mariadbd + slurmdbd (accounting, for sacct),
 # slurmctld and N virtual slurmd nodes n1..nN. For tests and for trying zoobot-hpc without a cluster.
 #
-#   cluster.sh start [--nodes N] [--cpus-per-node C] [--root DIR]   start (no-op when already running)
+#   cluster.sh start [--nodes N] [--cpus-per-node C] [--preemption] [--root DIR]
+#                                                                   start (no-op when already running)
 #   cluster.sh stop   [--root DIR]                                  cancel jobs, stop every daemon
 #   cluster.sh status [--root DIR]                                  exit 0 when running, 1 otherwise
 #   cluster.sh env    [--root DIR]                                  print `export SLURM_CONF=...`
@@ -14,6 +15,12 @@ ROOT=${ZOOBOT_SLURM_ROOT:-/tmp/zoobot-hpc-slurm}
 NODES=2
 CPUS_PER_NODE=2
 SIZE_GIVEN=0
+PREEMPTION=0
+# --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
+# after the grace time). `debug` stays the default partition; its jobs are never preempted and never preempt
+# (PreemptMode=OFF, the tier of `low`). PreemptMode=OFF also stops its cores being shared (OverSubscribe=FORCE:2),
+# so give the nodes more CPUs instead (the tests start 2 nodes x 4 CPUs).
+PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5
 CTLD_PORT=6817
@@ -26,7 +33,7 @@ DAEMON_MARKER=ZOOBOT_SLURM_DAEMON_ROOT
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
-    sed -n '5,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -276,8 +283,18 @@ AccountingStorageHost=$host
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
 NodeName=$node_names NodeHostname=$host NodeAddr=127.0.0.1 Port=$node_ports CPUs=$CPUS_PER_NODE Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS_PER_NODE ThreadsPerCore=1 RealMemory=$node_memory_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
 EOF
+    if ((PREEMPTION)); then
+        cat >>"$CONF" <<EOF
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=REQUEUE GraceTime=$PREEMPT_GRACE_S
+PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10 PreemptMode=OFF
+EOF
+    else
+        echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2" >>"$CONF"
+    fi
 
     # slurmdbd has no -f: it reads slurmdbd.conf from the folder of $SLURM_CONF, and insists on mode 600.
     (
@@ -358,6 +375,9 @@ start_cluster() {
         if ((SIZE_GIVEN)) && [[ $RUNNING_NODES != "$NODES" || $RUNNING_CPUS_PER_NODE != "$CPUS_PER_NODE" ]]; then
             die "already running at $ROOT with $RUNNING_NODES node(s) x $RUNNING_CPUS_PER_NODE CPUs; stop it first"
         fi
+        if ((PREEMPTION)) && [[ ${RUNNING_PREEMPTION:-0} != 1 ]]; then
+            die "already running at $ROOT without --preemption; stop it first"
+        fi
         echo "SLURM cluster already running at $ROOT ($RUNNING_NODES nodes); source $ROOT/env.sh"
         return
     fi
@@ -393,7 +413,8 @@ start_cluster() {
     wait_for_idle_nodes
 
     printf 'export SLURM_CONF=%q\nexport ZOOBOT_SLURM_ROOT=%q\n' "$CONF" "$ROOT" >"$ROOT/env.sh"
-    printf 'RUNNING_NODES=%s\nRUNNING_CPUS_PER_NODE=%s\n' "$NODES" "$CPUS_PER_NODE" >"$STATE_FILE"
+    printf 'RUNNING_NODES=%s\nRUNNING_CPUS_PER_NODE=%s\nRUNNING_PREEMPTION=%s\n' "$NODES" "$CPUS_PER_NODE" "$PREEMPTION" \
+        >"$STATE_FILE"
     echo "SLURM cluster up at $ROOT: nodes $(node_list) x $CPUS_PER_NODE CPUs in $((SECONDS - started_at))s;" \
         "source $ROOT/env.sh"
 }
@@ -463,6 +484,10 @@ while (($# > 0)); do
         CPUS_PER_NODE=${2:?--cpus-per-node needs a value}
         SIZE_GIVEN=1
         shift 2
+        ;;
+    --preemption)
+        PREEMPTION=1
+        shift
         ;;
     --root)
         ROOT=${2:?--root needs a value}

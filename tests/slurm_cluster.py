@@ -7,6 +7,7 @@ a daemon failing) they are skipped with the reason, or fail when the `CI` enviro
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ CLUSTER_SCRIPT = REPO_ROOT / "slurm" / "cluster.sh"
 INSTALL_SCRIPT = REPO_ROOT / "slurm" / "install.sh"
 DEFAULT_ROOT = Path("/tmp/zoobot-hpc-slurm")
 TEST_NODES = 2
+TEST_CPUS_PER_NODE = 4  # virtual CPUs: with --preemption, `debug` does not oversubscribe its cores
 REQUIRED_BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
 START_TIMEOUT_S = 300
 # States a job does not leave by itself (PREEMPTED and REQUEUED jobs come back as PENDING).
@@ -67,6 +69,38 @@ class SlurmCluster:
         for record in self.sacct(job_id, allocations_only=True):
             latest[record["JobID"]] = record["State"].split()[0]
         return list(latest.values())
+
+    def require_preemption(self) -> None:
+        """Skip (fail under CI) unless the cluster was started with `cluster.sh start --preemption`."""
+        partitions = self.run("sinfo", "--noheader", "--format=%R", check=False).stdout.split()
+        if not {"low", "high"} <= set(partitions):
+            message = f"the cluster at {self.root} has no low/high partitions: restart it with --preemption"
+            if os.environ.get("CI"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+
+    def preempt_low_jobs_on(self, node: str) -> str:
+        """Submit a job to `high` that needs every free core of `node` and one more, so that SLURM must preempt a
+        job of `low` there (`debug` jobs are never preempted); it ends at once. Needs `cluster.sh --preemption`."""
+        info = self.run("scontrol", "show", "node", node).stdout
+        total, allocated = (int(re.search(rf"\b{key}=(\d+)", info).group(1)) for key in ("CPUTot", "CPUAlloc"))
+        submitted = self.run(
+            "sbatch",
+            "--parsable",
+            "-p",
+            "high",
+            "-w",
+            node,
+            "-n",
+            "1",
+            "-c",
+            str(total - allocated + 1),
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        )
+        return submitted.stdout.strip()
 
     def wait_for_state(self, job_id: str | int, states: Iterable[str], timeout: float = 60) -> str:
         """Wait until the job (every task of an array) is in one of `states`; return that state.
@@ -118,7 +152,16 @@ def _start_if_needed(root: Path) -> bool:
     if os.geteuid() != 0:
         raise ClusterUnavailable(f"no SLURM cluster running at {root}, and starting one needs root")
     _ensure_packages()
-    started = _cluster_command("start", root, "--nodes", str(TEST_NODES), timeout=START_TIMEOUT_S)
+    started = _cluster_command(
+        "start",
+        root,
+        "--nodes",
+        str(TEST_NODES),
+        "--cpus-per-node",
+        str(TEST_CPUS_PER_NODE),
+        "--preemption",
+        timeout=START_TIMEOUT_S,
+    )
     if started.returncode != 0:
         raise ClusterUnavailable(f"slurm/cluster.sh start failed:\n{(started.stdout + started.stderr)[-3000:]}")
     return True

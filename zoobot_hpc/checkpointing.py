@@ -11,9 +11,7 @@ import logging
 import os
 import random
 import shutil
-import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,14 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
 from zoobot_hpc.atomic import atomic_path
+from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
+VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -98,31 +99,6 @@ def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
-class PreemptionFlag:
-    """A signal handler that only records that the signal arrived, keeping the handler it replaced.
-
-    The training loop polls the flag so that every rank stops at the same step; the replaced handler
-    (submitit's checkpoint-and-requeue) is called once the checkpoint is safely written.
-    """
-
-    def __init__(self, signum: int = signal.SIGUSR2) -> None:
-        self.signum = signum
-        self.received = False
-        self.previous_handler: Callable[..., Any] | int | None = None
-
-    def install(self) -> PreemptionFlag:
-        self.previous_handler = signal.signal(self.signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def hand_over(self) -> None:
-        """Run the handler this flag replaced (submitit's requeue), as if the signal arrived now."""
-        if callable(self.previous_handler):
-            self.previous_handler(self.signum, None)
-
-
 def _all_reduce_max(values: list[float], group: Any = None) -> list[float]:
     """Element-wise max over ranks of a few host-side flags (no-op outside distributed runs)."""
     tensor = torch.tensor(values, dtype=torch.float64)
@@ -138,23 +114,28 @@ def host_flag_group() -> Any:
     return dist.new_group(backend="gloo")
 
 
-class PreemptedStop(Exception):
-    """Raised on every rank at the same step once the preemption checkpoint is written.
+class _OwnSignalHandlers(_SignalConnector):
+    """Lightning's signal connector, minus its handlers: on SIGTERM Lightning's own handler runs a collective inside
+    the signal handler and then ends `fit` with SIGTERMException at the next step, before any save."""
 
-    An exception, not `trainer.should_stop`: Lightning would still run a validation pass and the epoch-end
-    hooks after `should_stop`, spending the grace time before the kill and logging a mid-epoch validation.
-    """
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+
+
+def keep_own_signal_handlers(trainer: Trainer) -> None:
+    """Keep the PreemptionFlag's handlers in place while `trainer` runs (Lightning installs its own at each run)."""
+    trainer._signal_connector = _OwnSignalHandlers(trainer)
 
 
 class ResumeCheckpointer(Callback):
     """Writes the full-state `resume.ckpt` on preemption and on a step/time cadence, on all ranks together,
     and makes `last.ckpt` the same state (a hard link), so that `last.ckpt` is always the newest saved state.
 
-    After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether the signal
-    arrived on any of them and whether a periodic save is due; after a preemption save every rank raises
-    PreemptedStop. Saves happen only on accumulation boundaries, so no partial gradient is ever lost.
-    A save that would land on an epoch's last batch is deferred by one step (Lightning 2.6 restores wrong
-    epoch counters from such a checkpoint).
+    After every optimiser step all ranks agree (one all-reduce of host-side flags, over gloo) whether a stop
+    signal arrived on any of them (and which: SIGTERM wins over the requeue signal) and whether a periodic save is
+    due; after a preemption save every rank records the agreed stop on its flag and raises PreemptedStop. Saves
+    happen only on accumulation boundaries, so no partial gradient is ever lost. A save that would land on an
+    epoch's last batch is deferred by one step (Lightning 2.6 restores wrong epoch counters from such a checkpoint).
     """
 
     def __init__(
@@ -170,6 +151,8 @@ class ResumeCheckpointer(Callback):
         self.every_s = every_minutes * 60 if every_minutes else None
         self._flag_group: Any = None
         self._last_save = time.monotonic()
+        self._rerun_validation = False
+        self._resumed_before_validation = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -187,19 +170,90 @@ class ResumeCheckpointer(Callback):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
-        signalled = float(self.flag is not None and self.flag.received)
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
-        steps_due = float(bool(self.every_n_steps) and step % self.every_n_steps == 0)
-        signalled, time_due = _all_reduce_max([signalled, time_due], self._flag_group)
-        if not (signalled or time_due or steps_due):
+        steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        requeue, terminated, time_due = self._agree([time_due])
+        if not (requeue or terminated or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
             mirror_checkpoint(self.path, self.path.with_name(LAST_CHECKPOINT))
         self._last_save = time.monotonic()
-        if signalled:
-            log.info("preemption signal: saved %s at step %d; stopping all ranks", self.path, step)
-            raise PreemptedStop(f"preempted at step {step}")
+        if requeue or terminated:
+            self._stop(terminated, step, "saved")
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """A stop signal during a validation pass (or the sanity check) is acted on at the next batch. The training
+        position is saved with the pass marked as not yet run, so the resumed job runs the whole pass again: no
+        checkpoint ever holds a half-done validation's metrics."""
+        requeue, terminated, _ = self._agree([0.0])
+        if not (requeue or terminated):
+            return
+        if trainer.sanity_checking:
+            self._stop(terminated, trainer.global_step, "nothing new to save (sanity check)")
+        self._rerun_validation = True
+        try:
+            trainer.save_checkpoint(self.path)
+        finally:
+            self._rerun_validation = False
+        if trainer.is_global_zero:
+            mirror_checkpoint(self.path, self.path.with_name(LAST_CHECKPOINT))
+        self._stop(terminated, trainer.global_step, "saved the training position, validation to rerun")
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._rerun_validation:
+            mark_validation_not_run(checkpoint)
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resumed_before_validation = bool(checkpoint.get(VALIDATION_RERUN_KEY))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """After the rerun validation pass of a job stopped mid-validation: Lightning 2.6 skips the epoch's scheduler
+        step when the fit loop is still restarting at the epoch's end, so take it here (the saved scheduler state
+        is from before the step)."""
+        if self._resumed_before_validation and trainer.fit_loop.restarting:
+            trainer.fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)
+        self._resumed_before_validation = False
+
+    def _agree(self, extra: list[float]) -> list[float]:
+        """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
+        flag = self.flag
+        local = [float(flag is not None and flag.requeue_requested), float(flag is not None and flag.terminated)]
+        return _all_reduce_max(local + extra, self._flag_group)
+
+    def _stop(self, terminated: float, step: int, what: str) -> None:
+        flag = self.flag
+        assert flag is not None
+        flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
+        log.info(
+            "preemption signal (%s): %s at step %d (%s); stopping all ranks",
+            flag.stopped.signal_name,
+            what,
+            step,
+            self.path.name,
+        )
+        raise PreemptedStop(f"preempted at step {step}")
+
+
+def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:
+    """Rewrite the validation loop's progress in a checkpoint taken mid-pass so that Lightning restarts the pass
+    from its first batch ("restarted mid-evaluation" with no batch of this pass done)."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    done_before = progress["total"]["completed"] - progress["current"]["completed"]
+    progress["current"].update(ready=1, started=1, processed=0, completed=0)
+    progress["total"].update(
+        ready=done_before + 1, started=done_before + 1, processed=done_before, completed=done_before
+    )
+    progress["is_last_batch"] = False
+    checkpoint[VALIDATION_RERUN_KEY] = True
 
 
 def _capture_rng_state() -> dict[str, torch.Tensor | list[int] | int | Any]:

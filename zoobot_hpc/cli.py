@@ -280,6 +280,30 @@ def _submit_search(
     click.echo(f"watch it: zoobot-hpc status {where}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
+def resume(run_dir: str, follow: bool) -> None:
+    """Submit a stopped run again (cancelled, out of time-limit requeues, preempted where preemption cancels):
+    it continues from the newest checkpoint in RUN_DIR."""
+    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.launch.preflight import PreflightError
+    from zoobot_hpc.launch.status import follow as follow_logs
+    from zoobot_hpc.launch.submit import plan_resume, submit_plan
+
+    try:
+        plan = plan_resume(run_dir)
+        submission = submit_plan(plan)
+    except (ConfigError, PreflightError, DatasetError) as error:
+        _fail(error)
+    [job] = submission.jobs
+    click.echo(f"resumed {plan.runs[0].run_dir} as job {job.job_id} ({plan.executor}); log: {job.paths.stdout}")
+    if follow:
+        follow_logs(submission.log_paths(), job.done)
+        click.echo(_results_text(plan.runs[0].run_dir))
+
+
 def _results_text(run_dir) -> str:
     from zoobot_hpc import run_dir as layout
     from zoobot_hpc.tracking import offline_segments
@@ -307,10 +331,10 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     """Run CONFIG in this process or allocation (salloc, workstation, your own sbatch script)."""
     from pathlib import Path
 
-    from zoobot_hpc.checkpointing import PreemptionFlag
     from zoobot_hpc.config import ConfigError, load_config
-    from zoobot_hpc.launch.job import configure_job_logging, requeue_self
+    from zoobot_hpc.launch.job import configure_job_logging
     from zoobot_hpc.launch.preflight import PreflightError, check_run_dir
+    from zoobot_hpc.preemption import run_preemptible
     from zoobot_hpc.train import run_training
 
     try:
@@ -323,10 +347,7 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
-    flag = PreemptionFlag().install()
-    outcome = run_training(run_config, target, flag=flag)
-    if outcome.preempted:
-        requeue_self()
+    run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
     click.echo(_results_text(target))
 
 

@@ -3,7 +3,8 @@
 ```
 RUN_DIR/config.yaml         the resolved config this run trains
 RUN_DIR/submission.json     how it was submitted (executor, job id, array index, submitit folder)
-RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several)
+RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several); a segment stopped by a
+                            signal adds `stop`, `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends
 RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
@@ -48,6 +49,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def append_segment(run_dir: Path, record: dict[str, Any]) -> None:
     with open(Path(run_dir) / SEGMENTS, "a") as handle:
         handle.write(json.dumps(record, default=str) + "\n")
+
+
+def update_last_segment(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Add `fields` to the record of the newest segment (the job start that is running now)."""
+    records = read_segments(run_dir)
+    if not records:
+        return
+    records[-1].update(fields)
+    atomic.write_text(Path(run_dir) / SEGMENTS, "".join(json.dumps(record, default=str) + "\n" for record in records))
 
 
 def read_segments(run_dir: Path) -> list[dict[str, Any]]:

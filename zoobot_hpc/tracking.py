@@ -16,7 +16,7 @@ from zoobot_hpc.config import RunConfig
 from zoobot_hpc.redaction import redact_config
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import WandbLogger
+    from zoobot_hpc.segment_logger import SegmentWandbLogger
 
 
 def scheduler_job_key() -> str:
@@ -46,9 +46,9 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
-def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> WandbLogger | None:
+def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> SegmentWandbLogger | None:
     """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only."""
-    from lightning.pytorch.loggers import WandbLogger  # here: `sync` and `status` run on the login node
+    from zoobot_hpc.segment_logger import SegmentWandbLogger  # here: `sync` and `status` run on the login node
 
     tracking = config.tracking
     if tracking.mode == "disabled":
@@ -56,7 +56,7 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
     save_dir = Path(run_dir) / layout.WANDB
     save_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
+    return SegmentWandbLogger(
         project=tracking.project,
         entity=tracking.entity,
         id=wandb_run_id(run_dir),

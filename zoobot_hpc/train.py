@@ -21,16 +21,15 @@ import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import (
     AtomicCheckpointIO,
-    PreemptedStop,
-    PreemptionFlag,
     ResumeCheckpointer,
     RNGStateCallback,
+    keep_own_signal_handlers,
     last_state_checkpoint,
     newest_valid_checkpoint,
 )
@@ -39,6 +38,8 @@ from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, StartupLog, StartupPhases, ThroughputMonitor
+from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.segment_logger import SegmentWandbLogger
 from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
 
 log = logging.getLogger("zoobot_hpc")
@@ -204,12 +205,6 @@ def build_callbacks(
 ) -> list[Callback]:
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
     callbacks: list[Callback] = [
-        ResumeCheckpointer(
-            run_dir / layout.CHECKPOINTS,
-            flag=flag,
-            every_n_steps=config.trainer.checkpoint_every_n_steps,
-            every_minutes=config.trainer.checkpoint_every_minutes,
-        ),
         RNGStateCallback(),
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS,
@@ -234,7 +229,13 @@ def build_callbacks(
                 patience=config.trainer.early_stopping_patience,
             )
         )
-    return callbacks
+    resume = ResumeCheckpointer(
+        run_dir / layout.CHECKPOINTS,
+        flag=flag,
+        every_n_steps=config.trainer.checkpoint_every_n_steps,
+        every_minutes=config.trainer.checkpoint_every_minutes,
+    )
+    return [*callbacks, resume]  # last: the other callbacks see (and log) the step at which a stop happens
 
 
 def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
@@ -242,10 +243,20 @@ def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
     if trainer.global_rank != 0:
         return
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            if preempted:
-                logger.experiment.mark_preempting()
-            logger.experiment.finish()
+        if isinstance(logger, SegmentWandbLogger):
+            logger.finish(preempted)
+
+
+def record_stop(run_dir: Path, flag: PreemptionFlag) -> None:
+    """Add how this segment stopped to its record: the signal, the step, and `stop_and_save_s` (seconds from the
+    signal's arrival on rank 0 to the checkpoint on disk), which `submit` compares with the partition's grace time."""
+    stop = flag.stopped
+    if stop is None:
+        return
+    record: dict[str, Any] = {"stop": stop.signal_name, "stop_step": stop.step, "stopped": stop.saved_at}
+    if flag.first_at is not None:
+        record["stop_and_save_s"] = round(stop.saved_at - flag.first_at, 3)
+    layout.update_last_segment(run_dir, record)
 
 
 def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int:
@@ -337,6 +348,7 @@ def run_training(
         cluster_environment,
         interactive,
     )
+    keep_own_signal_handlers(trainer)
     startup.phase("trainer, loggers")
 
     resume_from = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
@@ -347,6 +359,8 @@ def run_training(
         preempted = False
     except PreemptedStop:
         preempted = True
+        if trainer.global_rank == 0 and flag is not None:
+            record_stop(run_dir, flag)
     finish_wandb(trainer, preempted)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None

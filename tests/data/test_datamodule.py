@@ -200,17 +200,20 @@ def test_bad_arguments_are_refused(dataset_dir: tuple[Path, dict]) -> None:
         ShardDataModule(dataset_dir[0], batch_size=2, label_cols=["missing_label"]).setup("fit")
 
 
-def test_loader_workers_outlive_the_preemption_signal(dataset_dir: tuple[Path, dict]) -> None:
-    """SLURM sends USR2 to every process of the step; only the training process may act on it."""
+def test_loader_workers_outlive_the_stop_signals(dataset_dir: tuple[Path, dict]) -> None:
+    """SLURM sends USR2 (time limit) or SIGTERM (preemption, scancel) to every process of the step; only the training
+    process may act on them, and the workers must keep serving it while it saves."""
     root, _ = dataset_dir
     dm = ShardDataModule(root, batch_size=2, num_workers=2, augment=AUGMENT, persistent_workers=False)
     dm.setup("fit")
     iterator = iter(dm.train_dataloader())
     seen = next(iterator)["index"].tolist()
     forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid
-    assert _blocks_signal(forkserver_pid, signal.SIGUSR2)
+    stop_signals = (signal.SIGUSR2, signal.SIGTERM)
+    assert all(_blocks_signal(forkserver_pid, signum) for signum in stop_signals)
     for pid in [forkserver_pid, *(worker.pid for worker in iterator._workers)]:
-        os.kill(pid, signal.SIGUSR2)
+        for signum in stop_signals:
+            os.kill(pid, signum)
     time.sleep(0.5)
     assert all(worker.is_alive() for worker in iterator._workers)
     seen += [index for batch in iterator for index in batch["index"].tolist()]

@@ -31,7 +31,7 @@ def test_two_ranks_interrupted_after_some_parts_finish_on_requeue_like_one_proce
     assert results[0] == str(request.out)
 
     log = job.paths.stdout.read_text()
-    assert "preemption signal: stopping rank 0" in log
+    assert "preemption signal (SIGUSR2): stopping rank 0" in log
     assert "part files already written" in log.split("preemption signal")[-1]
     assert not request.parts_dir.exists()
 

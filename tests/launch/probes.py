@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -62,6 +63,50 @@ class CrashOnRank(Callback):
             raise RuntimeError(f"rank {self.rank} crashed on purpose at step {trainer.global_step}")
 
 
+def weights_digest(pl_module: LightningModule) -> str:
+    """A bit-exact fingerprint of the model's parameters and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(pl_module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class StepDigests(Callback):
+    """Rank 0 appends `{"step", "digest"}` after every optimiser step (redone steps again), and at the end of training
+    writes the final weights to `final.pt`: exact resume means every step's digest equals an uninterrupted run's."""
+
+    def __init__(self, out_dir: str, step_sleep_s: float = 0.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.step_sleep_s = step_sleep_s
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.step_sleep_s:
+            time.sleep(self.step_sleep_s)
+        if trainer.global_rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"step": trainer.global_step, "digest": weights_digest(pl_module)}
+        with open(self.out_dir / "steps.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank == 0:
+            torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.out_dir / "final.pt")
+
+
+def step_digests(out_dir: Path) -> dict[int, set[str]]:
+    """Step -> the digests rank 0 saw at that step (one, when every redone step ended the same)."""
+    digests: dict[int, set[str]] = {}
+    path = Path(out_dir) / "steps.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        digests.setdefault(record["step"], set()).add(record["digest"])
+    return digests
+
+
 def read_probes(out_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
 
@@ -86,3 +131,22 @@ class ArrayTaskProbe(Callback):
             raise RuntimeError(f"array task {task} crashed on purpose at step {trainer.global_step}")
         if task == self.slow_task:
             time.sleep(self.slow_s)
+
+
+class SignalDuringValidation(Callback):
+    """Sends `signum` to this process at one validation batch of one epoch (once per run directory: `marker`)."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, signum: int = 15) -> None:
+        self.epoch = epoch
+        self.batch = batch
+        self.marker = Path(marker)
+        self.signum = signum
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.sanity_checking or self.marker.exists():
+            return
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)

@@ -67,7 +67,7 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert starts[0]["resumed_from"] is None
     assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:])
     log_text = job.paths.stdout.read_text()
-    assert log_text.count("preemption signal: saved") == 2
+    assert log_text.count("preemption signal (SIGUSR2): saved") == 2
     phases = re.findall(r"start-up: (\S.*?\S)\s+\d+\.\d+ s \(", log_text)
     assert phases[:8] == list(STARTUP_PHASES), "the first start logs each start-up phase, in order"
     assert phases.count("first training step") == 3, "every start (two requeues) logs its way to the first step"

@@ -27,7 +27,6 @@ from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from zoobot_hpc.data.workers import (  # re-exported: where loaders used to find them
-    PREEMPTION_SIGNAL,
     _blocks_signal,
     loader_settings,
     set_hdf5_locking_env,
@@ -35,7 +34,6 @@ from zoobot_hpc.data.workers import (  # re-exported: where loaders used to find
 )
 
 __all__ = [
-    "PREEMPTION_SIGNAL",
     "ShardDataModule",
     "SplitLoaders",
     "_blocks_signal",

@@ -1,6 +1,6 @@
 """How DataLoader workers start, for every loader of the package (training, evaluation, inference, embedding cache).
 
-Workers come from a forkserver that preloads the reading modules, started with the preemption signal blocked.
+Workers come from a forkserver that preloads the reading modules, started with the stop signals blocked.
 This module imports only the standard library, so a job can start the forkserver first thing, before it imports
 torch and Lightning itself: the forkserver then preloads torch while the job imports it (two processes, in parallel).
 Everything a worker unpickles (dataset, `collate_fn`, `worker_init_fn`) must live in modules the forkserver
@@ -20,37 +20,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoobot_hpc.preemption import stop_signals
+
 log = logging.getLogger("zoobot_hpc")
-PREEMPTION_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send before the time limit (--signal=USR2@delay)
 FORKSERVER_PRELOAD = ["torch", "h5py", "zoobot_hpc.data.dataset"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """The start method of every loader worker: a forkserver, started with the preemption signal blocked.
+    """The start method of every loader worker: a forkserver, started with the stop signals blocked.
 
     Forking the training process itself, which runs gloo/NCCL, W&B and other loaders' threads, can leave a worker
     deadlocked on a lock held at fork time (seen with DDP on CPU). The forkserver preloads the reading modules once,
-    so each worker still starts in a fraction of a second. SLURM's ``--signal=USR2`` reaches every process of the
-    job step, and USR2 kills a process that has no handler: the forkserver and the resource tracker start with
-    USR2 blocked (a signal mask survives fork and exec), so they and every worker forked from them outlive it, and
-    only the training process acts on it. A USR2 arriving while they start stays pending here, not lost.
+    so each worker still starts in a fraction of a second. SLURM's stop signals (``--signal=USR2`` before the time
+    limit, SIGTERM at preemption or ``scancel``) reach every process of the job step, and kill a process that has no
+    handler: the forkserver and the resource tracker start with them blocked (a signal mask survives fork and exec),
+    so they and every worker forked from them outlive the signal while the training process saves, and only the
+    training process acts on it. A signal arriving while they start stays pending here, not lost.
     Idempotent: the first call starts the forkserver, later ones return the same context.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(FORKSERVER_PRELOAD)
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {PREEMPTION_SIGNAL})
+    blocked = stop_signals()
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         multiprocessing.resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # starting the tracker unblocks SIGINT and SIGTERM
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-    if forkserver_pid is not None and not _blocks_signal(forkserver_pid, PREEMPTION_SIGNAL):
+    unblocked = [s for s in sorted(blocked) if forkserver_pid is not None and not _blocks_signal(forkserver_pid, s)]
+    if unblocked:
         log.warning(
             "the forkserver (pid %d) was started before zoobot-hpc's loaders, without %s blocked: a preemption "
             "signal will kill the loader workers; start no forkserver before training",
             forkserver_pid,
-            signal.Signals(PREEMPTION_SIGNAL).name,
+            "/".join(s.name for s in unblocked),
         )
     return context
 

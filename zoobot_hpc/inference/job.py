@@ -1,8 +1,8 @@
 """The submitit job of an inference run (SLURM or local executor): preempted, it requeues and skips finished parts.
 
-Preemption follows the training job (`zoobot_hpc.launch.job`): the signal only sets a flag; every rank stops at
-its next batch (its finished part files are safe on disk), then rank 0 hands over to submitit, which requeues the
-job, and the other ranks exit.
+Preemption follows the training job (`zoobot_hpc.preemption.run_preemptible`): a signal only sets a flag; every
+rank stops at its next batch (its finished part files are safe on disk), then the job ends as the signal asks
+(requeue signal: submitit requeues it; SIGTERM: it waits for SLURM to requeue or cancel it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import submitit
 
-from zoobot_hpc.checkpointing import PreemptionFlag
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.inference.request import (
     InferencePlan,
@@ -26,13 +25,8 @@ from zoobot_hpc.inference.request import (
     wait_for_plan,
 )
 from zoobot_hpc.launch.executor import make_executor
-from zoobot_hpc.launch.job import (
-    compute_node_environment,
-    configure_job_logging,
-    hand_over_preemption,
-    requeue_self,
-    slurm_task_rank,
-)
+from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging
+from zoobot_hpc.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
 from zoobot_hpc.redaction import redact_config
 
 log = logging.getLogger("zoobot_hpc")
@@ -47,19 +41,18 @@ class InferenceJob(submitit.helpers.Checkpointable):
     config: dict[str, Any]
 
     def __call__(self) -> str | None:
-        flag = PreemptionFlag().install()
+        outcome = run_preemptible(self._infer, submitted=True)
+        return str(outcome.out) if outcome.out is not None else None
+
+    def _infer(self, flag: PreemptionFlag) -> Any:
         configure_job_logging()
         compute_node_environment()
         from zoobot_hpc.inference.loop import run_inference
         from zoobot_hpc.launch.environment import SubmititEnvironment
 
-        environment = SubmititEnvironment()
-        outcome = run_inference(
-            self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=environment
+        return run_inference(
+            self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=SubmititEnvironment()
         )
-        if outcome.preempted:
-            hand_over_preemption(flag, environment.global_rank())
-        return str(outcome.out) if outcome.out is not None else None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The requeued job is this same job: it skips the part files already written."""
@@ -95,13 +88,13 @@ def run_request_here(
     from zoobot_hpc.inference.loop import run_inference
 
     config, trained = inference_config(request, config_path, overrides)
-    flag = PreemptionFlag().install()
-    configure_job_logging()
-    if slurm_task_rank() == 0:
-        prepare_inference(request, config, trained)
-    else:
-        wait_for_plan(request, build_plan(request, config, trained))
-    outcome = run_inference(request, config, flag=flag, interactive=sys.stderr.isatty())
-    if outcome.preempted:
-        requeue_self()
-    return outcome.out
+
+    def infer(flag: PreemptionFlag) -> Any:
+        configure_job_logging()
+        if slurm_task_rank() == 0:
+            prepare_inference(request, config, trained)
+        else:
+            wait_for_plan(request, build_plan(request, config, trained))
+        return run_inference(request, config, flag=flag, interactive=sys.stderr.isatty())
+
+    return run_preemptible(infer, submitted=False).out

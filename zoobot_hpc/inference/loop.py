@@ -24,7 +24,7 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
-from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag, host_flag_group
+from zoobot_hpc.checkpointing import host_flag_group, keep_own_signal_handlers
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
@@ -33,6 +33,7 @@ from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
+from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -169,7 +170,13 @@ class PartWriter(BasePredictionWriter):
             )
             del self._pending[chunk]
         if self.flag is not None and self.flag.received:
-            log.info("preemption signal: stopping rank %d after batch %d", trainer.global_rank, batch_idx)
+            self.flag.stopped = StopRecord(terminated=self.flag.terminated, step=batch_idx, saved_at=time.time())
+            log.info(
+                "preemption signal (%s): stopping rank %d after batch %d",
+                self.flag.stopped.signal_name,
+                trainer.global_rank,
+                batch_idx,
+            )
             raise PreemptedStop(f"preempted at batch {batch_idx}")
 
 
@@ -267,6 +274,7 @@ def run_inference(
         enable_checkpointing=False,
         enable_model_summary=False,
     )
+    keep_own_signal_handlers(trainer)
     rank = trainer.global_rank
     _write_empty_blocks(plan, request.parts_dir, rank)
     log.info(

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import zlib
+
 import submitit
 from lightning.fabric.plugins.environments import ClusterEnvironment
+
+
+def rendezvous_port(job_id: str) -> int:
+    """Rank 0's rendezvous port, the same on every rank: fixed by the job id and below Linux's ephemeral range
+    (32768+), where submitit's random choice can hit a port a client connection already holds (EADDRINUSE)."""
+    return 20000 + zlib.crc32(job_id.encode()) % 12000
 
 
 class SubmititEnvironment(ClusterEnvironment):
@@ -15,7 +24,7 @@ class SubmititEnvironment(ClusterEnvironment):
         distributed = submitit.helpers.TorchDistributedEnvironment()
         local = type(self._job).__name__.startswith("Local")
         self._main_address = "127.0.0.1" if local else distributed.master_addr
-        self._main_port = distributed.master_port
+        self._main_port = int(os.environ.get("MASTER_PORT") or rendezvous_port(str(self._job.job_id)))
 
     @property
     def creates_processes_externally(self) -> bool:

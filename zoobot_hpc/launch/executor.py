@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import submitit
 
-from zoobot_hpc.config import RunConfig
+from zoobot_hpc.config import ConfigError, RunConfig
+from zoobot_hpc.preemption import PREEMPT_SIGNAL_ENV, parse_signal
+
+
+def requeue_signal_name(config: RunConfig) -> str:
+    """The signal SLURM sends before the time limit: a `--signal` in `resources.sbatch_extra`, else
+    `SUBMITIT_PREEMPT_SIGNAL` here, else USR2 (submitit's default), as a name without `SIG`."""
+    extra = config.resources.sbatch_extra.get("signal")
+    if extra is None:
+        return os.environ.get(PREEMPT_SIGNAL_ENV, "USR2").removeprefix("SIG")
+    try:
+        return parse_signal(str(extra)).name.removeprefix("SIG")
+    except ValueError as error:
+        raise ConfigError(f"resources.sbatch_extra.signal={extra!r}: {error}") from None
+
+
+def job_setup(config: RunConfig) -> list[str]:
+    """The job's set-up lines: the config's, after telling submitit on the compute node which signal asks for a
+    requeue (its handler, and ours, must listen for the signal SLURM will actually send)."""
+    name = requeue_signal_name(config)
+    export = [f"export {PREEMPT_SIGNAL_ENV}={name}"] if name != "USR2" else []
+    return export + list(config.resources.setup)
 
 
 def slurm_executor(config: RunConfig, folder: Path, job_name: str) -> submitit.SlurmExecutor:
@@ -22,7 +44,7 @@ def slurm_executor(config: RunConfig, folder: Path, job_name: str) -> submitit.S
         "signal_delay_s": res.signal_delay_s,
         "array_parallelism": res.array_parallelism,
         "srun_args": ["--kill-on-bad-exit=1"],
-        "setup": list(res.setup),
+        "setup": job_setup(config),
         "additional_parameters": {"requeue": True, **res.sbatch_extra},
     }
     if res.gpus_per_node:

@@ -25,13 +25,15 @@ class RunStatus:
     epoch: str
     best: str
     latest_checkpoint: str | None
+    why: str = ""
 
     def line(self) -> str:
         checkpoint = Path(self.latest_checkpoint).name if self.latest_checkpoint else "-"
-        return (
+        line = (
             f"{self.name:<40} {self.job_id or '-':>12} {self.state:<11} requeues={self.requeues:<2} "
             f"epoch={self.epoch:<7} best={self.best:<22} ckpt={checkpoint}"
         )
+        return f"{line}  ({self.why})" if self.why else line
 
 
 def _job_states(command: list[str]) -> dict[str, str]:
@@ -109,6 +111,37 @@ def local_state(job_id: str, submitit_folder: Path, started: int | None = None) 
     return "COMPLETED" if outcome == "success" else "FAILED"
 
 
+def job_error(submitit_folder: Path, job_id: str) -> str | None:
+    """The last line of the error a submitit job ended with (rank 0's result file), if it wrote one."""
+    path = Path(submitit_folder) / f"{job_id}_0_result.pkl"
+    try:
+        with open(path, "rb") as handle:
+            outcome, detail = pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+        return None
+    if outcome == "success":
+        return None
+    lines = [line.strip() for line in str(detail).splitlines() if line.strip()]
+    return lines[-1] if lines else str(outcome)
+
+
+def explain(run: Path, state: str, submission: dict, segments: list[dict]) -> str:
+    """Why a run stopped or was restarted, from the scheduler's state, the job's error and the segment records."""
+    last_stop = next((s for s in reversed(segments) if s.get("stop")), None)
+    stop = f"{last_stop['stop']} at step {last_stop['stop_step']}" if last_stop else None
+    resume_hint = f"continue with: zoobot-hpc resume {run}"
+    if state == "CANCELLED":
+        return f"cancelled; saved after {stop}; {resume_hint}" if stop else f"cancelled; {resume_hint}"
+    if state in {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "ENDED"}:
+        error = job_error(Path(submission.get("submitit_folder", ".")), str(submission.get("job_id")))
+        if error and "timed-out too many times" in error:
+            return f"time-limit requeues exhausted (resources.max_time_limit_requeues); {resume_hint}"
+        return f"{error}; {resume_hint}" if error else resume_hint
+    if stop and state != "COMPLETED":
+        return f"last stop: {stop}"
+    return ""
+
+
 def _format_best(progress: dict | None, summary: dict | None) -> str:
     source = summary or progress
     if not source or source.get("best") is None:
@@ -135,6 +168,7 @@ def collect_status(path: Path) -> list[RunStatus]:
         else:
             state = "FINISHED" if summary else "NOT-SUBMITTED"
         epoch = f"{progress['epoch']}/{progress['max_epochs']}" if progress else "-"
+        segments = layout.read_segments(run)
         result.append(
             RunStatus(
                 name=run.name,
@@ -142,10 +176,11 @@ def collect_status(path: Path) -> list[RunStatus]:
                 executor=sub.get("executor"),
                 job_id=job_id,
                 state=state,
-                requeues=max(len(layout.read_segments(run)) - 1, 0),
+                requeues=max(len(segments) - 1, 0),
                 epoch=epoch,
                 best=_format_best(progress, summary),
                 latest_checkpoint=(progress or {}).get("latest_checkpoint"),
+                why=explain(run, state, sub, segments),
             )
         )
     return result

@@ -11,7 +11,15 @@ import submitit
 
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
-from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
+from zoobot_hpc.config import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    build_config,
+    dump_config,
+    load_config,
+    load_yaml,
+)
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
 from zoobot_hpc.launch.job import TrainingJob
 from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
@@ -40,6 +48,7 @@ class Plan:
     source: str
     overrides: list[str] = field(default_factory=list)
     grid_file: str | None = None
+    resumed: bool = False
 
     @property
     def submitit_dir(self) -> Path:
@@ -92,6 +101,52 @@ def plan_runs(
         source=str(config_path),
         overrides=list(overrides),
         grid_file=str(grid_file) if grid_file else None,
+    )
+
+
+# SLURM states of a job that still owns its run dir (it runs, or will run again by itself).
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "PREEMPTED",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
+)
+
+
+def plan_resume(run_dir: str | Path) -> Plan:
+    """`zoobot-hpc resume RUN_DIR`: submit a stopped run again (cancelled, out of time-limit requeues, or on a
+    cluster whose preemption cancels); its job resumes from the newest valid checkpoint in RUN_DIR."""
+    from zoobot_hpc.launch.status import collect_status
+
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / layout.CONFIG).exists():
+        raise ConfigError(f"{run_dir}: not a run directory (no {layout.CONFIG})")
+    if (run_dir / layout.SUMMARY).exists():
+        raise ConfigError(f"{run_dir}: the run has finished ({layout.SUMMARY}); nothing to resume")
+    [status] = collect_status(run_dir)
+    if status.executor == "slurm" and status.state in ACTIVE_STATES:
+        raise ConfigError(f"{run_dir}: its job {status.job_id} is {status.state}; it resumes by itself (or cancel it)")
+    if status.executor == "local" and status.state == "RUNNING":
+        raise ConfigError(f"{run_dir}: its local job {status.job_id} is still running")
+    config = load_config(run_dir / layout.CONFIG)
+    sweep = (layout.read_json(run_dir / layout.SUBMISSION) or {}).get("sweep")
+    return Plan(
+        runs=[PlannedRun(run_dir.name, {}, config, run_dir)],
+        executor=resolve_executor(config),
+        base_dir=run_dir.parent if sweep else run_dir,
+        sweep_name=sweep,
+        source=str(run_dir / layout.CONFIG),
+        resumed=True,
     )
 
 
@@ -163,7 +218,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "submitted": submitted,
             },
         )
-    if plan.sweep_name:
+    if plan.sweep_name and not plan.resumed:
         layout.write_json(
             plan.base_dir / layout.SWEEP,
             {

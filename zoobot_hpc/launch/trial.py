@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 
 from zoobot_hpc import run_dir as layout
-from zoobot_hpc.checkpointing import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, apply_override
-from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging, hand_over_preemption
+from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging
 from zoobot_hpc.launch.search import (
     TASKS,
     acquire_trial,
@@ -28,6 +25,7 @@ from zoobot_hpc.launch.search import (
     trial_run_name,
     write_heartbeat,
 )
+from zoobot_hpc.preemption import PreemptionFlag, run_preemptible
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -54,60 +52,6 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
         write_heartbeat(self.sweep_dir, self.number, state)
-
-
-class TrialReporter(Callback):
-    """Reports the monitored validation metric to the trial after every epoch (step = epochs completed); when the
-    pruner says stop, every rank stops after this epoch. Puts the trial's number and state into W&B."""
-
-    def __init__(self, study: Any, trial: Any, monitor: str) -> None:
-        import optuna
-
-        self.trial = optuna.trial.Trial(study, trial._trial_id)
-        self.number = trial.number
-        self.study_name = study.study_name
-        self.monitor = monitor
-        self.pruned = False
-
-    def _wandb_runs(self, trainer: Trainer) -> list[Any]:
-        if trainer.global_rank:
-            return []
-        return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-    def _mark(self, trainer: Trainer, state: str) -> None:
-        for run in self._wandb_runs(trainer):
-            run.config.update({"trial/state": state}, allow_val_change=True)
-            run.summary.update({"trial/number": self.number, "trial/state": state})
-            if state == "PRUNED":
-                run.tags = (*run.tags, "pruned")
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for run in self._wandb_runs(trainer):
-            run.config.update(
-                {"trial/number": self.number, "trial/study": self.study_name, "trial/state": "RUNNING"},
-                allow_val_change=True,
-            )
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        prune = False
-        if trainer.global_rank == 0:
-            value = trainer.callback_metrics.get(self.monitor)
-            if value is not None:
-                self.trial.report(float(value), step=trainer.current_epoch + 1)
-                prune = self.trial.should_prune()
-        if trainer.strategy.broadcast(prune, src=0) and trainer.current_epoch + 1 < trainer.max_epochs:
-            self.pruned = True
-            trainer.should_stop = True
-            log.info("trial %d pruned after epoch %d", self.number, trainer.current_epoch + 1)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._mark(trainer, "PRUNED" if self.pruned else "COMPLETE")
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, PreemptedStop):
-            self._mark(trainer, "FAIL")
 
 
 def _segment_token() -> str:
@@ -144,6 +88,14 @@ def _add_to_summary(run_dir: Path, trial: dict[str, Any]) -> None:
 
 
 @dataclass
+class TrialOutcome:
+    """How this start of an array task ended (`preempted`: stopped on a signal with its checkpoint written)."""
+
+    preempted: bool
+    metrics: dict[str, float]
+
+
+@dataclass
 class TrialJob(submitit.helpers.Checkpointable):
     """Array task `task_index` of the search in `sweep_dir`, training on top of the `base` config."""
 
@@ -152,10 +104,13 @@ class TrialJob(submitit.helpers.Checkpointable):
     task_index: int
 
     def __call__(self) -> dict[str, float]:
-        flag = PreemptionFlag().install()
+        return run_preemptible(self._run_trial, submitted=True).metrics
+
+    def _run_trial(self, flag: PreemptionFlag) -> TrialOutcome:
         configure_job_logging()
         compute_node_environment()
         from zoobot_hpc.launch.environment import SubmititEnvironment
+        from zoobot_hpc.launch.trial_reporter import TrialReporter
         from zoobot_hpc.train import run_training
 
         environment = SubmititEnvironment()
@@ -176,7 +131,7 @@ class TrialJob(submitit.helpers.Checkpointable):
             )
         if trial.state.is_finished():
             log.info("trial %d of task %d already ended as %s", trial.number, self.task_index, trial.state.name)
-            return {}
+            return TrialOutcome(preempted=False, metrics={})
         name = trial_run_name(trial.number, trial.params)
         run_dir = sweep_dir / name
         if rank == 0:
@@ -203,7 +158,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         if outcome.preempted:
             if heartbeat is not None:
                 heartbeat.stop("requeued")
-            hand_over_preemption(flag, rank)
+            return TrialOutcome(preempted=True, metrics=outcome.metrics)
         if heartbeat is not None:
             best = (layout.read_json(run_dir / layout.SUMMARY) or {}).get("best")
             if reporter.pruned:
@@ -215,7 +170,7 @@ class TrialJob(submitit.helpers.Checkpointable):
             heartbeat.stop(state.name.lower())
             _add_to_summary(run_dir, {"number": trial.number, "state": state.name, "params": trial.params})
             log.info("trial %d ended as %s", trial.number, state.name)
-        return outcome.metrics
+        return TrialOutcome(preempted=False, metrics=outcome.metrics)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """The requeued task is this same task: it finds its trial again in the study."""
