@@ -72,14 +72,28 @@ def test_config_cli_and_login_commands_leave_torch_unimported(finished_run):
     assert (finished_run / "report" / "runs.csv").exists()
 
 
-@pytest.mark.timeout(120)
-def test_a_real_local_submit_imports_only_what_its_checks_need(tmp_path, demo_dataset):
-    """The submitting process validates the dataset and starts the job; the job (another process) imports torch."""
-    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", trainer__max_epochs=1)
+def _submit_locally(config: Path, name: str, cwd: Path) -> list[str]:
+    """`zoobot-hpc submit` of a local job (cancelled afterwards): the heavy modules the submitting process imported."""
     try:
-        assert heavy_imports("submit", str(config), "name=login-imports", cwd=tmp_path) == []
+        return heavy_imports("submit", str(config), f"name={name}", cwd=cwd)
     finally:
-        run_dir = tmp_path / "runs" / "login-imports"
+        run_dir = cwd / "runs" / name
         if (run_dir / layout.SUBMISSION).exists():
             subprocess.run([sys.executable, "-m", "zoobot_hpc.cli", "cancel", str(run_dir)], check=False)
-    assert layout.read_json(run_dir / layout.SUBMISSION)["executor"] == "local"
+        assert layout.read_json(run_dir / layout.SUBMISSION)["executor"] == "local"
+
+
+@pytest.mark.timeout(180)
+def test_a_real_local_submit_imports_only_what_its_checks_need(tmp_path, demo_dataset):
+    """The submitting process validates the dataset and starts the job; the job (another process) imports torch.
+    Only a config with `scheduler_kwargs` makes it import torch and timm, to build the scheduler; never Lightning."""
+    plain = write_test_config(
+        tmp_path / "plain",
+        demo_dataset,
+        resources__executor="local",
+        trainer__max_epochs=1,
+        model__scheduler_kwargs=None,
+    )
+    assert _submit_locally(plain, "login-imports", tmp_path / "plain") == []
+    scheduled = write_test_config(tmp_path / "scheduled", demo_dataset, resources__executor="local")
+    assert _submit_locally(scheduled, "scheduled", tmp_path / "scheduled") == ["timm", "torch"]

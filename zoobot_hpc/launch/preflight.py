@@ -118,7 +118,10 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
 
 
 def check_scheduler_kwargs(config: RunConfig) -> None:
-    """`model.scheduler_kwargs` builds timm's scheduler (against a dummy optimiser), as the job will."""
+    """`model.scheduler_kwargs` builds timm's scheduler (against a dummy optimiser), as the job will. This is the
+    one check that imports torch and timm, and only for a config that has a scheduler."""
+    if not config.model.scheduler_kwargs:
+        return
     from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
 
     try:
