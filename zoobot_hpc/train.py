@@ -308,6 +308,26 @@ def write_summary(
     )
 
 
+def fit_segment(
+    trainer: L.Trainer,
+    model: FinetuneableZoobotAbstract,
+    datamodule: L.LightningDataModule,
+    resume_from: Path | None,
+    run_dir: Path,
+    flag: PreemptionFlag | None,
+) -> bool:
+    """Fit from `resume_from` until training ends or a stop signal's checkpoint is written; True when stopped."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        preempted = False
+    except PreemptedStop:
+        preempted = True
+        if trainer.global_rank == 0 and flag is not None:
+            record_stop(run_dir, flag)
+    finish_wandb(trainer, preempted)
+    return preempted
+
+
 def run_training(
     config: RunConfig,
     run_dir: Path,
@@ -354,14 +374,7 @@ def run_training(
     resume_from = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
     if trainer.global_rank == 0:
         record_segment(run_dir, config, resume_from)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        preempted = False
-    except PreemptedStop:
-        preempted = True
-        if trainer.global_rank == 0 and flag is not None:
-            record_stop(run_dir, flag)
-    finish_wandb(trainer, preempted)
+    preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     outcome = TrainingOutcome(

@@ -451,6 +451,15 @@ def _read_source(catalog: Path, image_col: str, scaling: ImageScaling | None) ->
     return source
 
 
+def _unique_ids(catalog: Path, frame: pd.DataFrame, id_col: str) -> np.ndarray:
+    """The catalog's ids as strings; a one-line DatasetError when any repeats."""
+    ids = frame[id_col].astype(str).to_numpy(dtype=object)
+    repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+    if len(repeated):
+        raise DatasetError(f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}")
+    return ids
+
+
 def build_dataset(
     catalog: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -480,16 +489,12 @@ def build_dataset(
     (`on_error='skip'`) or fail the build after all other shards are written. Re-running resumes: finished
     shards are reused. The manifest is written last.
     """
-    catalog = Path(catalog)
-    out_dir = Path(out_dir)
+    catalog, out_dir = Path(catalog), Path(out_dir)
     source = _read_source(catalog, image_col, scaling)
     frame, embedded_col = source.frame, source.embedded_col
     columns = ({"image": image_col} if embedded_col is None else {}) | {"id": id_col, "split": split_col}
     _check_build_args(catalog, frame, columns, label_cols, allow_nan, channels, size, on_error)
-    ids = frame[id_col].astype(str).to_numpy(dtype=object)
-    repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
-    if len(repeated):
-        raise DatasetError(f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}")
+    ids = _unique_ids(catalog, frame, id_col)
     labels = _label_arrays(catalog, frame, id_col, label_cols, allow_nan)
     splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,34 @@ def _add_to_summary(run_dir: Path, trial: dict[str, Any]) -> None:
         layout.write_json(run_dir / layout.SUMMARY, {**summary, "trial": trial})
 
 
+def _this_tasks_trial(study: Any, spec: Any, sweep_dir: Path, task_index: int, rank: int) -> Any:
+    """Rank 0 takes the task's trial from the study (its own again after a requeue) and records it for this start;
+    the other ranks wait for that record."""
+    if rank == 0:
+        trial = acquire_trial(study, spec, sweep_dir, task_index)
+        (sweep_dir / TASKS).mkdir(exist_ok=True)
+        task_file = sweep_dir / TASKS / f"task-{task_index}.json"
+        layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
+        return trial
+    number = _await_rank0_trial(sweep_dir, task_index)
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def _finish_trial(study: Any, trial: Any, run_dir: Path, *, pruned: bool, heartbeat: Heartbeat) -> None:
+    """Tell the study how the trial ended (PRUNED, COMPLETE with its best metric, or FAIL without one)."""
+    best = (layout.read_json(run_dir / layout.SUMMARY) or {}).get("best")
+    if pruned:
+        state = study.tell(trial.number, state=_states().PRUNED).state
+    elif best is not None:
+        state = study.tell(trial.number, best).state
+    else:
+        state = study.tell(trial.number, state=_states().FAIL).state
+    heartbeat.stop(state.name.lower())
+    _add_to_summary(run_dir, {"number": trial.number, "state": state.name, "params": trial.params})
+    log.info("trial %d ended as %s", trial.number, state.name)
+
+
 @dataclass
 class TrialOutcome:
     """How this start of an array task ended (`preempted`: stopped on a signal with its checkpoint written)."""
@@ -118,17 +146,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         sweep_dir = Path(self.sweep_dir)
         max_epochs = int(self.base["trainer"]["max_epochs"])
         study, spec, record = load_study(sweep_dir, self.task_index, max_epochs)
-        if rank == 0:
-            trial = acquire_trial(study, spec, sweep_dir, self.task_index)
-            (sweep_dir / TASKS).mkdir(exist_ok=True)
-            task_file = sweep_dir / TASKS / f"task-{self.task_index}.json"
-            layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
-        else:
-            trial = study._storage.get_trial(
-                study._storage.get_trial_id_from_study_id_trial_number(
-                    study._study_id, _await_rank0_trial(sweep_dir, self.task_index)
-                )
-            )
+        trial = _this_tasks_trial(study, spec, sweep_dir, self.task_index, rank)
         if trial.state.is_finished():
             log.info("trial %d of task %d already ended as %s", trial.number, self.task_index, trial.state.name)
             return TrialOutcome(preempted=False, metrics={})
@@ -160,16 +178,7 @@ class TrialJob(submitit.helpers.Checkpointable):
                 heartbeat.stop("requeued")
             return TrialOutcome(preempted=True, metrics=outcome.metrics)
         if heartbeat is not None:
-            best = (layout.read_json(run_dir / layout.SUMMARY) or {}).get("best")
-            if reporter.pruned:
-                state = study.tell(trial.number, state=_states().PRUNED).state
-            elif best is not None:
-                state = study.tell(trial.number, best).state
-            else:
-                state = study.tell(trial.number, state=_states().FAIL).state
-            heartbeat.stop(state.name.lower())
-            _add_to_summary(run_dir, {"number": trial.number, "state": state.name, "params": trial.params})
-            log.info("trial %d ended as %s", trial.number, state.name)
+            _finish_trial(study, trial, run_dir, pruned=reporter.pruned, heartbeat=heartbeat)
         return TrialOutcome(preempted=False, metrics=outcome.metrics)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
