@@ -24,7 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
 from zoobot_hpc.atomic import atomic_path
-from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
+from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"

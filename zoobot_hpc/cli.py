@@ -331,10 +331,10 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     """Run CONFIG in this process or allocation (salloc, workstation, your own sbatch script)."""
     from pathlib import Path
 
+    from zoobot_hpc.compute.node import configure_job_logging
+    from zoobot_hpc.compute.preemption import run_preemptible
     from zoobot_hpc.config import ConfigError, load_config
-    from zoobot_hpc.launch.job import configure_job_logging
     from zoobot_hpc.launch.preflight import PreflightError, check_run_dir
-    from zoobot_hpc.preemption import run_preemptible
     from zoobot_hpc.train import run_training
 
     try:

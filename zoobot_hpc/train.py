@@ -33,12 +33,12 @@ from zoobot_hpc.checkpointing import (
     last_state_checkpoint,
     newest_valid_checkpoint,
 )
+from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, StartupLog, StartupPhases, ThroughputMonitor
-from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.segment_logger import SegmentWandbLogger
 from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
 

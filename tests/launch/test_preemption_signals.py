@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.launch.conftest import write_test_config
+from zoobot_hpc.compute.preemption import PREEMPT_SIGNAL_ENV, PreemptionFlag, parse_signal, run_preemptible
 from zoobot_hpc.config import ConfigError, load_config
 from zoobot_hpc.launch.executor import sbatch_script
-from zoobot_hpc.preemption import PREEMPT_SIGNAL_ENV, PreemptionFlag, parse_signal, run_preemptible
 
 
 @pytest.mark.parametrize(("text", "expected"), [("USR1@60", "SIGUSR1"), ("B:SIGUSR2@90", "SIGUSR2"), ("10", "SIGUSR1")])

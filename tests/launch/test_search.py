@@ -159,7 +159,7 @@ def test_grid_sampler_gives_each_task_its_own_point(tmp_path):
 
 
 def test_the_heartbeat_thread_beats_until_stopped_and_leaves_its_final_state(tmp_path):
-    from zoobot_hpc.launch.trial import Heartbeat
+    from zoobot_hpc.compute.trial_job import Heartbeat
 
     heartbeat = Heartbeat(tmp_path, 3, interval_s=0.05).start()
     first = layout.read_json(heartbeat_path(tmp_path, 3))

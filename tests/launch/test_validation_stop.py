@@ -12,8 +12,8 @@ from tests.launch.conftest import segments, write_test_config
 from tests.launch.probes import step_digests
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import VALIDATION_RERUN_KEY
+from zoobot_hpc.compute.preemption import PreemptionFlag
 from zoobot_hpc.config import load_config
-from zoobot_hpc.preemption import PreemptionFlag
 from zoobot_hpc.train import run_training
 
 

@@ -1,6 +1,6 @@
 """The submitit job of an inference run (SLURM or local executor): preempted, it requeues and skips finished parts.
 
-Preemption follows the training job (`zoobot_hpc.preemption.run_preemptible`): a signal only sets a flag; every
+Preemption follows the training job (`zoobot_hpc.compute.preemption.run_preemptible`): a signal only sets a flag; every
 rank stops at its next batch (its finished part files are safe on disk), then the job ends as the signal asks
 (requeue signal: submitit requeues it; SIGTERM: it waits for SLURM to requeue or cancel it).
 """
@@ -15,6 +15,8 @@ from typing import Any
 
 import submitit
 
+from zoobot_hpc.compute.node import compute_node_environment, configure_job_logging
+from zoobot_hpc.compute.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.inference.request import (
     InferencePlan,
@@ -25,8 +27,6 @@ from zoobot_hpc.inference.request import (
     wait_for_plan,
 )
 from zoobot_hpc.launch.executor import make_executor
-from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging
-from zoobot_hpc.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
 from zoobot_hpc.redaction import redact_config
 
 log = logging.getLogger("zoobot_hpc")
@@ -47,8 +47,8 @@ class InferenceJob(submitit.helpers.Checkpointable):
     def _infer(self, flag: PreemptionFlag) -> Any:
         configure_job_logging()
         compute_node_environment()
+        from zoobot_hpc.compute.environment import SubmititEnvironment
         from zoobot_hpc.inference.loop import run_inference
-        from zoobot_hpc.launch.environment import SubmititEnvironment
 
         return run_inference(
             self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=SubmititEnvironment()

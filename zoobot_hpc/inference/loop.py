@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
 from zoobot_hpc.checkpointing import host_flag_group, keep_own_signal_handlers
+from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag, StopRecord
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
@@ -33,7 +34,6 @@ from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
 from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.preemption import PreemptedStop, PreemptionFlag, StopRecord
 
 log = logging.getLogger("zoobot_hpc")
 

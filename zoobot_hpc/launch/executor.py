@@ -7,8 +7,8 @@ from pathlib import Path
 
 import submitit
 
+from zoobot_hpc.compute.preemption import PREEMPT_SIGNAL_ENV, parse_signal
 from zoobot_hpc.config import ConfigError, RunConfig
-from zoobot_hpc.preemption import PREEMPT_SIGNAL_ENV, parse_signal
 
 
 def requeue_signal_name(config: RunConfig) -> str:

@@ -1,5 +1,5 @@
 """`zoobot-hpc submit CONFIG --search SEARCH.yaml`: check a search on the login node, create its study, submit one
-job array of `trials` tasks, `parallel` at a time; each task asks the study for its trial (launch/trial.py)."""
+job array of `trials` tasks, `parallel` at a time; each task asks the study for its trial (compute/trial_job.py)."""
 
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def describe_search(plan: SearchPlan) -> str:
 
 def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     """Check everything, create the study, submit the job array; returns the submitit jobs."""
+    from zoobot_hpc.compute.trial_job import TrialJob
     from zoobot_hpc.launch.executor import make_executor
     from zoobot_hpc.launch.preflight import preflight
-    from zoobot_hpc.launch.trial import TrialJob
 
     preflight([plan.config], plan.executor, plan.base_dir, allow_download=allow_download)
     if (plan.base_dir / SEARCH).exists():

@@ -11,6 +11,7 @@ import submitit
 
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.compute.training_job import TrainingJob
 from zoobot_hpc.config import (
     ConfigError,
     RunConfig,
@@ -21,7 +22,6 @@ from zoobot_hpc.config import (
     load_yaml,
 )
 from zoobot_hpc.launch.executor import make_executor, sbatch_script
-from zoobot_hpc.launch.job import TrainingJob
 from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
 from zoobot_hpc.launch.status import process_start_ticks

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from zoobot_hpc.preemption import PreemptedStop
+from zoobot_hpc.compute.preemption import PreemptedStop
 from zoobot_hpc.segment_logger import SegmentWandbLogger
 
 log = logging.getLogger("zoobot_hpc")

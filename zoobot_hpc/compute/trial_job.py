@@ -16,8 +16,9 @@ from typing import Any
 import submitit
 
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.compute.node import compute_node_environment, configure_job_logging
+from zoobot_hpc.compute.preemption import PreemptionFlag, run_preemptible
 from zoobot_hpc.config import RunConfig, apply_override
-from zoobot_hpc.launch.job import compute_node_environment, configure_job_logging
 from zoobot_hpc.launch.search import (
     TASKS,
     acquire_trial,
@@ -25,7 +26,6 @@ from zoobot_hpc.launch.search import (
     trial_run_name,
     write_heartbeat,
 )
-from zoobot_hpc.preemption import PreemptionFlag, run_preemptible
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -137,8 +137,8 @@ class TrialJob(submitit.helpers.Checkpointable):
     def _run_trial(self, flag: PreemptionFlag) -> TrialOutcome:
         configure_job_logging()
         compute_node_environment()
-        from zoobot_hpc.launch.environment import SubmititEnvironment
-        from zoobot_hpc.launch.trial_reporter import TrialReporter
+        from zoobot_hpc.compute.environment import SubmititEnvironment
+        from zoobot_hpc.compute.trial_reporter import TrialReporter
         from zoobot_hpc.train import run_training
 
         environment = SubmititEnvironment()
