@@ -60,6 +60,17 @@ class SlurmCluster:
         lines = self.run(*args).stdout.splitlines()
         return [dict(zip(SACCT_FIELDS, line.split("|"), strict=True)) for line in lines if line]
 
+    def settled_accounting(self, job_id: str | int, timeout: float = 30) -> list[dict[str, str]]:
+        """The job's allocation records once accounting has caught up with the controller: slurmdbd records a
+        job's end a moment after squeue shows it, so wait until no record is still PENDING or RUNNING."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.sacct(job_id, allocations_only=True)
+            unsettled = [r for r in records if r["State"].split()[0] in ("PENDING", "RUNNING")]
+            if (records and not unsettled) or time.monotonic() > deadline:
+                return records
+            time.sleep(0.2)
+
     def states(self, job_id: str | int) -> list[str]:
         """Current state of a job, or of each task of an array job; empty while SLURM does not know it yet."""
         queue = self.run("squeue", "--noheader", "--states=all", "--jobs", str(job_id), "--format=%T", check=False)

@@ -42,7 +42,7 @@ def test_predict_preempted_by_sigterm_is_requeued_by_slurm_and_writes_the_uninte
     slurm_cluster.preempt_low_jobs_on(node)
     slurm_cluster.wait_for_state(job.job_id, ["COMPLETED"], timeout=240)
 
-    runs = slurm_cluster.sacct(job.job_id, allocations_only=True)
+    runs = slurm_cluster.settled_accounting(job.job_id)
     assert [r["State"] for r in runs] == ["PREEMPTED", "COMPLETED"], runs
     log = job.paths.stdout.read_text()
     assert "preemption signal (SIGTERM): stopping rank 0" in log

@@ -102,7 +102,7 @@ def test_search_prunes_resumes_a_preempted_trial_and_survives_a_crash(tmp_path, 
 
     best = study.best_trial
     assert (sweep_dir / best.user_attrs["run_dir"] / layout.CHECKPOINTS / "best.ckpt").exists()
-    job_states = {record["JobID"]: record["State"] for record in slurm_cluster.sacct(array_id, allocations_only=True)}
+    job_states = {record["JobID"]: record["State"] for record in slurm_cluster.settled_accounting(array_id)}
     assert job_states.pop(f"{array_id}_{CRASH_TASK}") == "FAILED"
     assert set(job_states.values()) == {"COMPLETED"}, job_states
 
