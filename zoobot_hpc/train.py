@@ -358,6 +358,7 @@ def run_training(
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(config, model)
+    model.count_train_batches = lambda: len(datamodule.train_dataloader())
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
     trainer = build_training_trainer(

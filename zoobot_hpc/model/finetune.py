@@ -112,6 +112,8 @@ class FinetuneableZoobotAbstract(L.LightningModule):
             f"encoder={type(encoder).__name__ if encoder is not None else None}",
         )
         self.save_hyperparameters(ignore=["encoder"])
+        # Training batches per epoch, passed in by the training code from its datamodule (see _updates_per_epoch).
+        self.count_train_batches: Callable[[], int] | None = None
         self.hparams.scheduler_kwargs = validate_scheduler_kwargs(scheduler_kwargs)
         self.hparams.timm_kwargs = None if timm_kwargs is None else dict(timm_kwargs)
         self.metrics = nn.ModuleDict()
@@ -275,16 +277,15 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def _updates_per_epoch(self) -> int:
-        """Optimiser steps per epoch, from the datamodule's own train loader when there is one.
+        """Optimiser steps per epoch, from `count_train_batches` (the training code's datamodule) when given.
 
         Asking the Trainer instead (`estimated_stepping_batches`) builds its train loader before a checkpoint is
         restored, and Lightning then never loads the loader's (sampler's) state: a mid-epoch resume would replay
-        the epoch from its first batch.
+        the epoch from its first batch. So the Trainer is asked only when no count was passed in.
         """
         trainer = self.trainer
-        datamodule = trainer.datamodule
-        if datamodule is not None and hasattr(datamodule, "train_dataloader"):
-            batches = len(datamodule.train_dataloader())
+        if self.count_train_batches is not None:
+            batches = self.count_train_batches()
             limit = trainer.limit_train_batches
             if isinstance(limit, int):
                 batches = min(batches, limit)
