@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 
 from zoobot_hpc import atomic
@@ -24,3 +26,20 @@ def test_a_failed_write_keeps_the_old_target_and_leaves_no_temporary_file(tmp_pa
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"complete"
     assert [p.name for p in tmp_path.iterdir()] == ["part.h5"]
+
+
+def test_processes_writing_the_same_small_file_at_once_never_fail_and_leave_it_whole(tmp_path):
+    """Every rank of a job writes the run's W&B id (and `train` under srun its config): with one shared temp name,
+    one rank's rename took the other's temp file away (FileNotFoundError on a 2-node job)."""
+    target = tmp_path / "wandb_run_id"
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        pool.map(_write_many, [(str(target), f"writer{i}") for i in range(4)])
+    assert target.read_text() in {f"writer{i}\n" for i in range(4)}
+    assert [p.name for p in tmp_path.iterdir()] == ["wandb_run_id"]
+
+
+def _write_many(args: tuple[str, str]) -> None:
+    target, text = args
+    for _ in range(300):
+        atomic.write_text(target, text + "\n")

@@ -9,6 +9,7 @@ their manifest, inference part files and tables, and the embedding cache. Standa
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,9 +58,16 @@ def atomic_path(target: str | os.PathLike, tmp_suffix: str = ".tmp") -> Iterator
         tmp.unlink(missing_ok=True)
 
 
+def writer_suffix() -> str:
+    """A temporary-file suffix unique to this process on this host, for targets several ranks may write at once."""
+    return f".tmp.{socket.gethostname()}.{os.getpid()}"
+
+
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `target` atomically and durably."""
-    with atomic_path(target) as tmp:
+    """Write `data` to `target` atomically and durably. Safe when several processes write the same small file at
+    once (every rank writes the run's W&B id, `zoobot-hpc train` under srun its config): each has its own temp file,
+    and the last rename wins whole."""
+    with atomic_path(target, writer_suffix()) as tmp:
         tmp.write_bytes(data)
 
 

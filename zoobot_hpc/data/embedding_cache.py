@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zoobot_hpc.atomic import atomic_path
+from zoobot_hpc.atomic import atomic_path, writer_suffix
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
@@ -137,7 +136,7 @@ def compute_embedding_cache(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = copy.deepcopy(encoder).to(device).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, f".tmp.{socket.gethostname()}.{os.getpid()}") as tmp, h5py.File(tmp, "w") as handle:
+    with atomic_path(path, writer_suffix()) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec), default=list)
         for split in spec.splits:
             dataset = ShardDataset(dataset_dir, split, label_cols=None, locking=locking)
