@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from tests.data.test_dataset import write_dataset
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
-from zoobot_hpc.data.datamodule import ShardDataModule, _blocks_signal
+from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.sampler import ResumableDataLoader
+from zoobot_hpc.data.workers import _blocks_signal
 
 AUGMENT = AugmentConfig(output_size=24)
 

@@ -26,20 +26,7 @@ from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
-from zoobot_hpc.data.workers import (  # re-exported: where loaders used to find them
-    _blocks_signal,
-    loader_settings,
-    set_hdf5_locking_env,
-    worker_context,
-)
-
-__all__ = [
-    "ShardDataModule",
-    "SplitLoaders",
-    "_blocks_signal",
-    "set_hdf5_locking_env",
-    "worker_context",
-]
+from zoobot_hpc.data.workers import loader_settings
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
 
