@@ -166,17 +166,9 @@ _CANDELS_DEPENDENCIES: Dependencies = {
     "merging": None,
 }
 # GZ Cosmic Dawn (HSC) and GZ Euclid (which adds ghosts to the artifact answers)
-_COSMIC_DAWN_PAIRS: Pairs = {
+_COSMIC_DAWN_PAIRS: Pairs = {  # DECaLS' questions, a "problem" branch instead of "artifact", clumps
+    **_DECALS_PAIRS,
     "smooth-or-featured": ["_smooth", "_featured-or-disk", "_problem"],
-    "disk-edge-on": ["_yes", "_no"],
-    "has-spiral-arms": ["_yes", "_no"],
-    "bar": ["_strong", "_weak", "_no"],
-    "bulge-size": ["_dominant", "_large", "_moderate", "_small", "_none"],
-    "how-rounded": ["_round", "_in-between", "_cigar-shaped"],
-    "edge-on-bulge": ["_boxy", "_none", "_rounded"],
-    "spiral-winding": ["_tight", "_medium", "_loose"],
-    "spiral-arm-count": ["_1", "_2", "_3", "_4", "_more-than-4", "_cant-tell"],
-    "merging": ["_none", "_minor-disturbance", "_major-disturbance", "_merger"],
     "clumps": ["_yes", "_no"],
     "problem": ["_star", "_artifact", "_zoom"],
     "artifact": ["_satellite", "_scattered", "_diffraction", "_ray", "_saturation", "_other"],
