@@ -7,6 +7,8 @@
 #   cluster.sh stop   [--root DIR]                                  cancel jobs, stop every daemon
 #   cluster.sh status [--root DIR]                                  exit 0 when running, 1 otherwise
 #   cluster.sh env    [--root DIR]                                  print `export SLURM_CONF=...`
+#   cluster.sh fail-node NODE [--root DIR]                          NODE stops answering, its jobs' processes too
+#   cluster.sh reboot-node NODE [--root DIR]                        kill what ran on NODE, start its slurmd again
 #
 # Everything lives under the root (default $ZOOBOT_SLURM_ROOT or /tmp/zoobot-hpc-slurm); see slurm/README.md.
 set -euo pipefail
@@ -23,6 +25,11 @@ PREEMPTION=0
 PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5
+# JobRequeue=0 (slurm.conf): as on sites where jobs are not requeued unless submitted with --requeue (zoobot-hpc's
+# are); a node failure or a preemption then cancels any other job instead of requeueing it.
+# A node that stops answering is set DOWN (and its jobs requeued with NODE_FAIL) after this (SLURM's default: 300 s);
+# slurmctld pings every third of it, so a lost node is noticed 20-30 s after it stops.
+SLURMD_TIMEOUT_S=20
 CTLD_PORT=6817
 DBD_PORT=6819
 FIRST_NODE_PORT=17001
@@ -33,7 +40,7 @@ DAEMON_MARKER=ZOOBOT_SLURM_DAEMON_ROOT
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
-    sed -n '5,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -74,6 +81,7 @@ started_daemons() { cat "$PID_DIR/order" 2>/dev/null || true; }
 launch() {
     local name=$1
     shift
+    cd / # a daemon's working directory is its job steps': it must outlive whatever folder the caller is in
     setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
         SLURM_CONF="$CONF" "$DAEMON_MARKER=$ROOT" "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1 &
     local pid=$! waited=0
@@ -268,6 +276,8 @@ SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1
 ReturnToService=2
+JobRequeue=0
+SlurmdTimeout=$SLURMD_TIMEOUT_S
 KillWait=5
 MinJobAge=300
 FirstJobId=$first_job_id
@@ -468,6 +478,64 @@ show_status() {
     return 1
 }
 
+# ---------------------------------------------------------------- node failure
+
+# slurmstepd PIDs of a node: each listens on a socket in that node's spool folder.
+stepd_pids_of() {
+    ss -Hxlp 2>/dev/null | awk -v spool="$ROOT/spool/slurmd-$1/" '
+        index($0, spool) { while (match($0, /pid=[0-9]+/)) { print substr($0, RSTART + 4, RLENGTH - 4); $0 = substr($0, RSTART + RLENGTH) } }' |
+        sort -u
+}
+
+node_pids() {
+    local pids
+    pids="$(pid_of "slurmd-$1") $(stepd_pids_of "$1")"
+    # shellcheck disable=SC2086
+    [[ -n ${pids// /} ]] && with_descendants $pids
+    return 0
+}
+
+require_node() {
+    local nodes
+    nodes=$(started_daemons | sed -n 's/^slurmd-//p' | tr '\n' ' ')
+    [[ -n ${NODE:-} ]] || die "$COMMAND needs a node name (nodes at $ROOT: ${nodes:-none})"
+    [[ -e $PID_DIR/slurmd-$NODE.pid ]] || die "no slurmd-$NODE was started at $ROOT (nodes: ${nodes:-none})"
+}
+
+# As a node that lost power or its network looks from the others: its slurmd, its job steps and their tasks stop
+# at once (SIGSTOP: their connections stay open, so peers block instead of seeing a reset). slurmctld sets the node
+# DOWN after SlurmdTimeout and requeues its jobs (NODE_FAIL, jobs that allow requeue). `reboot-node` ends it.
+fail_node() {
+    require_node
+    local pids
+    pids=$(node_pids "$NODE")
+    # shellcheck disable=SC2086
+    kill -STOP $pids
+    echo "node $NODE stopped answering (processes $(echo $pids | tr '\n' ' ')); SLURM sets it DOWN within" \
+        "$((SLURMD_TIMEOUT_S * 3 / 2))s"
+}
+
+# Power the node back on: every process that ran there is gone, its slurmd starts afresh and registers;
+# ReturnToService=2 makes a node that was DOWN for not responding usable again.
+reboot_node() {
+    require_node
+    local pids
+    pids=$(node_pids "$NODE")
+    # shellcheck disable=SC2086
+    [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    while is_alive "slurmd-$NODE"; do sleep 0.1; done
+    rm -f "$PID_DIR/slurmd-$NODE.pid"
+    sed -i "/^slurmd-$NODE\$/d" "$PID_DIR/order"
+    launch "slurmd-$NODE" slurmd -D -N "$NODE" -f "$CONF"
+    local deadline=$((SECONDS + START_TIMEOUT_S))
+    until [[ $(SLURM_CONF=$CONF sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n 1) =~ ^(idle|mixed|allocated)$ ]]; do
+        is_alive "slurmd-$NODE" || die "slurmd-$NODE exited after the reboot: see $LOG_DIR/slurmd-$NODE.log"
+        ((SECONDS < deadline)) || die "node $NODE did not come back within ${START_TIMEOUT_S}s"
+        sleep 0.2
+    done
+    echo "node $NODE rebooted: $(SLURM_CONF=$CONF sinfo -h -N -n "$NODE" -o %T | head -n 1)"
+}
+
 # ---------------------------------------------------------------- command line
 
 COMMAND=${1:-}
@@ -493,7 +561,11 @@ while (($# > 0)); do
         ROOT=${2:?--root needs a value}
         shift 2
         ;;
-    *) die "unknown option '$1' (see: $HERE/cluster.sh with no arguments)" ;;
+    *)
+        [[ $COMMAND == *-node && -z ${NODE:-} && $1 != -* ]] || die "unknown option '$1' (see: $HERE/cluster.sh with no arguments)"
+        NODE=$1
+        shift
+        ;;
     esac
 done
 [[ $NODES =~ ^[0-9]+$ ]] || die "--nodes must be a positive integer, got '$NODES'"
@@ -504,6 +576,8 @@ case $COMMAND in
 start) start_cluster ;;
 stop) stop_cluster ;;
 status) show_status ;;
+fail-node) fail_node ;;
+reboot-node) reboot_node ;;
 env)
     [[ -r $CONF ]] || die "no cluster configuration at $CONF: run 'cluster.sh start' first"
     printf 'export SLURM_CONF=%q\nexport ZOOBOT_SLURM_ROOT=%q\n' "$CONF" "$ROOT"

@@ -113,6 +113,15 @@ class SlurmCluster:
         )
         return submitted.stdout.strip()
 
+    def fail_node(self, node: str) -> None:
+        """`node` stops answering, with every process of its job steps (`cluster.sh fail-node`): SLURM sets it
+        DOWN after SlurmdTimeout and requeues its jobs."""
+        _check(_cluster_command("fail-node", self.root, node))
+
+    def reboot_node(self, node: str) -> None:
+        """`node` comes back empty (`cluster.sh reboot-node`), and idle once this returns."""
+        _check(_cluster_command("reboot-node", self.root, node, timeout=START_TIMEOUT_S))
+
     def wait_for_state(self, job_id: str | int, states: Iterable[str], timeout: float = 60) -> str:
         """Wait until the job (every task of an array) is in one of `states`; return that state.
 
@@ -143,6 +152,11 @@ def _cluster_command(command: str, root: Path, *args: str, timeout: float = 60) 
         timeout=timeout,
         check=False,
     )
+
+
+def _check(done: subprocess.CompletedProcess[str]) -> None:
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(done.args)} failed: {(done.stdout + done.stderr)[-2000:]}")
 
 
 def _ensure_packages() -> None:

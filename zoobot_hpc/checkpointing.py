@@ -166,9 +166,12 @@ class ResumeCheckpointer(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            loader = trainer.train_dataloader
+            if hasattr(loader, "record_epoch_done"):
+                loader.record_epoch_done()
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0

@@ -153,6 +153,32 @@ class LogLineProgress(Callback):
         log.info("epoch %d validation: %s", trainer.current_epoch + 1, metrics)
 
 
+class SegmentHeartbeat(Callback):
+    """Records how far this start of the job got, in its line of `segments.jsonl` (`reached_step`, `reached_at`):
+    at most every `every_s` seconds and when training ends (rank 0). A job that dies without saving (a lost node,
+    a kill) leaves this as its last word: `status` compares it with the step the next start resumed from to tell
+    how much work was redone."""
+
+    def __init__(self, run_dir: Path, every_s: float = 5.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def _record(self, trainer: Trainer) -> None:
+        layout.update_last_segment(self.run_dir, {"reached_step": trainer.global_step, "reached_at": time.time()})
+        self._last = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_rank == 0 and time.monotonic() - self._last >= self.every_s:
+            self._record(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank == 0:
+            self._record(trainer)
+
+
 class ProgressFile(Callback):
     """Rewrites RUN_DIR/progress.json after each validation (read by `zoobot-hpc status`)."""
 

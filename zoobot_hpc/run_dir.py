@@ -3,8 +3,9 @@
 ```
 RUN_DIR/config.yaml         the resolved config this run trains
 RUN_DIR/submission.json     how it was submitted (executor, job id, array index, submitit folder)
-RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several); a segment stopped by a
-                            signal adds `stop`, `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
+RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several): the step it resumed from,
+                            how far it got (`reached_step`, every few seconds); one stopped by a signal adds `stop`,
+                            `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends
 RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
@@ -15,7 +16,9 @@ RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobo
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,28 @@ def find_run_dirs(path: Path) -> list[Path]:
     if (path / CONFIG).exists():
         return [path]
     return sorted(p.parent for p in path.glob(f"*/{CONFIG}"))
+
+
+@dataclass(frozen=True)
+class RedoneWork:
+    """Steps a start of the job trained again: its predecessor reached `reached_step` and saved nothing after
+    `resumed_step` (a lost node, a kill), or saved less than it trained."""
+
+    segment: int
+    resumed_step: int
+    reached_step: int
+
+    @property
+    def steps(self) -> int:
+        return self.reached_step - self.resumed_step
+
+
+def redone_work(segments: list[dict[str, Any]]) -> list[RedoneWork]:
+    """Each restart that resumed from a step before where the previous start had got to (by its last record)."""
+    redone = []
+    for number, (before, after) in enumerate(itertools.pairwise(segments), start=1):
+        reached = max(before.get("reached_step") or 0, before.get("stop_step") or 0)
+        resumed = after.get("resumed_step")
+        if resumed is not None and reached > resumed:
+            redone.append(RedoneWork(segment=number, resumed_step=resumed, reached_step=reached))
+    return redone

@@ -32,13 +32,21 @@ from zoobot_hpc.checkpointing import (
     keep_own_signal_handlers,
     last_state_checkpoint,
     newest_valid_checkpoint,
+    stored_step,
 )
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.monitoring import LogLineProgress, ProgressFile, StartupLog, StartupPhases, ThroughputMonitor
+from zoobot_hpc.monitoring import (
+    LogLineProgress,
+    ProgressFile,
+    SegmentHeartbeat,
+    StartupLog,
+    StartupPhases,
+    ThroughputMonitor,
+)
 from zoobot_hpc.segment_logger import SegmentWandbLogger
 from zoobot_hpc.tracking import create_wandb_logger, scheduler_job_key
 
@@ -216,6 +224,7 @@ def build_callbacks(
         last_state_checkpoint(run_dir / layout.CHECKPOINTS),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
+        SegmentHeartbeat(run_dir),
         LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += build_extra_callbacks(config)
@@ -278,6 +287,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "host": socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
+            "resumed_step": stored_step(resume_from) if resume_from else 0,
             "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
         },
     )
@@ -301,6 +311,7 @@ def write_summary(
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "requeues": requeue_count,
+            "redone_steps": sum(redo.steps for redo in layout.redone_work(layout.read_segments(run_dir))),
             "images_per_sec": throughput.images_per_sec if throughput else None,
             "metrics": outcome.metrics,
             "finished": time.time(),

@@ -175,10 +175,13 @@ class SleepUntilRequeued(submitit.helpers.Checkpointable):
 def slurm_executor(
     slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> submitit.AutoExecutor:
-    """A submitit executor on the cluster whose tasks can import this test module."""
+    """A submitit executor on the cluster whose tasks can import this test module (jobs must ask for requeue:
+    the cluster has `JobRequeue=0`)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-    executor.update_parameters(timeout_min=5, cpus_per_task=1, slurm_signal_delay_s=30)
+    executor.update_parameters(
+        timeout_min=5, cpus_per_task=1, slurm_signal_delay_s=30, slurm_additional_parameters={"requeue": True}
+    )
     return executor
 
 

@@ -4,8 +4,11 @@ One uninterrupted 2-node run (`debug`, never preempted) is the baseline of every
 optimiser step (rank 0's digest) and at the end of training. The scenarios run alongside it:
 - a `low` job preempted twice by `high` jobs (SLURM's SIGTERM, requeued by SLURM), then `scancel`led and resumed
   with `zoobot-hpc resume`;
-- a `debug` job whose real time limit sends USR2 (SLURM's own `--signal`), requeued twice, then out of requeues.
-Every step either run trained must end with the baseline's weights, bit for bit.
+- a `debug` job whose real time limit sends USR2 (SLURM's own `--signal`), requeued twice, then out of requeues;
+- `zoobot-hpc train` under a user's own sbatch script without `--signal`: the time limit's SIGTERM saves and requeues;
+- (last, once the others are done) a `debug` job whose second node is lost mid-epoch: SLURM requeues it (NODE_FAIL)
+  and it resumes from its newest periodic checkpoint.
+Every step any run trained must end with the baseline's weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from tests.launch.conftest import segments, wait_for, write_test_config
 from tests.launch.probes import step_digests
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.checkpointing import newest_valid_checkpoint, stored_step
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -70,6 +74,27 @@ def submit_run(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float = 0
     )
     submit_plan(plan_runs(config))
     return tmp_path / "runs" / name
+
+
+def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float) -> tuple[Path, str]:
+    """`zoobot-hpc train` of the baseline's config under a plain sbatch script with a 1-minute limit and no
+    `--signal` (slurm/sbatch_template.sh without that line); returns the run dir and the job id."""
+    probe = {
+        "class_path": "tests.launch.probes.StepDigests",
+        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": step_sleep_s},
+    }
+    config = write_test_config(
+        tmp_path, dataset, name=name, resources__nodes=2, trainer__max_epochs=MAX_EPOCHS, trainer__callbacks=[probe]
+    )
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"#SBATCH --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --time=1 --requeue --open-mode=append\n"
+        f"#SBATCH --output={tmp_path / 'job.out'}\n"
+        f"srun --kill-on-bad-exit=1 {sys.executable} -m zoobot_hpc.cli train {config}\n"
+    )
+    submitted = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True)
+    return tmp_path / "runs" / name, submitted.stdout.strip()
 
 
 def job_of(run_dir: Path) -> str:
@@ -126,7 +151,15 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         resources__max_time_limit_requeues=2,
         resources__sbatch_extra={"time": "2:00"},
     )
-    return {"root": root, "preempted": preempted, "baseline": baseline, "time-limit": time_limited}
+    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script", step_sleep_s=2.0)
+    return {
+        "own-script": own_script,
+        "root": root,
+        "demo_dataset": demo_dataset,
+        "preempted": preempted,
+        "baseline": baseline,
+        "time-limit": time_limited,
+    }
 
 
 @pytest.mark.timeout(480)
@@ -184,3 +217,77 @@ def test_real_time_limit_requeues_twice_then_the_run_ends_and_status_says_why(ru
     reached = [0] + [s["stop_step"] for s in starts]
     trained = sum(after > before for before, after in itertools.pairwise(reached))
     assert trained >= 2, f"steps reached at each stop {reached[1:]}: too few segments trained to test the resume"
+
+
+@pytest.mark.timeout(420)
+def test_time_limit_sigterm_without_a_signal_before_it_saves_and_requeues(runs, slurm_cluster):
+    run_dir, job = runs["own-script"]
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=400)
+    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    assert len(states) >= 2 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", states
+    starts = segments(run_dir)
+    assert len(starts) == len(states), starts
+    assert [s.get("stop") for s in starts] == ["SIGTERM"] * (len(starts) - 1) + [None], starts
+    for before, after in itertools.pairwise(starts):
+        assert after["resumed_step"] == before["stop_step"], (before, after)
+    log = (runs["root"] / "own-script" / "job.out").read_text()
+    assert "the SIGTERM was SLURM's time limit" in log, log[-3000:]
+
+    slurm_cluster.wait_for_state(job_of(runs["baseline"]), ["COMPLETED"], timeout=300)
+    assert_steps_match(runs["root"] / "own-script" / "probe", runs["root"] / "baseline" / "probe")
+    assert_same_final_weights(runs["root"] / "own-script" / "probe", runs["root"] / "baseline" / "probe")
+
+
+LOST_NODE = "n2"
+PERIODIC_STEPS = 8  # checkpoint_every_n_steps of the lost-node run: the most work a lost node may cost
+
+
+def newest_saved_step(run_dir: Path) -> int:
+    newest = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
+    return stored_step(newest) if newest else 0
+
+
+def trained_past_newest_checkpoint(run_dir: Path):
+    """The step the running start has reported (its heartbeat), once that is past its newest checkpoint."""
+
+    def check() -> int | None:
+        starts = segments(run_dir)
+        reached = starts[-1].get("reached_step", 0) if starts else 0
+        return reached if reached > newest_saved_step(run_dir) else None
+
+    return check
+
+
+@pytest.mark.timeout(600)
+def test_lost_node_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster, tmp_path):
+    wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), 420, "the other runs to end")
+    run_dir = submit_run(
+        tmp_path, runs["demo_dataset"], "lost-node", step_sleep_s=0.5, trainer__checkpoint_every_n_steps=PERIODIC_STEPS
+    )
+    job = job_of(run_dir)
+    try:
+        wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 240, "a periodic checkpoint")
+        wait_for(trained_past_newest_checkpoint(run_dir), 60, "training past the newest checkpoint")
+        saved_before = newest_saved_step(run_dir)
+        slurm_cluster.fail_node(LOST_NODE)
+        slurm_cluster.wait_for_state(job, ["PENDING"], timeout=90)
+    finally:
+        slurm_cluster.reboot_node(LOST_NODE)
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=300)
+
+    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    assert states == ["NODE_FAIL", "COMPLETED"], states
+    lost, resumed = segments(run_dir)
+    assert "stop" not in lost, lost
+    assert resumed["resumed_step"] == saved_before, (saved_before, resumed)
+    redone = lost["reached_step"] - resumed["resumed_step"]
+    assert 0 < redone <= PERIODIC_STEPS, (lost, resumed)
+    assert layout.read_json(run_dir / layout.SUMMARY)["redone_steps"] == redone
+
+    status = cli("status", str(run_dir))
+    expected = f"{redone} steps redone (steps {saved_before}-{lost['reached_step']}, restart 1 after NODE_FAIL)"
+    assert expected in status.stdout, status.stdout
+    assert "requeues=1" in status.stdout, status.stdout
+
+    assert_steps_match(tmp_path / "probe", runs["root"] / "baseline" / "probe")
+    assert_same_final_weights(tmp_path / "probe", runs["root"] / "baseline" / "probe")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 from click.testing import CliRunner
 
-from tests.launch.conftest import final_weights, write_test_config
+from tests.launch.conftest import assert_same_weights, final_weights, write_test_config
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import newest_valid_checkpoint, stored_step
 from zoobot_hpc.cli import main
@@ -28,6 +32,7 @@ def test_train_runs_in_process_and_a_second_call_resumes_the_same_run(tmp_path, 
     starts = layout.read_segments(run_dir)
     assert len(starts) == 2
     assert starts[1]["resumed_from"].endswith("last.ckpt")
+    assert starts[0]["reached_step"] == starts[1]["resumed_step"] == 4  # the heartbeat at the end of training
     assert layout.read_json(run_dir / layout.SUMMARY)["epochs"] == 2
     assert (run_dir / layout.WANDB_RUN_ID).read_text() == run_id
 
@@ -86,3 +91,33 @@ def test_last_checkpoint_follows_the_periodic_checkpoint_when_a_run_dies(tmp_pat
     assert stored_step(checkpoints / "best.ckpt") == 4
     assert stored_step(checkpoints / "resume.ckpt") == 6
     assert stored_step(checkpoints / "last.ckpt") == 6
+
+
+def train_in_subprocess(config) -> subprocess.CompletedProcess[str]:
+    """`zoobot-hpc train` as a user runs it: a process of its own, with its own W&B service (not the one this
+    test process may have started for in-process runs, which would still hold a crashed run's id)."""
+    command = [sys.executable, "-m", "zoobot_hpc.cli", "train", str(config)]
+    env = {name: value for name, value in os.environ.items() if name != "WANDB_SERVICE"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False, env=env)
+
+
+def test_resuming_from_the_checkpoint_of_an_epochs_end_with_loader_workers_is_exact(tmp_path, demo_dataset):
+    """A run that dies early in an epoch resumes from `last.ckpt` of the previous epoch's end (a lost node without
+    a periodic checkpoint since). Lightning does not restore the train loader's state from such a checkpoint, and
+    loader workers prefetch before Lightning sets the new epoch: the datamodule's own copy of the sampler position
+    keeps the resumed epoch's sample order."""
+    settings = dict(trainer__max_epochs=2, trainer__limit_train_batches=6, data__num_workers=2)
+    reference = write_test_config(tmp_path / "reference", demo_dataset, name="reference", **settings)
+    assert train_in_subprocess(reference).returncode == 0
+    crash = {"class_path": "tests.launch.probes.CrashOnRank", "init_args": {"rank": 0, "step": 8}}
+    dies = write_test_config(tmp_path / "dies", demo_dataset, name="dies", trainer__callbacks=[crash], **settings)
+    assert train_in_subprocess(dies).returncode != 0
+    run_dir = tmp_path / "dies" / "runs" / "dies"
+    assert newest_valid_checkpoint(run_dir / layout.CHECKPOINTS).name == "last.ckpt"
+    assert stored_step(run_dir / layout.CHECKPOINTS / "last.ckpt") == 6
+
+    resumed = write_test_config(tmp_path / "dies", demo_dataset, name="dies", **settings)
+    finished = train_in_subprocess(resumed)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert layout.read_segments(run_dir)[-1]["resumed_step"] == 6
+    assert_same_weights(final_weights(run_dir), final_weights(tmp_path / "reference" / "runs" / "reference"))

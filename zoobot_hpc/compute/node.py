@@ -20,9 +20,12 @@ def configure_job_logging() -> None:
 
 
 def compute_node_environment() -> None:
-    """Compute nodes read weights from the cache the login node filled; they never try to download."""
+    """Compute nodes read weights from the cache the login node filled; they never try to download. Each job
+    process starts its own W&B service: a `WANDB_SERVICE` inherited from the submitting process (a notebook that
+    used W&B) names a service on another machine, or one in which a killed predecessor's run is still "in use"."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "300")
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def start_loader_forkserver(config: dict[str, Any]) -> None:

@@ -144,6 +144,20 @@ def wait_to_be_ended() -> None:
         time.sleep(60)
 
 
+def ended_by_time_limit() -> bool:
+    """SLURM is ending this job for its time limit (`Reason=TimeLimit`): the SIGTERM was the limit itself, with no
+    requeue signal before it (none asked for, or a save that outlasted `signal_delay_s`). Such a job can still be
+    requeued until it is killed (`KillWait`, 30 s by default)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "Reason=TimeLimit" in shown.stdout
+
+
 def requeue_own_job() -> None:
     """Requeue the SLURM job we run in (`zoobot-hpc train` under the user's own sbatch script), from rank 0."""
     job_id = os.environ["SLURM_JOB_ID"]
@@ -154,12 +168,16 @@ def requeue_own_job() -> None:
 
 def end_stopped_job(flag: PreemptionFlag, rank: int, submitted: bool) -> None:
     """After every rank stopped and saved: SIGTERM waits for SLURM (under SLURM), the requeue signal requeues
-    (submitit's handler on rank 0 when `submitted`, else `scontrol requeue`). Never returns.
+    (submitit's handler on rank 0 when `submitted`, else `scontrol requeue`), and so does a SIGTERM that was the
+    time limit itself (rank 0 asks SLURM; the other ranks wait to be ended). Never returns.
 
     Under submitit no rank may return: a returned callable would write a "success" result.
     """
     sys.stdout.flush()
     terminated = flag.stopped.terminated if flag.stopped else flag.terminated
+    if terminated and in_slurm_job() and rank == 0 and ended_by_time_limit():
+        log.info("the SIGTERM was SLURM's time limit, not a preemption or scancel: requeueing the job")
+        terminated = False
     if terminated and in_slurm_job():
         wait_to_be_ended()
     if not terminated and submitted:
@@ -173,8 +191,9 @@ def end_stopped_job(flag: PreemptionFlag, rank: int, submitted: bool) -> None:
     else:
         log.info("stopped on a signal with a checkpoint written; run the same command again to resume")
     sys.stdout.flush()
-    if submitted:
-        os._exit(0)
+    sys.stderr.flush()
+    if submitted or in_slurm_job():
+        os._exit(0)  # exit hooks would talk to side processes that SLURM's signal may have killed (W&B's service)
     sys.exit(0)
 
 

@@ -39,6 +39,8 @@ class SplitLoaders(L.LightningDataModule):
     """
 
     seed: int
+    _train_loader: ResumableDataLoader | None = None
+    _restored_train_position: dict[str, int] | None = None
 
     def _dataset(self, split: str) -> Dataset:
         raise NotImplementedError
@@ -57,7 +59,22 @@ class SplitLoaders(L.LightningDataModule):
         world_size, rank = self._replicas()
         dataset = self._dataset("train")
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+        if self._restored_train_position is not None:
+            sampler.load_state_dict(self._restored_train_position)
+            self._restored_train_position = None
+        self._train_loader = ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train sampler's position, checkpointed by the datamodule too: Lightning restores the train loader's
+        own state only when it resumes mid-epoch. From a checkpoint taken at an epoch's end (`last.ckpt`, written
+        after validation) the sampler would start at epoch 0, and loader workers prefetch that epoch's order before
+        Lightning sets the next epoch; with the saved position it rolls over to the next epoch itself."""
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's sampler position for the train loader (made after the checkpoint is restored)."""
+        self._restored_train_position = state_dict.get("train_position")
 
     def _eval_dataloader(self, split: str) -> DataLoader:
         world_size, rank = self._replicas()

@@ -95,6 +95,12 @@ class ResumableDataLoader(DataLoader):
         """Mark ``batches_done`` batches of the current epoch as consumed by this rank."""
         self.sampler.consumed = batches_done * self.batch_size
 
+    def record_epoch_done(self) -> None:
+        """Mark the current epoch finished (its last batch trained, also one cut short by `limit_train_batches`):
+        the position moves to the start of the next epoch, which is what a checkpoint taken at the epoch's end
+        must resume from."""
+        self.sampler.set_epoch(self.sampler.epoch + 1)
+
     def state_dict(self) -> dict[str, int]:
         """The sampler's position (see :meth:`ResumableDistributedSampler.state_dict`)."""
         return self.sampler.state_dict()

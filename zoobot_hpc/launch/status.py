@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -125,8 +126,52 @@ def job_error(submitit_folder: Path, job_id: str) -> str | None:
     return lines[-1] if lines else str(outcome)
 
 
+def requeue_causes(job_id: str) -> list[str]:
+    """How each start of a SLURM job ended, oldest first (`NODE_FAIL`, `PREEMPTED`, ...; sacct's records of its
+    requeues); empty without sacct."""
+    if shutil.which("sacct") is None:
+        return []
+    command = ["sacct", "--duplicates", "--allocations", "--noheader", "--parsable2", "--format=State", "-j", job_id]
+    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def how_segment_ended(segments: list[dict], index: int, causes: dict[str, list[str]]) -> str | None:
+    """What ended start `index` of a run (`NODE_FAIL`, ...), from sacct's record of its SLURM job (`causes` caches
+    one sacct call per job); None where the scheduler does not say."""
+    job = str(segments[index].get("job", ""))
+    if not re.fullmatch(r"\d+(_\d+)?", job):
+        return None
+    if job not in causes:
+        causes[job] = requeue_causes(job)
+    nth = sum(segment.get("job") == job for segment in segments[:index])
+    return causes[job][nth] if nth < len(causes[job]) else None
+
+
+def redone_note(segments: list[dict]) -> str:
+    """How much training was done twice because a start of the job ended without saving where it had got to
+    (a lost node, a kill), and what ended it where the scheduler knows: `17 steps redone (steps 40-57, restart 1
+    after NODE_FAIL)`."""
+    redone = layout.redone_work(segments)
+    if not redone:
+        return ""
+    causes: dict[str, list[str]] = {}
+    parts = []
+    for work in redone:
+        cause = how_segment_ended(segments, work.segment - 1, causes)
+        after = f" after {cause}" if cause else ""
+        parts.append(f"steps {work.resumed_step}-{work.reached_step}, restart {work.segment}{after}")
+    return f"{sum(work.steps for work in redone)} steps redone ({'; '.join(parts)})"
+
+
 def explain(run: Path, state: str, submission: dict, segments: list[dict]) -> str:
     """Why a run stopped or was restarted, from the scheduler's state, the job's error and the segment records."""
+    why = _stop_reason(run, state, submission, segments)
+    redone = redone_note(segments)
+    return "; ".join(part for part in (why, redone) if part)
+
+
+def _stop_reason(run: Path, state: str, submission: dict, segments: list[dict]) -> str:
     last_stop = next((s for s in reversed(segments) if s.get("stop")), None)
     stop = f"{last_stop['stop']} at step {last_stop['stop_step']}" if last_stop else None
     resume_hint = f"continue with: zoobot-hpc resume {run}"
