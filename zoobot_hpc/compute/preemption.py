@@ -10,7 +10,8 @@ SLURM takes a job away with one of two signals, and each asks for a different en
   SLURM ends the job: a job that exits first ends COMPLETED or FAILED and is not requeued.
 
 Both signals only set a flag (`PreemptionFlag`); the workload polls it where every rank can agree and save
-(`ResumeCheckpointer`, the inference part writer) and then raises `PreemptedStop` on every rank.
+(`ResumeCheckpointer`, the embedding cache's build, the inference part writer) and then raises `PreemptedStop` on
+every rank (`stop_all_ranks`).
 `run_preemptible` is the one place that installs the flag, runs the workload and ends a stopped job.
 This module imports nothing heavy, so that the flag is in place before torch is imported.
 """
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 log = logging.getLogger("zoobot_hpc")
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's variable for the requeue signal (default USR2)
@@ -121,6 +122,14 @@ class PreemptedStop(Exception):
     An exception, not `trainer.should_stop`: Lightning would still run a validation pass and the epoch-end
     hooks after `should_stop`, spending the grace time before the kill and logging a mid-epoch validation.
     """
+
+
+def stop_all_ranks(flag: PreemptionFlag, terminated: float | bool, step: int, what: str) -> NoReturn:
+    """Called on every rank once all ranks agreed on a stop (and saved what they must): record the agreed signal on
+    the flag (`run_preemptible` ends the job by it), log one line (`what` was done), raise `PreemptedStop`."""
+    flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
+    log.info("preemption signal (%s): %s at step %d; stopping all ranks", flag.stopped.signal_name, what, step)
+    raise PreemptedStop(f"preempted at step {step}")
 
 
 def slurm_task_rank() -> int:
