@@ -105,7 +105,7 @@ class StopAfter:
         return self.limit is not None and self.calls > self.limit
 
 
-def _contents(path) -> dict[str, np.ndarray]:
+def cache_contents(path) -> dict[str, np.ndarray]:
     """Every dataset of a cache file by its name."""
     arrays: dict[str, np.ndarray] = {}
 
@@ -118,8 +118,9 @@ def _contents(path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _assert_same_contents(a, b) -> None:
-    first, second = _contents(a), _contents(b)
+def assert_same_contents(a, b) -> None:
+    """Two cache files hold the same datasets, bit for bit."""
+    first, second = cache_contents(a), cache_contents(b)
     assert first.keys() == second.keys()
     for name in first:
         assert first[name].dtype == second[name].dtype and np.array_equal(first[name], second[name]), name
@@ -159,7 +160,7 @@ def test_a_stopped_build_keeps_its_rows_and_the_next_call_continues_it_to_the_sa
     assert "(32/96 rows already done)" in caplog.text
     assert resumed.calls == uninterrupted.calls - 4, "the two batches done are not embedded again"
     assert not partial.exists()
-    _assert_same_contents(target, reference)
+    assert_same_contents(target, reference)
 
 
 def test_a_partial_file_of_another_cache_spec_is_started_afresh(train_data, tmp_path):
@@ -172,6 +173,6 @@ def test_a_partial_file_of_another_cache_spec_is_started_afresh(train_data, tmp_
     target = cache_path(tmp_path / "stopped", other)
     partial_path(cache_path(tmp_path / "stopped", spec), "run-a").rename(partial_path(target, "run-a"))
     assert _build(datamodule, tmp_path / "stopped", other) == target
-    _assert_same_contents(target, reference)
-    own = _contents(_build(datamodule, tmp_path / "own", spec))["train/embeddings"][:, :32]
-    assert not np.array_equal(own, _contents(target)["train/embeddings"][:, :32]), "the stale rows would differ"
+    assert_same_contents(target, reference)
+    own = cache_contents(_build(datamodule, tmp_path / "own", spec))["train/embeddings"][:, :32]
+    assert not np.array_equal(own, cache_contents(target)["train/embeddings"][:, :32]), "the stale rows would differ"
