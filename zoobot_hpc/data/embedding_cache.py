@@ -7,6 +7,9 @@ evaluation view (`views=0`, for training without augmentation). Epoch `e` trains
 
 The cache file is `DATASET_DIR/embedding_cache/<encoder>-<key>.h5`, the key hashing the encoder name, its weights,
 the view settings, the seed and the dataset manifest: a different encoder, checkpoint or view never reuses it.
+It is built in `<cache>.partial.<run tag>` next to it, batch by batch, each split's rows done flushed after every
+batch: a build stopped by a signal (checked before every batch and view) is continued by the run's next job, with
+the same bits as an uninterrupted build, and renamed into place when complete.
 """
 
 from __future__ import annotations
