@@ -163,7 +163,7 @@ def test_a_stopped_build_keeps_its_rows_and_the_next_call_continues_it_to_the_sa
     assert_same_contents(target, reference)
 
 
-def test_a_partial_file_of_another_cache_spec_is_started_afresh(train_data, tmp_path):
+def test_a_partial_file_of_another_cache_spec_or_unreadable_is_started_afresh(train_data, tmp_path):
     config = run_config(train_data, tmp_path, "classifier", model={"training_mode": "head_only"})
     datamodule = _cache_datamodule(config, build_model(config), views=2, cache_dir=None)
     spec = datamodule.spec
@@ -176,3 +176,9 @@ def test_a_partial_file_of_another_cache_spec_is_started_afresh(train_data, tmp_
     assert_same_contents(target, reference)
     own = cache_contents(_build(datamodule, tmp_path / "own", spec))["train/embeddings"][:, :32]
     assert not np.array_equal(own, cache_contents(target)["train/embeddings"][:, :32]), "the stale rows would differ"
+
+    torn = cache_path(tmp_path / "torn", other)
+    torn.parent.mkdir()
+    partial_path(torn, "run-a").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    assert _build(datamodule, tmp_path / "torn", other) == torn
+    assert_same_contents(torn, reference)
