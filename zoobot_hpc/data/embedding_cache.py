@@ -133,20 +133,32 @@ def _rows_done(handle: h5py.File, split: str) -> int:
     return int(handle[split].attrs[ROWS_DONE_ATTR]) if split in handle else 0
 
 
+def _reopen(partial: Path, spec: CacheSpec) -> h5py.File | None:
+    """The partial file of an earlier build of `spec`, or None when it is missing, of another spec or unreadable
+    (the node died mid-write)."""
+    if not partial.exists():
+        return None
+    handle = None
+    try:
+        handle = h5py.File(partial, "r+")
+        if handle.attrs.get(SPEC_ATTR) == _spec_text(spec):
+            for group in handle.values():
+                int(group.attrs[ROWS_DONE_ATTR])  # every split's count reads back
+            return handle
+        log.warning("embedding cache: %s was built for another cache spec; starting it afresh", partial)
+    except (OSError, KeyError, ValueError) as error:
+        log.warning("embedding cache: %s is unreadable (%s); starting it afresh", partial, error)
+    if handle is not None:
+        handle.close()
+    return None
+
+
 def _open_partial(partial: Path, spec: CacheSpec) -> h5py.File:
     """The partial file of `spec`, reopened to continue where its last build stopped, or started afresh."""
-    if partial.exists():
-        try:
-            handle = h5py.File(partial, "r+")
-        except OSError as error:
-            log.warning("embedding cache: %s is unreadable (%s); starting it afresh", partial, error)
-        else:
-            if handle.attrs.get(SPEC_ATTR) == _spec_text(spec):
-                return handle
-            handle.close()
-            log.warning("embedding cache: %s was built for another cache spec; starting it afresh", partial)
-    handle = h5py.File(partial, "w")
-    handle.attrs[SPEC_ATTR] = _spec_text(spec)
+    handle = _reopen(partial, spec)
+    if handle is None:
+        handle = h5py.File(partial, "w")
+        handle.attrs[SPEC_ATTR] = _spec_text(spec)
     return handle
 
 
