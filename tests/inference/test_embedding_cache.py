@@ -13,6 +13,7 @@ import torch
 from tests.data.test_datamodule import make_trainer
 from tests.inference.conftest import run_config
 from zoobot_hpc.config import RunConfig
+from zoobot_hpc.data import embedding_cache
 from zoobot_hpc.data.embedding_cache import (
     ROWS_DONE_ATTR,
     EmbeddingCacheDataModule,
@@ -140,7 +141,9 @@ def _build(datamodule: EmbeddingCacheDataModule, cache_dir, spec, should_stop=No
     )
 
 
-def test_a_stopped_build_keeps_its_rows_and_the_next_call_continues_it_to_the_same_cache(train_data, tmp_path, caplog):
+def test_a_stopped_build_keeps_its_rows_and_the_next_call_continues_it_to_the_same_cache(
+    train_data, tmp_path, caplog, monkeypatch
+):
     config = run_config(train_data, tmp_path, "classifier", model={"training_mode": "head_only"})
     datamodule = _cache_datamodule(config, build_model(config), views=2, cache_dir=None)
     spec = datamodule.spec
@@ -155,9 +158,11 @@ def test_a_stopped_build_keeps_its_rows_and_the_next_call_continues_it_to_the_sa
         assert handle["train"].attrs[ROWS_DONE_ATTR] == 32 and "val" not in handle
 
     resumed = StopAfter()
+    monkeypatch.setattr(embedding_cache, "PROGRESS_EVERY_S", 0.0)
     with caplog.at_level(logging.INFO, logger="zoobot_hpc"):
         assert _build(datamodule, tmp_path / "stopped", spec, resumed) == target
     assert "(32/96 rows already done)" in caplog.text
+    assert "embedding cache: 48/96 rows done (train;" in caplog.text, "a progress line (here after every batch)"
     assert resumed.calls == uninterrupted.calls - 4, "the two batches done are not embedded again"
     assert not partial.exists()
     assert_same_contents(target, reference)

@@ -145,7 +145,7 @@ def in_slurm_job() -> bool:
 def wait_to_be_ended() -> None:
     """Stay alive until SLURM kills the job (after a preemption's grace time, or `scancel`'s KillWait)."""
     log.info(
-        "checkpoint written after SIGTERM; waiting for SLURM to end the job (a preempted job is requeued by "
+        "progress saved after SIGTERM; waiting for SLURM to end the job (a preempted job is requeued by "
         "SLURM; a cancelled one continues with `zoobot-hpc resume RUN_DIR`)"
     )
     sys.stdout.flush()
@@ -180,7 +180,7 @@ def end_stopped_job(flag: PreemptionFlag, rank: int, submitted: bool) -> None:
     if not terminated and in_slurm_job():
         requeue_own_job()
     else:
-        log.info("stopped on a signal with a checkpoint written; run the same command again to resume")
+        log.info("stopped on a signal with its progress saved; run the same command again to resume")
     sys.stdout.flush()
     if submitted:
         os._exit(0)
