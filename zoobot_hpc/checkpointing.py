@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
 from zoobot_hpc.atomic import atomic_path
-from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag, StopRecord
+from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.compute.rank_agreement import agree_on_stop, host_flag_group
 
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
@@ -97,21 +98,6 @@ def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
     if not candidates:
         return None
     return max(candidates, key=lambda c: (c[0], c[1]))[2]
-
-
-def _all_reduce_max(values: list[float], group: Any = None) -> list[float]:
-    """Element-wise max over ranks of a few host-side flags (no-op outside distributed runs)."""
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
-    return tensor.tolist()
-
-
-def host_flag_group() -> Any:
-    """A gloo process group for host-side flags: under NCCL, agreeing on a flag then needs no GPU sync."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
 
 
 class _OwnSignalHandlers(_SignalConnector):
@@ -228,22 +214,11 @@ class ResumeCheckpointer(Callback):
 
     def _agree(self, extra: list[float]) -> list[float]:
         """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
-        flag = self.flag
-        local = [float(flag is not None and flag.requeue_requested), float(flag is not None and flag.terminated)]
-        return _all_reduce_max(local + extra, self._flag_group)
+        return agree_on_stop(self.flag, extra, self._flag_group)
 
-    def _stop(self, terminated: float, step: int, what: str) -> None:
-        flag = self.flag
-        assert flag is not None
-        flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
-        log.info(
-            "preemption signal (%s): %s at step %d (%s); stopping all ranks",
-            flag.stopped.signal_name,
-            what,
-            step,
-            self.path.name,
-        )
-        raise PreemptedStop(f"preempted at step {step}")
+    def _stop(self, terminated: float, step: int, what: str) -> NoReturn:
+        assert self.flag is not None
+        stop_all_ranks(self.flag, terminated, step, f"{what} ({self.path.name})")
 
 
 def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from zoobot_hpc.checkpointing import (
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
+from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import (
     LogLineProgress,
@@ -73,10 +73,14 @@ def build_model(config: RunConfig) -> FinetuneableZoobotAbstract:
 
 
 def build_datamodule(
-    config: RunConfig, model: FinetuneableZoobotAbstract
+    config: RunConfig,
+    model: FinetuneableZoobotAbstract,
+    flag: PreemptionFlag | None = None,
+    run_dir: Path | None = None,
 ) -> ShardDataModule | EmbeddingCacheDataModule:
     """The datamodule a config describes, reading only the label columns the model needs: shards, or (head_only
-    with `data.embedding_cache`) the frozen encoder's embeddings, computed once and cached next to the dataset."""
+    with `data.embedding_cache`) the frozen encoder's embeddings, computed once and cached next to the dataset.
+    A cache build stops on the run's `flag`, and the run's next job (same `run_dir`) continues it."""
     data = config.data
     augment = data.augment.model_copy(update={"greyscale": config.model.greyscale})
     if data.embedding_cache:
@@ -90,6 +94,8 @@ def build_datamodule(
             augment=augment,
             views=data.embedding_cache_views,
             locking=data.hdf5_locking,
+            flag=flag,
+            partial_tag=run_partial_tag(run_dir) if run_dir is not None else None,
         )
     return ShardDataModule(
         dataset_dir=data.dataset_dir,
@@ -368,7 +374,7 @@ def run_training(
     model = build_model(config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    datamodule = build_datamodule(config, model)
+    datamodule = build_datamodule(config, model, flag, run_dir)
     model.count_train_batches = lambda: len(datamodule.train_dataloader())
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)

@@ -10,7 +10,8 @@ SLURM takes a job away with one of two signals, and each asks for a different en
   SLURM ends the job: a job that exits first ends COMPLETED or FAILED and is not requeued.
 
 Both signals only set a flag (`PreemptionFlag`); the workload polls it where every rank can agree and save
-(`ResumeCheckpointer`, the inference part writer) and then raises `PreemptedStop` on every rank.
+(`ResumeCheckpointer`, the embedding cache's build, the inference part writer) and then raises `PreemptedStop` on
+every rank (`stop_all_ranks`).
 `run_preemptible` is the one place that installs the flag, runs the workload and ends a stopped job.
 This module imports nothing heavy, so that the flag is in place before torch is imported.
 """
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 log = logging.getLogger("zoobot_hpc")
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's variable for the requeue signal (default USR2)
@@ -123,6 +124,14 @@ class PreemptedStop(Exception):
     """
 
 
+def stop_all_ranks(flag: PreemptionFlag, terminated: float | bool, step: int, what: str) -> NoReturn:
+    """Called on every rank once all ranks agreed on a stop (and saved what they must): record the agreed signal on
+    the flag (`run_preemptible` ends the job by it), log one line (`what` was done), raise `PreemptedStop`."""
+    flag.stopped = StopRecord(terminated=bool(terminated), step=step, saved_at=time.time())
+    log.info("preemption signal (%s): %s at step %d; stopping all ranks", flag.stopped.signal_name, what, step)
+    raise PreemptedStop(f"preempted at step {step}")
+
+
 def slurm_task_rank() -> int:
     """This process's task rank in its SLURM step (SLURM_PROCID), 0 outside SLURM."""
     return int(os.environ.get("SLURM_PROCID", "0"))
@@ -136,7 +145,7 @@ def in_slurm_job() -> bool:
 def wait_to_be_ended() -> None:
     """Stay alive until SLURM kills the job (after a preemption's grace time, or `scancel`'s KillWait)."""
     log.info(
-        "checkpoint written after SIGTERM; waiting for SLURM to end the job (a preempted job is requeued by "
+        "progress saved after SIGTERM; waiting for SLURM to end the job (a preempted job is requeued by "
         "SLURM; a cancelled one continues with `zoobot-hpc resume RUN_DIR`)"
     )
     sys.stdout.flush()
@@ -189,7 +198,7 @@ def end_stopped_job(flag: PreemptionFlag, rank: int, submitted: bool) -> None:
     if not terminated and in_slurm_job():
         requeue_own_job()
     else:
-        log.info("stopped on a signal with a checkpoint written; run the same command again to resume")
+        log.info("stopped on a signal with its progress saved; run the same command again to resume")
     sys.stdout.flush()
     sys.stderr.flush()
     if submitted or in_slurm_job():

@@ -7,6 +7,9 @@ evaluation view (`views=0`, for training without augmentation). Epoch `e` trains
 
 The cache file is `DATASET_DIR/embedding_cache/<encoder>-<key>.h5`, the key hashing the encoder name, its weights,
 the view settings, the seed and the dataset manifest: a different encoder, checkpoint or view never reuses it.
+It is built in `<cache>.partial.<run tag>` next to it, batch by batch, each split's rows done flushed after every
+batch: a build stopped by a signal (checked before every batch and view) is continued by the run's next job, with
+the same bits as an uninterrupted build, and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +31,11 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from zoobot_hpc.atomic import atomic_path, writer_suffix
+from zoobot_hpc.atomic import commit, writer_suffix
+from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.compute.rank_agreement import agree_on_stop, host_flag_group
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
@@ -40,6 +47,10 @@ EMBEDDINGS_KEY = "embeddings"
 IDS_KEY = "ids"
 LABELS_GROUP = "labels"
 SPEC_ATTR = "spec"
+ROWS_DONE_ATTR = "rows_done"  # per split, in a partial file: rows written (and flushed) so far
+PROGRESS_EVERY_S = 30.0
+
+log = logging.getLogger("zoobot_hpc")
 
 
 @dataclass(frozen=True)
@@ -73,49 +84,157 @@ def cache_path(cache_dir: Path, spec: CacheSpec) -> Path:
     return Path(cache_dir) / f"{safe_name}-{spec.key()}.h5"
 
 
-def _write_split(
-    handle: h5py.File,
-    encoder: nn.Module,
-    dataset: ShardDataset,
-    views: int,
-    augment: AugmentConfig,
-    seed: int,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
+def run_partial_tag(run_dir: str | os.PathLike) -> str:
+    """The tag of a run's partial cache file: the run's next job resumes it, another run never shares it."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def partial_path(path: Path, partial_tag: str | None) -> Path:
+    """Where the cache `path` is built: next to it (so the final rename stays on one filesystem), named per run
+    (`partial_tag`) or, without a tag, per process (not resumable)."""
+    suffix = f".partial.{partial_tag}" if partial_tag else writer_suffix()
+    return path.with_name(path.name + suffix)
+
+
+@dataclass
+class _Build:
+    """What every batch of a build needs: the frozen encoder and how to load and show the images."""
+
+    encoder: nn.Module
+    augment: AugmentConfig
+    seed: int
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    should_stop: Callable[[], bool]
+
+
+class _Progress:
+    """Rows done over every split of a build, logged as a line at most every `PROGRESS_EVERY_S`."""
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total, self.started_with = done, total, done
+        self.started = self.last_line = time.monotonic()
+
+    def add(self, split: str, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last_line >= PROGRESS_EVERY_S:
+            rate = (self.done - self.started_with) / (now - self.started)
+            log.info("embedding cache: %d/%d rows done (%s; %.0f rows/s)", self.done, self.total, split, rate)
+            self.last_line = now
+
+
+def _spec_text(spec: CacheSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), default=list)
+
+
+def _rows_done(handle: h5py.File, split: str) -> int:
+    return int(handle[split].attrs[ROWS_DONE_ATTR]) if split in handle else 0
+
+
+def _reopen(partial: Path, spec: CacheSpec) -> h5py.File | None:
+    """The partial file of an earlier build of `spec`, or None when it is missing, of another spec or unreadable
+    (the node died mid-write)."""
+    if not partial.exists():
+        return None
+    handle = None
+    try:
+        handle = h5py.File(partial, "r+")
+        if handle.attrs.get(SPEC_ATTR) == _spec_text(spec):
+            for group in handle.values():
+                int(group.attrs[ROWS_DONE_ATTR])  # every split's count reads back
+            return handle
+        log.warning("embedding cache: %s was built for another cache spec; starting it afresh", partial)
+    except (OSError, KeyError, ValueError) as error:
+        log.warning("embedding cache: %s is unreadable (%s); starting it afresh", partial, error)
+    if handle is not None:
+        handle.close()
+    return None
+
+
+def _open_partial(partial: Path, spec: CacheSpec) -> h5py.File:
+    """The partial file of `spec`, reopened to continue where its last build stopped, or started afresh."""
+    handle = _reopen(partial, spec)
+    if handle is None:
+        handle = h5py.File(partial, "w")
+        handle.attrs[SPEC_ATTR] = _spec_text(spec)
+    return handle
+
+
+def _allocate(
+    group: h5py.Group, batch: dict[str, Any], features: np.ndarray, length: int, label_cols: Sequence[str]
 ) -> None:
-    group = handle.create_group(dataset.split)
+    """Every dataset of a split at its full size, at its first batch (`features`: views, B, D)."""
+    group.create_dataset(EMBEDDINGS_KEY, shape=(features.shape[0], length, features.shape[2]), dtype=np.float32)
+    group.create_dataset(IDS_KEY, shape=(length,), dtype=h5py.string_dtype("utf-8"))
+    labels = group.create_group(LABELS_GROUP)
+    for name in label_cols:
+        labels.create_dataset(name, shape=(length,), dtype=batch[name].numpy().dtype)
+
+
+def _embed_batch(build: _Build, batch: dict[str, Any], views: int) -> np.ndarray | None:
+    """The batch's embeddings (views, B, D), or None when `should_stop` turned true (checked before each view)."""
+    images, index = batch["image"].to(build.device), batch["index"]
+    features = []
+    for view in range(max(views, 1)):
+        if build.should_stop():
+            return None
+        shown = augment_batch(images, index, epoch=view, seed=build.seed, config=build.augment, training=views > 0)
+        features.append(build.encoder(shown).float().cpu().numpy())
+    return np.stack(features)
+
+
+def _write_split(handle: h5py.File, dataset: ShardDataset, views: int, build: _Build, progress: _Progress) -> bool:
+    """Embed the split's rows not yet done, each batch written in place and counted in `rows_done` (flushed);
+    False when `should_stop` stopped it. The rows are those of an uninterrupted build: the batches start at the
+    same rows and a view is a pure function of the sample index."""
+    group = handle.require_group(dataset.split)
+    group.attrs.setdefault(ROWS_DONE_ATTR, 0)
+    done = int(group.attrs[ROWS_DONE_ATTR])
     # Its own generator: iterating must not draw from the global RNG, which the training run then continues.
     loader = DataLoader(
-        dataset,
+        Subset(dataset, range(done, len(dataset))),
         **loader_settings(
-            num_workers=num_workers,
-            seed=seed,
-            batch_size=batch_size,
+            num_workers=build.num_workers,
+            seed=build.seed,
+            batch_size=build.batch_size,
             locking=dataset.locking,
             collate_fn=collate_samples,
         ),
     )
-    ids: list[str] = []
-    labels: dict[str, list[np.ndarray]] = {name: [] for name in dataset.label_cols}
-    embeddings = None
     for batch in loader:
-        images, index = batch["image"].to(device), batch["index"]
-        start, stop = int(index[0]), int(index[-1]) + 1
-        for view in range(max(views, 1)):
-            shown = augment_batch(images, index, epoch=view, seed=seed, config=augment, training=views > 0)
-            features = encoder(shown).float().cpu().numpy()
-            if embeddings is None:
-                shape = (max(views, 1), len(dataset), features.shape[1])
-                embeddings = group.create_dataset(EMBEDDINGS_KEY, shape=shape, dtype=np.float32)
-            embeddings[view, start:stop] = features
-        ids += list(batch["id"])
-        for name in labels:
-            labels[name].append(batch[name].numpy().copy())  # a copy: the batch's block goes back to its worker
-    group.create_dataset(IDS_KEY, data=ids, dtype=h5py.string_dtype("utf-8"))
-    label_group = group.create_group(LABELS_GROUP)
-    for name, values in labels.items():
-        label_group.create_dataset(name, data=np.concatenate(values))
+        features = _embed_batch(build, batch, views)
+        if features is None:
+            return False
+        if EMBEDDINGS_KEY not in group:
+            _allocate(group, batch, features, len(dataset), dataset.label_cols)
+        start, stop = int(batch["index"][0]), int(batch["index"][-1]) + 1
+        group[EMBEDDINGS_KEY][:, start:stop] = features
+        group[IDS_KEY][start:stop] = list(batch["id"])
+        for name in dataset.label_cols:
+            group[LABELS_GROUP][name][start:stop] = batch[name].numpy()
+        group.attrs[ROWS_DONE_ATTR] = stop
+        handle.flush()
+        progress.add(dataset.split, stop - start)
+    return True
+
+
+def _build_partial(partial: Path, spec: CacheSpec, dataset_dir: Path, locking: bool | None, build: _Build) -> bool:
+    """Fill the partial file of `spec`, continuing where it stopped; True when every split is done."""
+    datasets = [ShardDataset(dataset_dir, split, label_cols=None, locking=locking) for split in spec.splits]
+    with _open_partial(partial, spec) as handle:
+        progress = _Progress(sum(_rows_done(handle, d.split) for d in datasets), sum(len(d) for d in datasets))
+        if progress.done:
+            log.info("embedding cache: resuming %s (%d/%d rows already done)", partial, progress.done, progress.total)
+        else:
+            log.info("embedding cache: building %s (%d rows to embed)", partial, progress.total)
+        for dataset in datasets:
+            views = spec.views if dataset.split == "train" else 0
+            if not _write_split(handle, dataset, views, build, progress):
+                log.info("embedding cache: build stopped on a signal at %d/%d rows", progress.done, progress.total)
+                return False
+    return True
 
 
 @torch.inference_mode()
@@ -129,19 +248,35 @@ def compute_embedding_cache(
     num_workers: int = 0,
     locking: bool | None = False,
     device: torch.device | None = None,
-) -> Path:
-    """Write the cache file of `spec` (atomically, from `path.tmp.<host>.<pid>`: ranks may race) unless it exists."""
+    should_stop: Callable[[], bool] | None = None,
+    partial_tag: str | None = None,
+) -> Path | None:
+    """Write the cache file of `spec` unless it exists; returns its path, or None when `should_stop` (checked
+    between batches and views) stopped the build first.
+
+    The build goes to `partial_path(path, partial_tag)` and is renamed into `path` when complete (atomically:
+    ranks and runs may race). With a `partial_tag` a stopped build keeps its partial file, and the next call with
+    the same tag continues it; without one the partial file is deleted.
+    """
+    partial = partial_path(path, partial_tag)
     if path.exists():
+        if partial_tag:
+            partial.unlink(missing_ok=True)
         return path
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = copy.deepcopy(encoder).to(device).eval()
+    build = _Build(frozen, augment, spec.seed, batch_size, num_workers, device, should_stop or (lambda: False))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, writer_suffix()) as tmp, h5py.File(tmp, "w") as handle:
-        handle.attrs[SPEC_ATTR] = json.dumps(dataclasses.asdict(spec), default=list)
-        for split in spec.splits:
-            dataset = ShardDataset(dataset_dir, split, label_cols=None, locking=locking)
-            views = spec.views if split == "train" else 0
-            _write_split(handle, frozen, dataset, views, augment, spec.seed, batch_size, num_workers, device)
+    finished = False
+    try:
+        finished = _build_partial(partial, spec, dataset_dir, locking, build)
+    finally:
+        if not (finished or partial_tag):
+            partial.unlink(missing_ok=True)
+    if not finished:
+        return None
+    commit(partial, path)
+    log.info("embedding cache: %s written", path)
     return path
 
 
@@ -199,6 +334,8 @@ class EmbeddingCacheDataModule(SplitLoaders):
     Batches hold `embedding` float32 (B, D) (the view of the current epoch), the label columns, `index` and `id`;
     the finetuneable models then skip the encoder. The cache is computed in `prepare_data` (global rank 0, on the
     GPU when there is one) unless it exists. `views`: 0 for the evaluation view, N for N augmented training views.
+    `flag`: the run's stop signals; the build stops at the next batch and `setup` stops every rank. `partial_tag`
+    (`run_partial_tag` of the run dir): the run's next job continues a stopped build.
     """
 
     def __init__(
@@ -214,6 +351,8 @@ class EmbeddingCacheDataModule(SplitLoaders):
         num_workers: int = 0,
         locking: bool | None = False,
         cache_dir: str | os.PathLike | None = None,
+        flag: PreemptionFlag | None = None,
+        partial_tag: str | None = None,
     ) -> None:
         super().__init__()
         if views < 0:
@@ -227,6 +366,8 @@ class EmbeddingCacheDataModule(SplitLoaders):
         self.augment = augment if augment is not None else AugmentConfig()
         self.num_workers = num_workers
         self.locking = locking
+        self.flag = flag
+        self.partial_tag = partial_tag
         manifest = read_manifest(self.dataset_dir)
         self.spec = CacheSpec(
             encoder_name=encoder_name,
@@ -250,7 +391,24 @@ class EmbeddingCacheDataModule(SplitLoaders):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             locking=self.locking,
+            should_stop=(lambda: self.flag.received) if self.flag is not None else None,
+            partial_tag=self.partial_tag,
         )
+
+    def setup(self, stage: str) -> None:
+        """On every rank, after global rank 0's `prepare_data`: when a stop signal reached any rank (the build
+        stopped on it, or it came while the others waited), all ranks agree and stop together before training."""
+        if self.flag is None:
+            return
+        requeue, terminated = agree_on_stop(self.flag, group=host_flag_group())
+        if requeue or terminated:
+            step = self.trainer.global_step if self.trainer is not None else 0
+            stop_all_ranks(
+                self.flag,
+                terminated,
+                step,
+                "nothing to save before training (a stopped embedding cache build continues in the next job)",
+            )
 
     def _dataset(self, split: str) -> CachedEmbeddings:
         if split not in self.datasets:

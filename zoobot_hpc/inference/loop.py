@@ -24,8 +24,9 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
-from zoobot_hpc.checkpointing import host_flag_group, keep_own_signal_handlers
+from zoobot_hpc.checkpointing import keep_own_signal_handlers
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag, StopRecord
+from zoobot_hpc.compute.rank_agreement import host_flag_group
 from zoobot_hpc.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
