@@ -375,7 +375,7 @@ def run_training(
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(config, model, flag, run_dir)
-    model.count_train_batches = lambda: len(datamodule.train_dataloader())
+    model.count_train_batches = datamodule.train_batches_per_epoch
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
     trainer = build_training_trainer(

@@ -105,8 +105,11 @@ def test_resuming_from_the_checkpoint_of_an_epochs_end_with_loader_workers_is_ex
     """A run that dies early in an epoch resumes from `last.ckpt` of the previous epoch's end (a lost node without
     a periodic checkpoint since). Lightning does not restore the train loader's state from such a checkpoint, and
     loader workers prefetch before Lightning sets the new epoch: the datamodule's own copy of the sampler position
-    keeps the resumed epoch's sample order."""
-    settings = dict(trainer__max_epochs=2, trainer__limit_train_batches=6, data__num_workers=2)
+    keeps the resumed epoch's sample order (also when a per-step scheduler counts the epoch's batches first)."""
+    per_step = {"sched": "cosine", "num_epochs": 2, "warmup_epochs": 0, "step_on_epochs": False}
+    settings = dict(
+        trainer__max_epochs=2, trainer__limit_train_batches=6, data__num_workers=2, model__scheduler_kwargs=per_step
+    )
     reference = write_test_config(tmp_path / "reference", demo_dataset, name="reference", **settings)
     assert train_in_subprocess(reference).returncode == 0
     crash = {"class_path": "tests.launch.probes.CrashOnRank", "init_args": {"rank": 0, "step": 8}}

@@ -54,16 +54,24 @@ class SplitLoaders(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
+    def _new_train_loader(self) -> ResumableDataLoader:
         world_size, rank = self._replicas()
         dataset = self._dataset("train")
         sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
+        loader = self._new_train_loader()
         if self._restored_train_position is not None:
-            sampler.load_state_dict(self._restored_train_position)
+            loader.load_state_dict(self._restored_train_position)
             self._restored_train_position = None
-        self._train_loader = ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
-        return self._train_loader
+        self._train_loader = loader
+        return loader
+
+    def train_batches_per_epoch(self) -> int:
+        """Batches of one training epoch on each rank (without touching the loader the Trainer will use)."""
+        return len(self._new_train_loader())
 
     def state_dict(self) -> dict[str, Any]:
         """The train sampler's position, checkpointed by the datamodule too: Lightning restores the train loader's
