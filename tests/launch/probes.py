@@ -74,11 +74,14 @@ def weights_digest(pl_module: LightningModule) -> str:
 
 class StepDigests(Callback):
     """Rank 0 appends `{"step", "digest"}` after every optimiser step (redone steps again), and at the end of training
-    writes the final weights to `final.pt`: exact resume means every step's digest equals an uninterrupted run's."""
+    writes the final weights to `final.pt`: exact resume means every step's digest equals an uninterrupted run's.
+    `step_sleep_s` slows every step down, or only the job's first start with `first_start_only` (the requeued
+    start then finishes well inside a short time limit)."""
 
-    def __init__(self, out_dir: str, step_sleep_s: float = 0.0) -> None:
+    def __init__(self, out_dir: str, step_sleep_s: float = 0.0, first_start_only: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        self.step_sleep_s = step_sleep_s
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        self.step_sleep_s = 0.0 if first_start_only and restarted else step_sleep_s
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -78,10 +78,11 @@ def submit_run(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float = 0
 
 def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float) -> tuple[Path, str]:
     """`zoobot-hpc train` of the baseline's config under a plain sbatch script with a 1-minute limit and no
-    `--signal` (slurm/sbatch_template.sh without that line); returns the run dir and the job id."""
+    `--signal` (slurm/sbatch_template.sh without that line); returns the run dir and the job id. Only the first
+    start is slowed down: it meets the limit, the requeued one finishes."""
     probe = {
         "class_path": "tests.launch.probes.StepDigests",
-        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": step_sleep_s},
+        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": step_sleep_s, "first_start_only": True},
     }
     config = write_test_config(
         tmp_path, dataset, name=name, resources__nodes=2, trainer__max_epochs=MAX_EPOCHS, trainer__callbacks=[probe]
