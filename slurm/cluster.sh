@@ -18,6 +18,7 @@ NODES=2
 CPUS_PER_NODE=2
 SIZE_GIVEN=0
 PREEMPTION=0
+NODE=
 # --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
 # after the grace time). `debug` stays the default partition; its jobs are never preempted and never preempt
 # (PreemptMode=OFF, the tier of `low`). PreemptMode=OFF also stops its cores being shared (OverSubscribe=FORCE:2),
@@ -508,9 +509,11 @@ require_node() {
 fail_node() {
     require_node
     local pids
+    command -v ss >/dev/null || die "fail-node needs ss (iproute2) to find the node's job steps"
     pids=$(node_pids "$NODE")
     # shellcheck disable=SC2086
-    kill -STOP $pids
+    kill -STOP $pids 2>/dev/null || true # a task may have just exited
+    [[ $(cat "/proc/$(pid_of "slurmd-$NODE")/stat" 2>/dev/null) == *") T "* ]] || die "slurmd-$NODE did not stop"
     echo "node $NODE stopped answering (processes $(echo $pids | tr '\n' ' ')); SLURM sets it DOWN within" \
         "$((SLURMD_TIMEOUT_S * 3 / 2))s"
 }

@@ -155,11 +155,11 @@ class LogLineProgress(Callback):
 
 class SegmentHeartbeat(Callback):
     """Records how far this start of the job got, in its line of `segments.jsonl` (`reached_step`, `reached_at`):
-    at most every `every_s` seconds and when training ends (rank 0). A job that dies without saving (a lost node,
-    a kill) leaves this as its last word: `status` compares it with the step the next start resumed from to tell
-    how much work was redone."""
+    at most every `every_s` seconds (`trainer.heartbeat_every_s`) and when training ends (rank 0). A job that dies
+    without saving (a lost node, a kill) leaves this as its last word: `status` compares it with the step the next
+    start resumed from to tell how much work was redone (at least that much: up to `every_s` more may be lost)."""
 
-    def __init__(self, run_dir: Path, every_s: float = 5.0) -> None:
+    def __init__(self, run_dir: Path, every_s: float = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.every_s = every_s
         self._last = time.monotonic()

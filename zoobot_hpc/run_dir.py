@@ -4,7 +4,7 @@
 RUN_DIR/config.yaml         the resolved config this run trains
 RUN_DIR/submission.json     how it was submitted (executor, job id, array index, submitit folder)
 RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has several): the step it resumed from,
-                            how far it got (`reached_step`, every few seconds); one stopped by a signal adds `stop`,
+                            how far it got (`reached_step`, every 30 s); one stopped by a signal adds `stop`,
                             `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends

@@ -29,7 +29,7 @@ def scheduler_job_key() -> str:
         return env["SLURM_JOB_ID"]
     if env.get("SUBMITIT_LOCAL_JOB_ID"):
         return f"local{env['SUBMITIT_LOCAL_JOB_ID']}"
-    return uuid.uuid4().hex[:8]
+    return f"run{uuid.uuid4().hex[:8]}"  # never all digits: not mistaken for a SLURM job id
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -230,7 +230,7 @@ def build_callbacks(
         last_state_checkpoint(run_dir / layout.CHECKPOINTS),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
-        SegmentHeartbeat(run_dir),
+        SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
         LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += build_extra_callbacks(config)

@@ -263,7 +263,12 @@ def trained_past_newest_checkpoint(run_dir: Path):
 def test_lost_node_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster, tmp_path):
     wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), 420, "the other runs to end")
     run_dir = submit_run(
-        tmp_path, runs["demo_dataset"], "lost-node", step_sleep_s=0.5, trainer__checkpoint_every_n_steps=PERIODIC_STEPS
+        tmp_path,
+        runs["demo_dataset"],
+        "lost-node",
+        step_sleep_s=0.5,
+        trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
+        trainer__heartbeat_every_s=2.0,
     )
     job = job_of(run_dir)
     try:

@@ -10,8 +10,8 @@ SLURM takes a job away with one of two signals, and each asks for a different en
   SLURM ends the job: a job that exits first ends COMPLETED or FAILED and is not requeued.
 
 Both signals only set a flag (`PreemptionFlag`); the workload polls it where every rank can agree and save
-(`ResumeCheckpointer`, the embedding cache's build, the inference part writer) and then raises `PreemptedStop` on
-every rank (`stop_all_ranks`).
+(`ResumeCheckpointer` and the embedding cache's datamodule, through `stop_all_ranks`; the inference part writer)
+and then raises `PreemptedStop` on every rank.
 `run_preemptible` is the one place that installs the flag, runs the workload and ends a stopped job.
 This module imports nothing heavy, so that the flag is in place before torch is imported.
 """
@@ -153,26 +153,37 @@ def wait_to_be_ended() -> None:
         time.sleep(60)
 
 
-def ended_by_time_limit() -> bool:
-    """SLURM is ending this job for its time limit (`Reason=TimeLimit`): the SIGTERM was the limit itself, with no
-    requeue signal before it (none asked for, or a save that outlasted `signal_delay_s`). Such a job can still be
-    requeued until it is killed (`KillWait`, 30 s by default)."""
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
-        return False
+def slurm_job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o JOB` as a mapping of its `Key=Value` fields (empty when it cannot be asked)."""
     try:
-        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10)
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return "Reason=TimeLimit" in shown.stdout
+        return {}
+    fields: dict[str, str] = {}
+    for key, _, value in (token.partition("=") for token in shown.stdout.split() if "=" in token):
+        fields.setdefault(key, value)  # the first: SLURM's own fields come before the user's command and comment
+    return fields
+
+
+def ended_by_time_limit() -> bool:
+    """SLURM is ending this job for its time limit and allows it to requeue: the SIGTERM was the limit itself,
+    with no requeue signal before it (none asked for, or a save that outlasted `signal_delay_s`). Such a job can
+    still be requeued until it is killed (`KillWait`, 30 s by default)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    fields = slurm_job_fields(job_id) if job_id else {}
+    return fields.get("Reason") == "TimeLimit" and fields.get("Requeue") == "1"
 
 
 def requeue_own_job() -> None:
     """Requeue the SLURM job we run in (`zoobot-hpc train` under the user's own sbatch script), from rank 0."""
     job_id = os.environ["SLURM_JOB_ID"]
-    if slurm_task_rank() == 0:
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
+    if slurm_task_rank() != 0:
+        return
+    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
+    if done.returncode == 0:
         log.info("requeued SLURM job %s", job_id)
+    else:
+        log.error("could not requeue SLURM job %s (%s); continue with the same command", job_id, done.stderr.strip())
 
 
 def end_stopped_job(flag: PreemptionFlag, rank: int, submitted: bool) -> None:

@@ -107,7 +107,8 @@ class ShardDataModule(SplitLoaders):
     """Loaders over ``dataset_dir`` (a shard dataset with ``manifest.json``); ``batch_size`` is per rank.
 
     Train uses a :class:`ResumableDataLoader` (its ``{epoch, consumed}`` state is checkpointed by
-    Lightning); val/test/predict are unshuffled and padded to equal length on every rank.
+    Lightning, and by the datamodule for the checkpoints Lightning does not restore it from); val/test/predict
+    are unshuffled and padded to equal length on every rank.
     ``predict_split`` names the split ``predict_dataloader`` reads.
     """
 

@@ -7,9 +7,9 @@ evaluation view (`views=0`, for training without augmentation). Epoch `e` trains
 
 The cache file is `DATASET_DIR/embedding_cache/<encoder>-<key>.h5`, the key hashing the encoder name, its weights,
 the view settings, the seed and the dataset manifest: a different encoder, checkpoint or view never reuses it.
-It is built in `<cache>.partial.<run tag>` next to it, batch by batch, each split's rows done flushed after every
-batch: a build stopped by a signal (checked before every batch and view) is continued by the run's next job, with
-the same bits as an uninterrupted build, and renamed into place when complete.
+It is built in `<cache>.partial.<run tag>` next to it, batch by batch, each split's rows done synced to disk every
+few seconds: a build stopped by a signal (checked before every batch and view) is continued by the run's next job,
+with the same bits as an uninterrupted build, and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ EMBEDDINGS_KEY = "embeddings"
 IDS_KEY = "ids"
 LABELS_GROUP = "labels"
 SPEC_ATTR = "spec"
-ROWS_DONE_ATTR = "rows_done"  # per split, in a partial file: rows written (and flushed) so far
+ROWS_DONE_ATTR = "rows_done"  # per split, in a partial file: rows written and synced to disk so far
+BATCH_SIZE_ATTR = "batch_size"  # of a partial file: a build continues with the batches it started with
+COMMIT_EVERY_S = 10.0  # a lost node costs at most this much of a build
 PROGRESS_EVERY_S = 30.0
 
 log = logging.getLogger("zoobot_hpc")
@@ -133,19 +135,20 @@ def _rows_done(handle: h5py.File, split: str) -> int:
     return int(handle[split].attrs[ROWS_DONE_ATTR]) if split in handle else 0
 
 
-def _reopen(partial: Path, spec: CacheSpec) -> h5py.File | None:
-    """The partial file of an earlier build of `spec`, or None when it is missing, of another spec or unreadable
-    (the node died mid-write)."""
+def _reopen(partial: Path, spec: CacheSpec, batch_size: int) -> h5py.File | None:
+    """The partial file of an earlier build of `spec` with the same batches, or None when it is missing, of another
+    spec or batch size, or unreadable (the node died mid-write)."""
     if not partial.exists():
         return None
     handle = None
     try:
         handle = h5py.File(partial, "r+")
-        if handle.attrs.get(SPEC_ATTR) == _spec_text(spec):
+        same = (handle.attrs.get(SPEC_ATTR), handle.attrs.get(BATCH_SIZE_ATTR)) == (_spec_text(spec), batch_size)
+        if same:
             for group in handle.values():
                 int(group.attrs[ROWS_DONE_ATTR])  # every split's count reads back
             return handle
-        log.warning("embedding cache: %s was built for another cache spec; starting it afresh", partial)
+        log.warning("embedding cache: %s was built for another spec or batch size; starting it afresh", partial)
     except (OSError, KeyError, ValueError) as error:
         log.warning("embedding cache: %s is unreadable (%s); starting it afresh", partial, error)
     if handle is not None:
@@ -153,13 +156,26 @@ def _reopen(partial: Path, spec: CacheSpec) -> h5py.File | None:
     return None
 
 
-def _open_partial(partial: Path, spec: CacheSpec) -> h5py.File:
-    """The partial file of `spec`, reopened to continue where its last build stopped, or started afresh."""
-    handle = _reopen(partial, spec)
+def _open_partial(partial: Path, spec: CacheSpec, batch_size: int) -> h5py.File:
+    """The partial file of `spec`, reopened to continue where its last build stopped, or started afresh. The batch
+    size is kept: the encoder's arithmetic may depend on it, and the rows of a continued build must be the bits of
+    an uninterrupted one."""
+    handle = _reopen(partial, spec, batch_size)
     if handle is None:
         handle = h5py.File(partial, "w")
         handle.attrs[SPEC_ATTR] = _spec_text(spec)
+        handle.attrs[BATCH_SIZE_ATTR] = batch_size
     return handle
+
+
+def _commit_rows(handle: h5py.File, group: h5py.Group, rows_done: int) -> None:
+    """Make the rows written so far durable, and only then count them: a node lost mid-build never leaves a count
+    ahead of rows that did not reach the disk."""
+    handle.flush()
+    os.fsync(handle.id.get_vfd_handle())
+    group.attrs[ROWS_DONE_ATTR] = rows_done
+    handle.flush()
+    os.fsync(handle.id.get_vfd_handle())
 
 
 def _allocate(
@@ -186,9 +202,10 @@ def _embed_batch(build: _Build, batch: dict[str, Any], views: int) -> np.ndarray
 
 
 def _write_split(handle: h5py.File, dataset: ShardDataset, views: int, build: _Build, progress: _Progress) -> bool:
-    """Embed the split's rows not yet done, each batch written in place and counted in `rows_done` (flushed);
-    False when `should_stop` stopped it. The rows are those of an uninterrupted build: the batches start at the
-    same rows and a view is a pure function of the sample index."""
+    """Embed the split's rows not yet done, each batch written in place; `rows_done` counts them every
+    `COMMIT_EVERY_S`, at the end and at a stop (`_commit_rows`). False when `should_stop` stopped it. The rows are
+    those of an uninterrupted build: the batches start at the same rows and a view is a pure function of the
+    sample index."""
     group = handle.require_group(dataset.split)
     group.attrs.setdefault(ROWS_DONE_ATTR, 0)
     done = int(group.attrs[ROWS_DONE_ATTR])
@@ -203,27 +220,31 @@ def _write_split(handle: h5py.File, dataset: ShardDataset, views: int, build: _B
             collate_fn=collate_samples,
         ),
     )
+    written, committed_at, stopped = done, time.monotonic(), False
     for batch in loader:
         features = _embed_batch(build, batch, views)
         if features is None:
-            return False
+            stopped = True
+            break
         if EMBEDDINGS_KEY not in group:
             _allocate(group, batch, features, len(dataset), dataset.label_cols)
-        start, stop = int(batch["index"][0]), int(batch["index"][-1]) + 1
-        group[EMBEDDINGS_KEY][:, start:stop] = features
-        group[IDS_KEY][start:stop] = list(batch["id"])
+        start, written = int(batch["index"][0]), int(batch["index"][-1]) + 1
+        group[EMBEDDINGS_KEY][:, start:written] = features
+        group[IDS_KEY][start:written] = list(batch["id"])
         for name in dataset.label_cols:
-            group[LABELS_GROUP][name][start:stop] = batch[name].numpy()
-        group.attrs[ROWS_DONE_ATTR] = stop
-        handle.flush()
-        progress.add(dataset.split, stop - start)
-    return True
+            group[LABELS_GROUP][name][start:written] = batch[name].numpy()
+        progress.add(dataset.split, written - start)
+        if time.monotonic() - committed_at >= COMMIT_EVERY_S:
+            _commit_rows(handle, group, written)
+            committed_at = time.monotonic()
+    _commit_rows(handle, group, written)
+    return not stopped
 
 
 def _build_partial(partial: Path, spec: CacheSpec, dataset_dir: Path, locking: bool | None, build: _Build) -> bool:
     """Fill the partial file of `spec`, continuing where it stopped; True when every split is done."""
     datasets = [ShardDataset(dataset_dir, split, label_cols=None, locking=locking) for split in spec.splits]
-    with _open_partial(partial, spec) as handle:
+    with _open_partial(partial, spec, build.batch_size) as handle:
         progress = _Progress(sum(_rows_done(handle, d.split) for d in datasets), sum(len(d) for d in datasets))
         if progress.done:
             log.info("embedding cache: resuming %s (%d/%d rows already done)", partial, progress.done, progress.total)

@@ -4,7 +4,9 @@ Lightning saves and restores the state of the *DataLoader* (when it has ``state_
 ``load_state_dict``), never of its sampler, and restores it before calling ``iter()``. The
 sampler below keeps its position as ``{epoch, consumed}``; the loader forwards that state and
 is told how far training got by ``record_progress`` (called by the training callback in
-``on_train_batch_start`` with ``batch_idx + 1``).
+``on_train_batch_start`` with ``batch_idx + 1``) and when an epoch is done (``record_epoch_done``). Lightning
+restores the loader's state only from mid-epoch checkpoints; the datamodule keeps a copy for the others
+(``SplitLoaders.state_dict``).
 """
 
 from __future__ import annotations

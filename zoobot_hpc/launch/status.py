@@ -126,26 +126,45 @@ def job_error(submitit_folder: Path, job_id: str) -> str | None:
     return lines[-1] if lines else str(outcome)
 
 
-def requeue_causes(job_id: str) -> list[str]:
-    """How each start of a SLURM job ended, oldest first (`NODE_FAIL`, `PREEMPTED`, ...; sacct's records of its
-    requeues); empty without sacct."""
+@dataclass(frozen=True)
+class JobStart:
+    """One start of a SLURM job as sacct records it (a requeued job has one per start)."""
+
+    started: float
+    state: str
+
+
+def job_starts(job_id: str) -> list[JobStart]:
+    """Each start of a SLURM job with how it ended (`NODE_FAIL`, `PREEMPTED`, ...), oldest first; empty without
+    sacct or when it does not answer in time."""
     if shutil.which("sacct") is None:
         return []
-    command = ["sacct", "--duplicates", "--allocations", "--noheader", "--parsable2", "--format=State", "-j", job_id]
-    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    command = ["sacct", "--duplicates", "--allocations", "--noheader", "--parsable2", "--format=Start,State"]
+    try:
+        out = subprocess.run([*command, "-j", job_id], capture_output=True, text=True, timeout=30).stdout
+    except subprocess.SubprocessError:
+        return []
+    starts = []
+    for line in out.splitlines():
+        started, _, state = line.partition("|")
+        try:
+            starts.append(JobStart(time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S")), state.split()[0]))
+        except (ValueError, IndexError):
+            continue
+    return starts
 
 
-def how_segment_ended(segments: list[dict], index: int, causes: dict[str, list[str]]) -> str | None:
-    """What ended start `index` of a run (`NODE_FAIL`, ...), from sacct's record of its SLURM job (`causes` caches
-    one sacct call per job); None where the scheduler does not say."""
-    job = str(segments[index].get("job", ""))
-    if not re.fullmatch(r"\d+(_\d+)?", job):
+def how_segment_ended(segments: list[dict], index: int, cache: dict[str, list[JobStart]]) -> str | None:
+    """What ended start `index` of a run (`NODE_FAIL`, ...): sacct's record of the start of its SLURM job that
+    began last before the segment did (`cache`: one sacct call per job); None where the scheduler does not say."""
+    segment = segments[index]
+    job = str(segment.get("job", ""))
+    if not re.fullmatch(r"\d+(_\d+)?", job) or "start" not in segment:
         return None
-    if job not in causes:
-        causes[job] = requeue_causes(job)
-    nth = sum(segment.get("job") == job for segment in segments[:index])
-    return causes[job][nth] if nth < len(causes[job]) else None
+    if job not in cache:
+        cache[job] = job_starts(job)
+    before = [start for start in cache[job] if start.started <= segment["start"] + 1]
+    return before[-1].state if before else None
 
 
 def redone_note(segments: list[dict]) -> str:
@@ -155,7 +174,7 @@ def redone_note(segments: list[dict]) -> str:
     redone = layout.redone_work(segments)
     if not redone:
         return ""
-    causes: dict[str, list[str]] = {}
+    causes: dict[str, list[JobStart]] = {}
     parts = []
     for work in redone:
         cause = how_segment_ended(segments, work.segment - 1, causes)
