@@ -266,7 +266,7 @@ def test_lost_node_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(r
         tmp_path,
         runs["demo_dataset"],
         "lost-node",
-        step_sleep_s=0.5,
+        step_sleep_s=0.3,
         trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
         trainer__heartbeat_every_s=2.0,
     )
