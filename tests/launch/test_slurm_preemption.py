@@ -39,6 +39,7 @@ def _preemption_partitions(slurm_cluster):
 
 MAX_EPOCHS = 4
 GRACE_LIMIT_S = 10  # the `low` partition's GraceTime in slurm/cluster.sh --preemption
+LATE_STEP = 24  # of the 48 steps of MAX_EPOCHS on 2 ranks: the first start ends at the limit, 60-90 s in
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,10 +80,16 @@ def submit_run(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float = 0
 def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float) -> tuple[Path, str]:
     """`zoobot-hpc train` of the baseline's config under a plain sbatch script with a 1-minute limit and no
     `--signal` (slurm/sbatch_template.sh without that line); returns the run dir and the job id. Only the first
-    start is slowed down: it meets the limit, the requeued one finishes."""
+    start is slowed down, and only from `LATE_STEP`: it meets the limit near the end of training, and the requeued
+    start has little left to do. A step's sleep must end well inside KillWait (5 s): the save follows it."""
     probe = {
         "class_path": "tests.launch.probes.StepDigests",
-        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": step_sleep_s, "first_start_only": True},
+        "init_args": {
+            "out_dir": str(tmp_path / "probe"),
+            "step_sleep_s": step_sleep_s,
+            "first_start_only": True,
+            "sleep_from_step": LATE_STEP,
+        },
     }
     config = write_test_config(
         tmp_path, dataset, name=name, resources__nodes=2, trainer__max_epochs=MAX_EPOCHS, trainer__callbacks=[probe]
@@ -152,7 +159,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         resources__max_time_limit_requeues=2,
         resources__sbatch_extra={"time": "2:00"},
     )
-    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script", step_sleep_s=2.0)
+    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script", step_sleep_s=3.0)
     return {
         "own-script": own_script,
         "root": root,
