@@ -154,15 +154,21 @@ class LogLineProgress(Callback):
 
 
 class SegmentHeartbeat(Callback):
-    """Records how far this start of the job got, in its line of `segments.jsonl` (`reached_step`, `reached_at`):
-    at most every `every_s` seconds (`trainer.heartbeat_every_s`) and when training ends (rank 0). A job that dies
-    without saving (a lost node, a kill) leaves this as its last word: `status` compares it with the step the next
-    start resumed from to tell how much work was redone (at least that much: up to `every_s` more may be lost)."""
+    """Records, in this job start's line of `segments.jsonl` (rank 0), the step it resumed from (`resumed_step`, as
+    Lightning restored it) and how far it got (`reached_step`, `reached_at`: at most every `every_s` seconds,
+    `trainer.heartbeat_every_s`, and when training ends). A job that dies without saving (a lost node, a kill)
+    leaves this as its last word: `status` compares it with the step the next start resumed from to tell how much
+    work was redone (at least that much: up to `every_s` more may be lost)."""
 
     def __init__(self, run_dir: Path, every_s: float = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.every_s = every_s
         self._last = time.monotonic()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The step this start resumed from, as Lightning restored it (0 for a fresh run)."""
+        if trainer.global_rank == 0:
+            layout.update_last_segment(self.run_dir, {"resumed_step": trainer.global_step})
 
     def _record(self, trainer: Trainer) -> None:
         layout.update_last_segment(self.run_dir, {"reached_step": trainer.global_step, "reached_at": time.time()})

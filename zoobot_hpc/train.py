@@ -32,7 +32,6 @@ from zoobot_hpc.checkpointing import (
     keep_own_signal_handlers,
     last_state_checkpoint,
     newest_valid_checkpoint,
-    stored_step,
 )
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
@@ -293,7 +292,6 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "host": socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
-            "resumed_step": stored_step(resume_from) if resume_from else 0,
             "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
         },
     )

@@ -39,7 +39,6 @@ class SplitLoaders(L.LightningDataModule):
     """
 
     seed: int
-    _train_loader: ResumableDataLoader | None = None
     _restored_train_position: dict[str, int] | None = None
 
     def _dataset(self, split: str) -> Dataset:
@@ -66,7 +65,6 @@ class SplitLoaders(L.LightningDataModule):
         if self._restored_train_position is not None:
             loader.load_state_dict(self._restored_train_position)
             self._restored_train_position = None
-        self._train_loader = loader
         return loader
 
     def train_batches_per_epoch(self) -> int:
@@ -78,7 +76,8 @@ class SplitLoaders(L.LightningDataModule):
         own state only when it resumes mid-epoch. From a checkpoint taken at an epoch's end (`last.ckpt`, written
         after validation) the sampler would start at epoch 0, and loader workers prefetch that epoch's order before
         Lightning sets the next epoch; with the saved position it rolls over to the next epoch itself."""
-        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return {"train_position": loader.state_dict()} if isinstance(loader, ResumableDataLoader) else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's sampler position for the train loader (made after the checkpoint is restored)."""
