@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def _stop_during_the_build(config, log_path, dataset, signum) -> float:
 def test_sigterm_during_the_cache_build_stops_within_seconds_and_the_rerun_continues_it(tmp_path):
     dataset, reference_dataset = tmp_path / "data", tmp_path / "reference-data"
     write_demo_dataset(dataset, n_galaxies=320, image_size=32, seed=1)
-    write_demo_dataset(reference_dataset, n_galaxies=320, image_size=32, seed=1)
+    shutil.copytree(dataset, reference_dataset)  # the same manifest (it records when it was written): the same key
     reference_config = _config(tmp_path, reference_dataset, "reference")
     config = _config(tmp_path, dataset, "stopped")
     run_dir = tmp_path / "stopped" / "runs" / "stopped"
