@@ -36,6 +36,7 @@ from zoobot_hpc.checkpointing import (
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
+from zoobot_hpc.ddp_strategy import ddp_strategy
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import (
@@ -167,7 +168,7 @@ def make_trainer(
         accelerator="gpu" if resources.gpus_per_node else "cpu",
         devices=resources.tasks_per_node,
         num_nodes=resources.nodes,
-        strategy="ddp" if config.world_size > 1 else "auto",
+        strategy=ddp_strategy(config.trainer.deterministic) if config.world_size > 1 else "auto",
         precision=resolve_precision(config.trainer.precision),
         use_distributed_sampler=False,
         enable_progress_bar=interactive,
