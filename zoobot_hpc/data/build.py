@@ -15,36 +15,44 @@ from typing import Any
 
 import h5py
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from zoobot_hpc.atomic import write_text
+from zoobot_hpc.data.build_planning import plan_build
+from zoobot_hpc.data.build_state import (
+    PLAN_ATTR,
+    WriterRecord,
+    label_values,
+    plan_digest,
+    read_record,
+    stamp_record,
+    write_record,
+)
+from zoobot_hpc.data.build_units import read_unit, remove_units
+from zoobot_hpc.data.catalog_scan import ID, PATH, CatalogScan, open_catalog
 from zoobot_hpc.data.fits_images import is_fits, read_fits_planes
 from zoobot_hpc.data.hf_tables import is_table_source, read_embedded_images, read_table_source
+from zoobot_hpc.data.id_hashing import HASH_SPLITS, sha256_hash64, splits_from_hash
 from zoobot_hpc.data.shard_format import (
     DEFAULT_SHARD_SIZE_BYTES,
     FORMAT_VERSION,
     IDS_KEY,
     IMAGE_CHANNELS,
+    IMAGES_KEY,
     LABELS_GROUP,
     MANIFEST_NAME,
     SAMPLE_KEYS,
-    SPLITS,
     DatasetError,
     Manifest,
     ShardInfo,
     ShardWriter,
     file_sha256,
-    images_per_shard,
-    label_dtype_name,
-    shard_file_name,
     write_manifest,
 )
 from zoobot_hpc.data.stretch import ImageScaling
 
 REPORT_NAME = "build_report.json"
-HASH_SPLITS = ("train", "val", "test")
 ON_ERROR_CHOICES = ("fail", "skip")
 SOURCES_ATTR = "sources_sha256"  # shard attribute: sha256 of its images' source paths, in order
 _WRITE_BLOCK = 64
@@ -52,15 +60,8 @@ _WRITE_BLOCK = 64
 
 def hash_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> np.ndarray:
     """Assign each id to train/val/test by a deterministic sha256 hash of the id (stable across runs)."""
-    fractions = np.asarray(fractions, dtype=np.float64)
-    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}")
-    position = np.array(
-        [int.from_bytes(hashlib.sha256(str(i).encode()).digest()[:8], "big") / 2**64 for i in ids],
-        dtype=np.float64,
-    )
-    bucket = np.searchsorted(np.cumsum(fractions)[:2], position, side="right")
-    return np.array(HASH_SPLITS, dtype=object)[bucket]
+    codes = splits_from_hash(sha256_hash64(ids), fractions)
+    return np.array(HASH_SPLITS, dtype=object)[codes]
 
 
 # PIL modes whose pixels do not fit 8 bits (PIL's own conversion to "L" clips them)
@@ -156,261 +157,241 @@ def _array_to_image(array: np.ndarray, path: Path, scaling: ImageScaling | None)
 
 
 @dataclass(frozen=True)
-class ShardTask:
-    """Everything a worker process needs to write (or reuse) one shard."""
+class UnitTask:
+    """Everything a worker process needs to write (or reuse) one shard: its work unit and how to decode."""
 
-    path: Path
+    unit: Path
+    out_dir: Path
+    shard: str
     split: str
-    ids: tuple[str, ...]
-    image_paths: tuple[str, ...]
-    labels: dict[str, np.ndarray]
     size: int
     channels: int
     on_error: str
+    label_dtypes: dict[str, str]
     scaling: ImageScaling | None = None
-    embedded_col: str | None = None  # image_paths are FILE#ROW references into this column of parquet/Arrow files
+    embedded_col: str | None = None  # paths are FILE#ROW references into this column of parquet/Arrow files
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / self.shard
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.channels)
 
 
 @dataclass
 class ShardResult:
-    """A finished shard (None when every image failed or the build must fail) and its failed images."""
+    """A finished shard (None when none of its images could be read), its failed images and what it cost."""
 
     info: ShardInfo | None
     failures: list[dict[str, str]] = field(default_factory=list)
     reused: bool = False
+    decoded: int = 0  # images decoded successfully by this run
+    copied: int = 0  # images copied from an earlier version of the shard instead of decoded again
 
 
-def _load_rows(task: ShardTask, rows: Sequence[int]) -> tuple[dict[int, np.ndarray], list[dict[str, str]]]:
+@dataclass
+class _Rows:
+    """A unit's rows as plain Python/numpy values (a few MB for a 2 GiB shard)."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: dict[str, np.ndarray]
+    digest: str
+
+
+def _read_rows(task: UnitTask) -> _Rows:
+    table = read_unit(task.unit)
+    scaling = task.scaling.to_dict() if task.scaling is not None else None
+    return _Rows(
+        ids=table.column(ID).to_pylist(),
+        paths=table.column(PATH).to_pylist(),
+        labels={name: label_values(table, name, dtype) for name, dtype in task.label_dtypes.items()},
+        digest=plan_digest(table, task.label_dtypes, task.image_shape, scaling),
+    )
+
+
+def _decode_rows(
+    task: UnitTask, rows: _Rows, which: Sequence[int]
+) -> tuple[dict[int, np.ndarray], list[dict[str, str]]]:
+    """Decode `which` rows: the images that could be read, and one failure (id, path, reason) per other row."""
     images, failures = {}, []
-    rows = list(rows)
+    which = list(which)
+    if not which:
+        return images, failures
     if task.embedded_col is not None:
-        encoded = read_embedded_images([task.image_paths[row] for row in rows], task.embedded_col)
+        encoded = read_embedded_images([rows.paths[row] for row in which], task.embedded_col)
     else:
-        encoded = [(task.image_paths[row], None) for row in rows]
-    for row, (name, data) in zip(rows, encoded, strict=True):
+        encoded = [(rows.paths[row], None) for row in which]
+    for row, (name, data) in zip(which, encoded, strict=True):
         try:
             if task.embedded_col is not None and data is None:
-                raise ValueError(f"{task.image_paths[row]}: no image bytes")
+                raise ValueError(f"{rows.paths[row]}: no image bytes")
             images[row] = load_image(name, task.size, task.channels, task.scaling, data)
         except Exception as error:
             message = " ".join(str(error).split()) or type(error).__name__
-            failures.append({"id": task.ids[row], "path": task.image_paths[row], "error": message})
+            failures.append({"id": rows.ids[row], "path": rows.paths[row], "error": message})
     return images, failures
 
 
-def _sources_digest(task: ShardTask, rows: Sequence[int]) -> str:
-    """A fingerprint of where a shard's images (`rows` of `task`) came from: their paths, in shard order, and the
-    stretch that scaled them."""
-    parts = [task.image_paths[row] for row in rows]
+def _sources_digest(task: UnitTask, rows: _Rows, kept: Sequence[int]) -> str:
+    """A fingerprint of where a shard's images (`kept` rows) came from: their paths, in shard order, and the
+    stretch that scaled them (shards of earlier versions carry only this)."""
+    parts = [rows.paths[row] for row in kept]
     if task.scaling is not None:
         parts.append(json.dumps(task.scaling.to_dict(), sort_keys=True))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _existing_shard(task: ShardTask) -> ShardResult | None:
-    """Reuse a finished shard from an earlier run when it holds exactly what this build would write: the same
-    ids in order, image shape, label columns and values, and images from the same paths."""
-    if not task.path.is_file():
+def _verified_rows(task: UnitTask, rows: _Rows) -> list[int] | None:
+    """Without a trusted writer record: the rows an existing shard holds when it holds exactly what this build
+    would write for them (the same ids in order, image shape, label columns and values, image sources)."""
+    path = task.path
+    if not path.is_file():
         return None
-    expected_columns = {name: label_dtype_name(values) for name, values in task.labels.items()}
     try:
-        with h5py.File(task.path, "r") as handle:
-            stored_ids = tuple(handle[IDS_KEY].asstr()[:])
+        with h5py.File(path, "r") as handle:
+            stored_ids = list(handle[IDS_KEY].asstr()[:])
             stored_shape = tuple(int(n) for n in handle.attrs["image_shape"])
             stored_columns = json.loads(handle.attrs["label_columns"])
             stored_sources = handle.attrs.get(SOURCES_ATTR)
-            stored_labels = {name: handle[LABELS_GROUP][name][:] for name in expected_columns}
+            stored_labels = {name: handle[LABELS_GROUP][name][:] for name in task.label_dtypes}
     except (OSError, KeyError, ValueError):
         return None
-    if stored_shape != (task.size, task.size, task.channels) or stored_columns != expected_columns:
+    if stored_shape != task.image_shape or stored_columns != task.label_dtypes:
         return None
     stored = set(stored_ids)
-    kept_rows = [row for row, id_ in enumerate(task.ids) if id_ in stored]
-    missing = [row for row, id_ in enumerate(task.ids) if id_ not in stored]
-    if tuple(task.ids[row] for row in kept_rows) != stored_ids or (missing and task.on_error != "skip"):
+    kept = [row for row, id_ in enumerate(rows.ids) if id_ in stored]
+    if [rows.ids[row] for row in kept] != stored_ids or stored_sources != _sources_digest(task, rows, kept):
         return None
-    if stored_sources != _sources_digest(task, kept_rows) or not all(
-        np.array_equal(stored_labels[name], values[kept_rows], equal_nan=True) for name, values in task.labels.items()
-    ):
+    same = (np.array_equal(stored_labels[name], values[kept], equal_nan=True) for name, values in rows.labels.items())
+    if not all(same):
         return None
-    retried, failures = _load_rows(task, missing)
-    if retried:
-        return None
-    info = ShardInfo(task.path.name, len(stored_ids), task.path.stat().st_size, file_sha256(task.path))
+    return kept
+
+
+def build_unit(task: UnitTask) -> ShardResult:
+    """Write one shard from its work unit, or reuse what an earlier run wrote; runs in a worker process.
+
+    A shard an earlier run finished is trusted by its writer record (no re-hash). Images it could not read are
+    tried again; when one can be read now the shard is written again, its other images copied from the old file
+    rather than decoded again. Bad images never stop the good ones around them from being written.
+    """
+    rows = _read_rows(task)
+    record = read_record(task.out_dir, task.shard)
+    trusted = record is not None and record.plan_sha256 == rows.digest and record.matches_file(task.path)
+    if trusted:
+        failed_ids = {failure["id"] for failure in record.failed}
+        kept = [row for row, id_ in enumerate(rows.ids) if id_ not in failed_ids]
+    else:
+        kept = _verified_rows(task, rows)
+    if kept is None:
+        return _write_shard(task, rows)
+    kept_set = set(kept)
+    failures: list[dict[str, str]] = []
+    readable: dict[int, np.ndarray] = {}
+    for row in (row for row in range(len(rows.ids)) if row not in kept_set):
+        images, row_failures = _decode_rows(task, rows, [row])
+        failures += row_failures
+        if images:
+            readable = images
+            break
+    if readable:
+        old_rows = {row: index for index, row in enumerate(kept)}
+        known = {failure["id"]: failure for failure in failures}
+        return _write_shard(task, rows, old_rows=old_rows, readable=readable, known_failures=known)
+    if trusted:
+        return ShardResult(record.info(), failures, reused=True)
+    info = ShardInfo(task.shard, len(kept), task.path.stat().st_size, file_sha256(task.path)) if kept else None
+    _record(task, rows, info, failures)
     return ShardResult(info, failures, reused=True)
 
 
-def build_shard(task: ShardTask) -> ShardResult:
-    """Write one shard from its catalog rows (or reuse a finished one); runs in a worker process."""
-    existing = _existing_shard(task)
-    if existing is not None:
-        return existing
-    failures = []
-    kept_rows: list[int] = []
-    with ShardWriter(task.path, (task.size, task.size, task.channels), task.split) as writer:
-        for start in range(0, len(task.ids), _WRITE_BLOCK):
-            rows = range(start, min(start + _WRITE_BLOCK, len(task.ids)))
-            images, block_failures = _load_rows(task, rows)
-            failures += block_failures
-            if block_failures and task.on_error == "fail":
-                continue
+def _record(task: UnitTask, rows: _Rows, info: ShardInfo | None, failures: list[dict[str, str]]) -> None:
+    record = WriterRecord(task.shard, rows.digest, 0, failed=failures)
+    if info is not None:
+        record.count, record.size_bytes, record.sha256 = info.count, info.size_bytes, info.sha256
+    write_record(task.out_dir, stamp_record(record, task.path))
+
+
+def _write_shard(
+    task: UnitTask,
+    rows: _Rows,
+    old_rows: dict[int, int] | None = None,
+    readable: dict[int, np.ndarray] | None = None,
+    known_failures: dict[str, dict[str, str]] | None = None,
+) -> ShardResult:
+    """Write the shard block by block: images from the old shard (`old_rows`: unit row -> its row there) are
+    copied, `readable` ones were decoded already, `known_failures` are not tried again, the rest are decoded."""
+    readable, known_failures = dict(readable or {}), known_failures or {}
+    result = ShardResult(None)
+    kept: list[int] = []
+    old_handle = h5py.File(task.path, "r") if old_rows else None
+    writer = ShardWriter(task.path, task.image_shape, task.split)
+    try:
+        for start in range(0, len(rows.ids), _WRITE_BLOCK):
+            block = range(start, min(start + _WRITE_BLOCK, len(rows.ids)))
+            images = _block_images(task, rows, block, old_handle, old_rows or {}, readable, known_failures, result)
             if images:
-                writer.append(np.stack(list(images.values())), [task.ids[row] for row in images])
-                kept_rows += list(images)
-        if (failures and task.on_error == "fail") or not kept_rows:
-            return ShardResult(None, failures)
-        info = writer.finish(
-            {name: values[kept_rows] for name, values in task.labels.items()},
-            attrs={SOURCES_ATTR: _sources_digest(task, kept_rows)},
-        )
-    return ShardResult(info, failures)
-
-
-def read_catalog(catalog: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or parquet catalog with pandas."""
-    catalog = Path(catalog)
-    if catalog.is_dir():
-        raise DatasetError(f"{catalog}: a folder is read only as a Hugging Face dataset with an image-bytes column")
-    if not catalog.is_file():
-        raise DatasetError(f"{catalog}: catalog file does not exist")
-    suffix = catalog.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(catalog)
-    if suffix in (".csv", ".gz", ".txt"):
-        return pd.read_csv(catalog)
-    raise DatasetError(f"{catalog}: catalog must be .csv or .parquet, got {suffix!r}")
-
-
-def _label_arrays(
-    catalog: Path, frame: pd.DataFrame, id_col: str, label_cols: Sequence[str], allow_nan: Sequence[str]
-) -> dict[str, np.ndarray]:
-    labels = {}
-    for name in label_cols:
-        column = frame[name]
-        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
-            raise DatasetError(f"{catalog}: label column {name!r} is {column.dtype}, expected numbers")
-        values = column.to_numpy()
-        values = values.astype(label_dtype_name(values))
-        if values.dtype.kind == "f":
-            bad = ~np.isfinite(values) & ~(np.isnan(values) if name in allow_nan else False)
-            if bad.any():
-                first = int(np.argmax(bad))
-                raise DatasetError(
-                    f"{catalog}: label column {name!r} has {int(bad.sum())} non-finite values "
-                    f"(first {values[first]} at id {frame[id_col].iloc[first]!r}); pass it in allow_nan if "
-                    "missing labels are expected"
-                )
-        labels[name] = values
-    return labels
-
-
-def _check_build_args(
-    catalog: Path,
-    frame: pd.DataFrame,
-    columns: dict[str, str | None],
-    label_cols: Sequence[str],
-    allow_nan: Sequence[str],
-    channels: int,
-    size: int,
-    on_error: str,
-) -> None:
-    for role, name in columns.items():
-        if name is not None and name not in frame.columns:
-            raise DatasetError(f"{catalog}: no {role} column {name!r} (columns: {list(frame.columns)})")
-    for name in label_cols:
-        if name not in frame.columns:
-            raise DatasetError(f"{catalog}: no label column {name!r} (columns: {list(frame.columns)})")
-        if name in SAMPLE_KEYS:
-            raise DatasetError(f"{catalog}: label column {name!r} clashes with a sample key {SAMPLE_KEYS}; rename it")
-    unknown_nan = [name for name in allow_nan if name not in label_cols]
-    if unknown_nan:
-        raise ValueError(f"allow_nan names columns that are not label columns: {unknown_nan}")
-    if channels not in IMAGE_CHANNELS:
-        raise ValueError(f"channels must be one of {IMAGE_CHANNELS}, got {channels}")
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
-    if frame.empty:
-        raise DatasetError(f"{catalog}: catalog has no rows")
-
-
-def _assign_splits(
-    catalog: Path,
-    frame: pd.DataFrame,
-    ids: np.ndarray,
-    split_col: str | None,
-    split_fractions: Sequence[float],
-    labelled: bool,
-) -> np.ndarray:
-    if split_col is None:
-        return hash_split(ids, split_fractions) if labelled else np.full(len(ids), "predict", dtype=object)
-    splits = frame[split_col].astype(str).to_numpy(dtype=object)
-    unknown = sorted(set(splits) - set(SPLITS))
-    if unknown:
-        raise DatasetError(f"{catalog}: split column {split_col!r} has values {unknown[:5]} (allowed: {SPLITS})")
-    return splits
-
-
-def _image_paths(catalog: Path, frame: pd.DataFrame, image_col: str) -> np.ndarray:
-    """Image paths of a catalog, relative to its folder unless absolute ("" where missing)."""
-    return np.array(
-        [str(catalog.parent / str(p)) if pd.notna(p) and str(p) else "" for p in frame[image_col]],
-        dtype=object,
-    )
-
-
-def _plan_tasks(
-    out_dir: Path,
-    catalog: Path,
-    frame: pd.DataFrame,
-    ids: np.ndarray,
-    splits: np.ndarray,
-    labels: dict[str, np.ndarray],
-    image_paths: np.ndarray,
-    size: int,
-    channels: int,
-    shard_size_bytes: int,
-    on_error: str,
-    scaling: ImageScaling | None,
-    embedded_col: str | None,
-) -> list[ShardTask]:
-    per_shard = images_per_shard((size, size, channels), shard_size_bytes)
-    tasks = []
-    for split in SPLITS:
-        rows = np.flatnonzero(splits == split)
-        for index, start in enumerate(range(0, len(rows), per_shard)):
-            chunk = rows[start : start + per_shard]
-            tasks.append(
-                ShardTask(
-                    path=out_dir / shard_file_name(split, index),
-                    split=split,
-                    ids=tuple(ids[chunk]),
-                    image_paths=tuple(image_paths[chunk]),
-                    labels={name: values[chunk] for name, values in labels.items()},
-                    size=size,
-                    channels=channels,
-                    on_error=on_error,
-                    scaling=scaling,
-                    embedded_col=embedded_col,
-                )
+                writer.append(np.stack(list(images.values())), [rows.ids[row] for row in images])
+                kept += list(images)
+        if old_handle is not None:
+            old_handle.close()
+        if kept:
+            result.info = writer.finish(
+                {name: values[kept] for name, values in rows.labels.items()},
+                attrs={SOURCES_ATTR: _sources_digest(task, rows, kept), PLAN_ATTR: rows.digest},
             )
-    return tasks
+        else:
+            task.path.unlink(missing_ok=True)
+    finally:
+        if old_handle is not None and old_handle.id.valid:
+            old_handle.close()
+        writer.abort()
+    _record(task, rows, result.info, result.failures)
+    return result
 
 
-def _run_tasks(tasks: list[ShardTask], num_workers: int, progress: bool) -> list[ShardResult]:
-    bar = tqdm(total=sum(len(t.ids) for t in tasks), unit="img", desc="building shards", disable=not progress)
+def _block_images(
+    task: UnitTask,
+    rows: _Rows,
+    block: range,
+    old_handle: h5py.File | None,
+    old_rows: dict[int, int],
+    readable: dict[int, np.ndarray],
+    known_failures: dict[str, dict[str, str]],
+    result: ShardResult,
+) -> dict[int, np.ndarray]:
+    copy = [row for row in block if row in old_rows]
+    pixels = old_handle[IMAGES_KEY][[old_rows[row] for row in copy]] if copy else ()
+    copied = dict(zip(copy, pixels, strict=True))
+    result.copied += len(copied)
+    todo = [row for row in block if row not in copied and row not in readable and rows.ids[row] not in known_failures]
+    decoded, failures = _decode_rows(task, rows, todo)
+    result.decoded += len(decoded) + sum(row in readable for row in block)
+    result.failures += failures + [known_failures[rows.ids[row]] for row in block if rows.ids[row] in known_failures]
+    images = {}
+    for row in block:
+        image = copied.get(row, decoded.get(row, readable.pop(row, None)))
+        if image is not None:
+            images[row] = image
+    return images
+
+
+def _run_tasks(tasks: list[UnitTask], counts: list[int], num_workers: int, progress: bool) -> list[ShardResult]:
+    bar = tqdm(total=sum(counts), unit="img", desc="building shards", disable=not progress)
     results = []
     with bar:
         if num_workers <= 1:
-            for task in tasks:
-                results.append(build_shard(task))
-                bar.update(len(task.ids))
+            for task, count in zip(tasks, counts, strict=True):
+                results.append(build_unit(task))
+                bar.update(count)
         else:
             with ProcessPoolExecutor(max_workers=num_workers) as pool:
-                for task, result in zip(tasks, pool.map(build_shard, tasks), strict=True):
+                for count, result in zip(counts, pool.map(build_unit, tasks), strict=True):
                     results.append(result)
-                    bar.update(len(task.ids))
+                    bar.update(count)
     return results
 
 
@@ -422,42 +403,57 @@ def _write_report(out_dir: Path, catalog: Path, on_error: str, results: list[Sha
         "failed_count": len(failures),
         "failed": failures,
         "shards_written": sum(r.info is not None and not r.reused for r in results),
-        "shards_reused": sum(r.reused for r in results),
+        "shards_reused": sum(r.reused and r.info is not None for r in results),
+        "images_decoded": sum(r.decoded for r in results),
+        "images_copied": sum(r.copied for r in results),
     }
     path = out_dir / REPORT_NAME
     write_text(path, json.dumps(report, indent=2) + "\n")
     return path
 
 
-@dataclass
-class _Source:
-    """A catalog as read: its rows, the image references of an embedded-image table, and provenance."""
+def failure_lines(out_dir: str | os.PathLike, limit: int = 5) -> list[str]:
+    """For the terminal: how many images could not be read and the first `limit` of them, with reasons."""
+    path = Path(out_dir) / REPORT_NAME
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    failed = report.get("failed") or []
+    if not failed:
+        return []
+    verb = "skipped" if report.get("on_error") == "skip" else "could not read"
+    lines = [f"{verb} {len(failed)} unreadable image(s) (all listed in {path}):"]
+    lines += [f"  {failure['path'] or '(no path)'} [{failure['id']}]: {failure['error']}" for failure in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more")
+    return lines
 
-    frame: pd.DataFrame
-    embedded_col: str | None
-    image_refs: np.ndarray | None
-    provenance: dict[str, Any]
+
+def _check_build_args(
+    label_cols: Sequence[str], allow_nan: Sequence[str], channels: int, size: int, on_error: str
+) -> None:
+    unknown_nan = [name for name in allow_nan if name not in label_cols]
+    if unknown_nan:
+        raise ValueError(f"allow_nan names columns that are not label columns: {unknown_nan}")
+    if channels not in IMAGE_CHANNELS:
+        raise ValueError(f"channels must be one of {IMAGE_CHANNELS}, got {channels}")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
 
 
-def _read_source(catalog: Path, image_col: str, scaling: ImageScaling | None) -> _Source:
+def _open_source(
+    catalog: Path, image_col: str, id_col: str, split_col: str | None, label_cols: Sequence[str]
+) -> CatalogScan:
     """A CSV/parquet catalog of image paths, or a Hugging Face table whose `image_col` holds image bytes."""
     if is_table_source(catalog, image_col):
         table = read_table_source(catalog, image_col)
-        source = _Source(table.catalog, image_col, np.array(table.image_refs, dtype=object), dict(table.provenance))
-    else:
-        source = _Source(read_catalog(catalog), None, None, {})
-    if scaling is not None:
-        source.provenance["image_scaling"] = scaling.to_dict()
-    return source
-
-
-def _unique_ids(catalog: Path, frame: pd.DataFrame, id_col: str) -> np.ndarray:
-    """The catalog's ids as strings; a one-line DatasetError when any repeats."""
-    ids = frame[id_col].astype(str).to_numpy(dtype=object)
-    repeated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
-    if len(repeated):
-        raise DatasetError(f"{catalog}: {len(repeated)} ids repeat in column {id_col!r}, e.g. {list(repeated[:5])}")
-    return ids
+        scan = open_catalog(catalog, image_col, id_col, split_col, label_cols, embedded_table=table)
+        scan.provenance = dict(table.provenance)
+        return scan
+    return open_catalog(catalog, image_col, id_col, split_col, label_cols)
 
 
 def build_dataset(
@@ -485,63 +481,73 @@ def build_dataset(
     the files' sha256 (and the Hub revision) go into the manifest's provenance. FITS and images deeper than 8 bits
     are scaled with `scaling` (recorded in the manifest) and refused without it. Rows are split by a hash of the id
     (`split_fractions` for train/val/test) or by `split_col`; with no label columns and no `split_col` every
-    row goes to `predict`. Unreadable images are listed in `build_report.json` and either skipped
-    (`on_error='skip'`) or fail the build after all other shards are written. Re-running resumes: finished
-    shards are reused. The manifest is written last.
+    row goes to `predict`.
+
+    The catalog is planned in one streaming pass (`build_planning`) into one work unit per shard; workers write
+    the shards. Unreadable images are found while decoding and listed in `build_report.json`; the images around
+    them are written all the same. With `on_error='skip'` the dataset is finished without them; with 'fail' the
+    build raises after every shard is done and keeps them, so a rerun (with 'skip', or after the files are fixed)
+    decodes only what is missing. Re-running resumes: finished shards are trusted by their writer records. The
+    manifest is written last.
     """
     catalog, out_dir = Path(catalog), Path(out_dir)
-    source = _read_source(catalog, image_col, scaling)
-    frame, embedded_col = source.frame, source.embedded_col
-    columns = ({"image": image_col} if embedded_col is None else {}) | {"id": id_col, "split": split_col}
-    _check_build_args(catalog, frame, columns, label_cols, allow_nan, channels, size, on_error)
-    ids = _unique_ids(catalog, frame, id_col)
-    labels = _label_arrays(catalog, frame, id_col, label_cols, allow_nan)
-    splits = _assign_splits(catalog, frame, ids, split_col, split_fractions, labelled=bool(label_cols))
+    _check_build_args(label_cols, allow_nan, channels, size, on_error)
+    scan = _open_source(catalog, image_col, id_col, split_col, label_cols)
+    for name in label_cols:
+        if name in SAMPLE_KEYS:
+            raise DatasetError(f"{catalog}: label column {name!r} clashes with a sample key {SAMPLE_KEYS}; rename it")
+    provenance = dict(scan.provenance)
+    if scaling is not None:
+        provenance["image_scaling"] = scaling.to_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    image_paths = source.image_refs if embedded_col else _image_paths(catalog, frame, image_col)
-    tasks = _plan_tasks(
-        out_dir,
-        catalog,
-        frame,
-        ids,
-        splits,
-        labels,
-        image_paths,
-        size,
-        channels,
-        shard_size_bytes,
-        on_error,
-        scaling,
-        embedded_col,
-    )
-    results = _run_tasks(tasks, num_workers, progress)
     image_shape = (size, size, channels)
-    return _finish_dataset(
-        out_dir, catalog, on_error, tasks, results, labels, image_shape, allow_nan, id_col, source.provenance
+    plan = plan_build(scan, out_dir, image_shape, shard_size_bytes, split_fractions, allow_nan)
+    embedded_col = image_col if scan.embedded is not None else None
+    tasks = [
+        UnitTask(
+            unit.path,
+            out_dir,
+            unit.shard,
+            unit.split,
+            size,
+            channels,
+            on_error,
+            plan.label_dtypes,
+            scaling,
+            embedded_col,
+        )
+        for unit in plan.units
+    ]
+    results = _run_tasks(tasks, [unit.count for unit in plan.units], num_workers, progress)
+    manifest = _finish_dataset(
+        out_dir, catalog, on_error, tasks, results, plan.label_dtypes, image_shape, allow_nan, id_col, provenance
     )
+    remove_units(out_dir)
+    return manifest
 
 
 def _finish_dataset(
     out_dir: Path,
     catalog: Path,
     on_error: str,
-    tasks: Sequence[ShardTask],
+    tasks: Sequence[UnitTask],
     results: Sequence[ShardResult],
-    labels: dict[str, np.ndarray],
+    label_dtypes: dict[str, str],
     image_shape: tuple[int, int, int],
     allow_nan: Sequence[str],
     id_col: str,
     provenance: dict[str, Any],
 ) -> Manifest:
     """Write the build report; unless images failed (with on_error='fail') or none was read, the manifest."""
-    report = _write_report(out_dir, catalog, on_error, results)
+    report = _write_report(out_dir, catalog, on_error, list(results))
     failures = [failure for result in results for failure in result.failures]
     if failures and on_error == "fail":
         first = failures[0]
         raise DatasetError(
             f"{catalog}: {len(failures)} unreadable images (first {first['path']}: {first['error']}); "
-            f"all listed in {report}; fix them or use on_error='skip'"
+            f"all listed in {report}; the readable images are kept: fix the files and run again, or rerun with "
+            "on_error='skip'"
         )
     shard_splits: dict[str, list[ShardInfo]] = {}
     for task, result in zip(tasks, results, strict=True):
@@ -552,7 +558,7 @@ def _finish_dataset(
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         image_shape=image_shape,
-        label_columns={name: label_dtype_name(values) for name, values in labels.items()},
+        label_columns=dict(label_dtypes),
         allow_nan=tuple(allow_nan),
         splits={split: tuple(infos) for split, infos in shard_splits.items()},
         id_column=id_col,
