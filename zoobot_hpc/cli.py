@@ -116,7 +116,7 @@ def shard(
 ) -> None:
     """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
     `save_to_disk` folder) whose --image-col holds encoded images."""
-    from zoobot_hpc.data.build import build_dataset
+    from zoobot_hpc.data.build import build_dataset, failure_lines
     from zoobot_hpc.data.stretch import ImageScaling
 
     try:
@@ -148,7 +148,12 @@ def shard(
             scaling=scaling,
         )
     except ValueError as error:
+        if "unreadable images" in str(error):
+            for line in failure_lines(out_dir):
+                click.echo(line, err=True)
         raise click.ClickException(str(error)) from error
+    for line in failure_lines(out_dir):
+        click.echo(line, err=True)
     counts = ", ".join(f"{split} {manifest.split_count(split)}" for split in manifest.splits)
     click.echo(f"wrote {out_dir}: {counts}")
 
@@ -159,11 +164,14 @@ def shard(
 @click.option("--size", "image_size", default=64, show_default=True, type=click.IntRange(min=8))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
-def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers: int) -> None:
+@click.option("--shard-size", default="2GB", show_default=True, type=ByteSize(), help="Max bytes per shard.")
+def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers: int, shard_size: int) -> None:
     """Write a synthetic galaxy dataset to OUT_DIR (no download needed)."""
     from zoobot_hpc.data.demo import write_demo_dataset
 
-    manifest = write_demo_dataset(out_dir, n_galaxies, image_size, seed, num_workers=workers)
+    manifest = write_demo_dataset(
+        out_dir, n_galaxies, image_size, seed, num_workers=workers, shard_size_bytes=shard_size
+    )
     counts = ", ".join(f"{split} {manifest.split_count(split)}" for split in manifest.splits)
     click.echo(f"wrote {out_dir}: {counts}")
 

@@ -21,10 +21,10 @@ from zoobot_hpc.data.shard_format import (
     SPLITS,
     Manifest,
     ShardInfo,
+    ShardWriter,
     images_per_shard,
     shard_file_name,
     write_manifest,
-    write_shard,
 )
 
 DEMO_TREE_SCHEMA = {
@@ -117,6 +117,7 @@ def _edge_on(rng: np.random.Generator, frame: _Frame, size: int) -> tuple[np.nda
     return (disk + bulge)[..., None] * _colour(rng, _TAN), axis_ratio
 
 
+_RENDER_BLOCK = 64
 _RENDERERS = (_smooth, _spiral, _edge_on)
 
 
@@ -153,13 +154,17 @@ def _demo_id(index: int) -> str:
 
 
 def _write_demo_shard(task: tuple[Path, str, np.ndarray, int, int]) -> ShardInfo:
+    """Render and write one shard a block of galaxies at a time (a worker holds a block, not a shard)."""
     path, split, indices, seed, image_size = task
-    galaxies = [make_galaxy(seed, int(index), image_size) for index in indices]
-    labels = {
-        name: np.array([values[name] for _, values in galaxies], dtype=dtype) for name, dtype in _LABEL_DTYPES.items()
-    }
-    images = np.stack([image for image, _ in galaxies])
-    return write_shard(path, images, [_demo_id(int(i)) for i in indices], labels, split)
+    labels = {name: np.empty(len(indices), dtype=dtype) for name, dtype in _LABEL_DTYPES.items()}
+    with ShardWriter(path, (image_size, image_size, 3), split) as writer:
+        for start in range(0, len(indices), _RENDER_BLOCK):
+            block = indices[start : start + _RENDER_BLOCK]
+            galaxies = [make_galaxy(seed, int(index), image_size) for index in block]
+            for name in labels:
+                labels[name][start : start + len(block)] = [values[name] for _, values in galaxies]
+            writer.append(np.stack([image for image, _ in galaxies]), [_demo_id(int(i)) for i in block])
+        return writer.finish(labels)
 
 
 def write_demo_dataset(
