@@ -178,19 +178,36 @@ def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers
 
 @main.command()
 @click.argument("dataset_dir", type=click.Path())
-@click.option("--checksums/--no-checksums", default=True, show_default=True, help="Verify shard sha256.")
+@click.option(
+    "--checksums/--no-checksums",
+    default=False,
+    show_default=True,
+    help="Also verify every shard's sha256 (in parallel; shards verified before and unchanged are not hashed again).",
+)
+@click.option("--rehash", is_flag=True, help="With --checksums: hash every shard, verified before or not.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Checksum threads (default: CPUs, max 8).")
 @click.option(
     "--locking/--no-locking", default=False, show_default=True, help="HDF5 file locking (off for Lustre/GPFS/NFS)."
 )
 @click.option("--label-col", "label_cols", multiple=True, help="Label column that must exist (repeatable).")
-def inspect(dataset_dir: str, checksums: bool, locking: bool, label_cols: tuple[str, ...]) -> None:
-    """Validate a shard dataset and print its summary; exit code 0 only when it is valid."""
+def inspect(
+    dataset_dir: str, checksums: bool, rehash: bool, workers: int | None, locking: bool, label_cols: tuple[str, ...]
+) -> None:
+    """Validate a shard dataset and print its summary; exit code 0 only when it is valid.
+
+    By default: structure, counts, ids (unique), labels and a sample of every shard's pixels, read from the
+    shards' metadata (seconds for millions of images)."""
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import inspect_dataset
 
     try:
         summary = inspect_dataset(
-            dataset_dir, required_label_cols=label_cols, verify_checksums=checksums, locking=locking
+            dataset_dir,
+            required_label_cols=label_cols,
+            verify_checksums=checksums,
+            locking=locking,
+            workers=workers,
+            rehash=rehash,
         )
     except DatasetError as error:
         raise click.ClickException(str(error)) from error

@@ -96,7 +96,7 @@ DAMAGE = {
         "test-00000.h5",
         "not a readable HDF5 file",
     ),
-    "checksum mismatch": (_flip_first_image_byte, (), "train-00001.h5", "sha256 checksum mismatch"),
+    "checksum mismatch": (_flip_first_image_byte, ("--checksums",), "train-00001.h5", "sha256 checksum mismatch"),
     "manifest count disagrees": (
         lambda d: _edit_manifest(d, lambda raw: raw["splits"]["train"][0].update(count=49)),
         (),
@@ -144,7 +144,7 @@ def test_inspect_reports_damage_in_one_line_naming_the_file(demo_copy: Path, nam
         validate_dataset(
             demo_copy,
             required_label_cols=options[1:] if options[:1] == ("--label-col",) else None,
-            verify_checksums="--no-checksums" not in options,
+            verify_checksums="--checksums" in options,
         )
     assert "\n" not in str(error.value) and file.split(",")[0] in str(error.value)
 
@@ -199,7 +199,7 @@ def test_summary_counts_and_label_statistics(demo_dataset: Path) -> None:
     assert stats.min == pytest.approx(axis_ratio.min()) and stats.max == pytest.approx(axis_ratio.max())
     assert stats.mean == pytest.approx(axis_ratio.mean())
 
-    report = _inspect(demo_dataset)
+    report = _inspect(demo_dataset, "--checksums")
     assert report.exit_code == 0
     lines = report.output.splitlines()
     assert f"split train: {manifest.split_count('train')} images in {len(manifest.splits['train'])} shards" in lines
@@ -215,3 +215,13 @@ def test_nan_is_accepted_where_the_manifest_allows_it(demo_copy: Path) -> None:
     _rewrite_shard(demo_copy, "train-00002.h5", lambda c: c["labels"]["axis_ratio"].__setitem__(4, np.inf))
     with pytest.raises(DatasetError, match="1 non-finite values \\(only NaN is allowed\\), first inf"):
         validate_dataset(demo_copy)
+
+
+def test_checksums_are_parallel_and_incremental(demo_copy: Path) -> None:
+    shards = len(list(demo_copy.glob("*.h5")))
+    first = validate_dataset(demo_copy, verify_checksums=True, workers=2)
+    assert first.checksums_hashed == shards
+    assert validate_dataset(demo_copy, verify_checksums=True).checksums_hashed == 0
+    _flip_first_image_byte(demo_copy)
+    with pytest.raises(DatasetError, match=r"train-00001\.h5: sha256 checksum mismatch"):
+        validate_dataset(demo_copy, verify_checksums=True)

@@ -24,7 +24,9 @@ def as_binary(ids: Iterable | pa.Array | pa.ChunkedArray) -> pa.Array:
     """The ids as one Arrow binary array (their UTF-8 bytes)."""
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
-    if not isinstance(ids, pa.Array):
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "OSU":
+        ids = pa.array(ids if ids.dtype.kind == "O" else ids.astype(object))
+    elif not isinstance(ids, pa.Array):
         ids = pa.array([str(i) for i in ids], type=pa.string())
     if pa.types.is_large_string(ids.type) or pa.types.is_large_binary(ids.type):
         ids = ids.cast(pa.large_binary())

@@ -1,20 +1,28 @@
 """Check a shard dataset against its manifest and summarise it (`zoobot-hpc inspect`, launch-time checks).
 
-Without checksums only ids, labels and metadata are read (never the images), so it is cheap enough for a
-login node on large datasets.
+By default the structure, counts, ids, labels and a sample of each shard's pixels are read (seconds at ~10M
+images): cheap enough for a login node. The duplicate-id check keeps a 64-bit hash per image (at most 16 bytes
+per image while it sorts). With checksums every shard is hashed, in parallel, and only once while it stays
+unchanged: verified shards (size, mtime, inode, sha256) are remembered next to the dataset, or in the user's
+cache when the dataset is read-only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from zoobot_hpc.atomic import write_text
+from zoobot_hpc.data.build_units import STATE_DIR
+from zoobot_hpc.data.id_hashing import fast_hash64, repeated_hashes
 from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,
     IDS_KEY,
@@ -29,6 +37,60 @@ from zoobot_hpc.data.shard_format import (
 )
 
 _MAX_DUPLICATES_LISTED = 5
+VERIFIED_NAME = "verified.json"
+_SAMPLED_PER_SHARD = 3
+
+
+def default_workers() -> int:
+    """Parallel checksum threads: hashlib releases the GIL on large blocks, so threads hash in parallel."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def verified_cache_path(dataset_dir: Path) -> Path:
+    """Where verified checksums are remembered: in the dataset when it is writable, else in the user's cache."""
+    own = dataset_dir / STATE_DIR
+    if os.access(dataset_dir, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
+        return own / VERIFIED_NAME
+    key = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:24]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoobot-hpc" / "verified"
+    return cache / f"{key}.json"
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+class VerifiedShards:
+    """Shards whose sha256 was verified, with the stat they had then; unchanged ones are not hashed again."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.path = verified_cache_path(dataset_dir)
+        try:
+            self.entries: dict[str, dict] = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    def is_verified(self, path: Path, sha256: str) -> bool:
+        entry = self.entries.get(path.name)
+        return entry is not None and entry.get("sha256") == sha256 and entry.get("stat") == _stat_key(path)
+
+    def add(self, path: Path, sha256: str, stat: list[int] | None) -> None:
+        self.entries[path.name] = {"sha256": sha256, "stat": stat}
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.path, json.dumps(self.entries) + "\n")
+        except OSError:
+            pass  # a cache only: the next run hashes again
 
 
 @dataclass
@@ -73,6 +135,8 @@ class DatasetSummary:
     allow_nan: tuple[str, ...]
     checksums_verified: bool
     problems: list[str] = field(default_factory=list)
+    pixels_sampled: int = 0
+    checksums_hashed: int = 0  # shards hashed by this run (the others were verified before and are unchanged)
 
     @property
     def is_valid(self) -> bool:
@@ -95,7 +159,12 @@ class DatasetSummary:
                 f"{name:<40} {stats.dtype:<8} {stats.min:>10.4g} {stats.max:>10.4g} {stats.mean:>10.4g} "
                 f"{stats.nan_count:>8}{nan_note}"
             )
-        lines.append("checksums verified" if self.checksums_verified else "checksums not verified")
+        lines.append(f"pixels sampled: {self.pixels_sampled} images (reads the chunks they are stored in)")
+        if self.checksums_verified:
+            lines.append(f"checksums: {self.checksums_hashed} shard(s) hashed now, the others verified before")
+            lines.append("checksums verified")
+        else:
+            lines.append("checksums not verified (run with --checksums)")
         if self.problems:
             lines.append(f"INVALID: {len(self.problems)} problem(s)")
             lines.extend(f"  {problem}" for problem in self.problems)
@@ -168,7 +237,7 @@ def _check_images(path: Path, handle: h5py.File, shard: ShardInfo, manifest: Man
 
 
 class _DatasetChecker:
-    """Accumulates ids, label statistics and problems over the shards of one dataset."""
+    """Accumulates id hashes, label statistics and problems over the shards of one dataset."""
 
     def __init__(self, dataset_dir: Path, manifest: Manifest, verify_checksums: bool, locking: bool | None):
         self.dataset_dir = dataset_dir
@@ -177,10 +246,37 @@ class _DatasetChecker:
         self.locking = locking
         self.problems: list[str] = []
         self.label_stats = {name: LabelStats(dtype) for name, dtype in manifest.label_columns.items()}
-        self.id_blocks: list[np.ndarray] = []
-        self.id_files: list[str] = []
+        shards = [shard for shards in manifest.splits.values() for shard in shards]
+        self.files = [shard.file for shard in shards]
+        self.starts = np.concatenate([[0], np.cumsum([shard.count for shard in shards])]).astype(np.int64)
+        self.id_hashes = np.zeros(int(self.starts[-1]), dtype=np.uint64)  # 8 bytes per image
+        self.id_seen = np.zeros(len(shards), dtype=bool)
+        self.checksum_failures: set[str] = set()
+        self.pixels_sampled = 0
+        self.hashed = 0
 
-    def check_shard(self, split: str, shard: ShardInfo) -> None:
+    def verify_all_checksums(self, workers: int, rehash: bool) -> None:
+        """Hash every shard that was not verified before (or changed since), `workers` at a time."""
+        cache = VerifiedShards(self.dataset_dir)
+        todo = []
+        for shards in self.manifest.splits.values():
+            for shard in shards:
+                path = self.dataset_dir / shard.file
+                if not path.is_file() or path.stat().st_size != shard.size_bytes:
+                    continue  # reported by check_shard
+                if rehash or not cache.is_verified(path, shard.sha256):
+                    todo.append((path, shard, _stat_key(path)))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            digests = list(pool.map(lambda item: _sha256_or_none(item[0]), todo))
+        self.hashed = len(todo)
+        for (path, shard, stat), digest in zip(todo, digests, strict=True):
+            if digest == shard.sha256 and _stat_key(path) == stat:
+                cache.add(path, shard.sha256, stat)
+            elif digest != shard.sha256:
+                self.checksum_failures.add(shard.file)
+        cache.save()
+
+    def check_shard(self, index: int, split: str, shard: ShardInfo) -> None:
         path = self.dataset_dir / shard.file
         if not path.is_file():
             self.problems.append(f"{path}: shard file is missing")
@@ -191,30 +287,44 @@ class _DatasetChecker:
                 f"{path}: file is {size} bytes but the manifest says {shard.size_bytes} (truncated/replaced)"
             )
             return
-        if self.verify_checksums and file_sha256(path) != shard.sha256:
+        if shard.file in self.checksum_failures:
             self.problems.append(f"{path}: sha256 checksum mismatch (file corrupted or replaced)")
             return
         try:
             with open_shard(path, locking=self.locking) as handle:
-                self._check_contents(path, handle, split, shard)
+                self._check_contents(index, path, handle, split, shard)
         except DatasetError as error:
             self.problems.append(str(error))
         except (OSError, KeyError, ValueError, TypeError) as error:
             self.problems.append(f"{path}: shard is unreadable ({' '.join(str(error).split())})")
 
-    def _check_contents(self, path: Path, handle: h5py.File, split: str, shard: ShardInfo) -> None:
+    def _check_contents(self, index: int, path: Path, handle: h5py.File, split: str, shard: ShardInfo) -> None:
         problems = _check_attrs(path, handle, split, shard, self.manifest)
-        problems += _check_images(path, handle, shard, self.manifest)
+        image_problems = _check_images(path, handle, shard, self.manifest)
+        problems += image_problems or self._sample_pixels(path, handle, shard)
         if IDS_KEY not in handle:
             problems.append(f"{path}: no '{IDS_KEY}' dataset")
         else:
-            ids = handle[IDS_KEY][:].astype(bytes)
+            ids = handle[IDS_KEY][:]
             if len(ids) != shard.count:
                 problems.append(f"{path}: {len(ids)} ids but the manifest says {shard.count}")
-            self.id_blocks.append(ids)
-            self.id_files.append(shard.file)
+            else:
+                self.id_hashes[self.starts[index] : self.starts[index + 1]] = fast_hash64(ids.astype(object))
+                self.id_seen[index] = True
         problems += self._check_labels(path, handle, shard)
         self.problems.extend(problems)
+
+    def _sample_pixels(self, path: Path, handle: h5py.File, shard: ShardInfo) -> list[str]:
+        """Read the first, middle and last images: the chunk index and their chunks must be readable."""
+        images = handle[IMAGES_KEY]
+        rows = sorted({0, images.shape[0] // 2, images.shape[0] - 1}) if images.shape[0] else []
+        for row in rows[:_SAMPLED_PER_SHARD]:
+            try:
+                images[row]
+            except (OSError, ValueError) as error:
+                return [f"{path}: pixels of image {row} are unreadable ({' '.join(str(error).split())})"]
+        self.pixels_sampled += len(rows)
+        return []
 
     def _check_labels(self, path: Path, handle: h5py.File, shard: ShardInfo) -> list[str]:
         group = handle.get(LABELS_GROUP)
@@ -258,23 +368,37 @@ class _DatasetChecker:
         ]
 
     def check_unique_ids(self) -> None:
-        if not self.id_blocks:
+        """Ids repeat when their hashes do; the ids of the few shards holding a repeated hash are read again."""
+        seen = np.repeat(self.id_seen, np.diff(self.starts))
+        suspects = repeated_hashes(self.id_hashes[seen])
+        if not len(suspects):
             return
-        ids = np.concatenate(self.id_blocks)
-        files = np.repeat(np.arange(len(self.id_files)), [len(block) for block in self.id_blocks])
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        repeated = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
-        if not len(repeated):
+        holders: dict[bytes, list[str]] = {}
+        for index, file in enumerate(self.files):
+            if not self.id_seen[index]:
+                continue
+            hit = np.isin(self.id_hashes[self.starts[index] : self.starts[index + 1]], suspects)
+            if not hit.any():
+                continue
+            with open_shard(self.dataset_dir / file, locking=self.locking) as handle:
+                ids = handle[IDS_KEY][:]
+            for value in ids[hit]:
+                holders.setdefault(bytes(value), []).append(file)
+        repeated = sorted(value for value, files in holders.items() if len(files) > 1)
+        if not repeated:
             return
-        duplicate_values = np.unique(sorted_ids[repeated + 1])
-        listed = []
-        for value in duplicate_values[:_MAX_DUPLICATES_LISTED]:
-            where = sorted({self.id_files[i] for i in files[ids == value]})
-            listed.append(f"{value.decode()!r} in {', '.join(where)}")
-        self.problems.append(
-            f"{self.dataset_dir}: {len(duplicate_values)} ids repeat across shards, e.g. {'; '.join(listed)}"
-        )
+        listed = [
+            f"{value.decode()!r} in {', '.join(sorted(set(holders[value])))}"
+            for value in repeated[:_MAX_DUPLICATES_LISTED]
+        ]
+        self.problems.append(f"{self.dataset_dir}: {len(repeated)} ids repeat across shards, e.g. {'; '.join(listed)}")
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def inspect_dataset(
@@ -284,11 +408,15 @@ def inspect_dataset(
     channels: int | None = None,
     verify_checksums: bool = False,
     locking: bool | None = None,
+    workers: int | None = None,
+    rehash: bool = False,
 ) -> DatasetSummary:
     """Check every shard against the manifest and collect all problems into the summary.
 
     Raises DatasetError only when the directory or manifest itself is missing or unreadable.
-    `image_shape` may be a size S (square), (H, W) or (H, W, C); `channels` overrides C.
+    `image_shape` may be a size S (square), (H, W) or (H, W, C); `channels` overrides C. With
+    `verify_checksums`, shards are hashed `workers` at a time, except those verified before and unchanged
+    since (`rehash=True` hashes them all).
     """
     dataset_dir = Path(dataset_dir)
     manifest = read_manifest(dataset_dir)
@@ -296,9 +424,13 @@ def inspect_dataset(
     checker.problems += _check_request(
         dataset_dir / "manifest.json", manifest, required_label_cols, image_shape, channels
     )
+    if verify_checksums:
+        checker.verify_all_checksums(workers or default_workers(), rehash)
+    index = 0
     for split, shards in manifest.splits.items():
         for shard in shards:
-            checker.check_shard(split, shard)
+            checker.check_shard(index, split, shard)
+            index += 1
     checker.check_unique_ids()
     return DatasetSummary(
         dataset_dir=str(dataset_dir),
@@ -309,6 +441,8 @@ def inspect_dataset(
         allow_nan=manifest.allow_nan,
         checksums_verified=verify_checksums,
         problems=checker.problems,
+        pixels_sampled=checker.pixels_sampled,
+        checksums_hashed=checker.hashed,
     )
 
 
@@ -319,9 +453,12 @@ def validate_dataset(
     channels: int | None = None,
     verify_checksums: bool = False,
     locking: bool | None = None,
+    workers: int | None = None,
 ) -> DatasetSummary:
     """Validate a dataset before use; raises DatasetError (one line) with the first problem found."""
-    summary = inspect_dataset(dataset_dir, required_label_cols, image_shape, channels, verify_checksums, locking)
+    summary = inspect_dataset(
+        dataset_dir, required_label_cols, image_shape, channels, verify_checksums, locking, workers
+    )
     if summary.problems:
         more = len(summary.problems) - 1
         suffix = f" (and {more} more; run `zoobot-hpc inspect {dataset_dir}`)" if more else ""
