@@ -228,7 +228,9 @@ def _fail(error: Exception) -> None:
     "--search", "search_file", type=click.Path(exists=True, dir_okay=False), help="Search file (Optuna trials)."
 )
 @click.option("--sweep-name", default=None, help="Name of the sweep directory (default: config name + time).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config(s) and sbatch script; submit nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Run every check submit runs, print the config(s) and sbatch script; queue nothing."
+)
 @click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing encoder weights.")
 def submit(
@@ -246,7 +248,7 @@ def submit(
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.launch.preflight import PreflightError
     from zoobot_hpc.launch.status import follow as follow_logs
-    from zoobot_hpc.launch.submit import describe_plan, plan_runs, submit_plan, submit_warnings
+    from zoobot_hpc.launch.submit import check_plan, describe_plan, plan_runs, submit_plan, submit_warnings
 
     if search_file:
         if grid_file:
@@ -256,8 +258,9 @@ def submit(
     try:
         plan = plan_runs(config, overrides, grid_file, sweep_name)
         if dry_run:
+            warnings = check_plan(plan, allow_download=not no_download, dry_run=True)
             click.echo(describe_plan(plan))
-            _echo_warnings(submit_warnings(plan))
+            _echo_warnings(warnings + submit_warnings(plan))
             return
         submission = submit_plan(plan, allow_download=not no_download)
     except (ConfigError, PreflightError, DatasetError) as error:
@@ -290,7 +293,13 @@ def _submit_search(
     try:
         plan = plan_search(config, overrides, search_file, sweep_name)
         if dry_run:
+            from zoobot_hpc.launch.preflight import preflight
+
+            warnings = preflight(
+                [plan.config], plan.executor, plan.base_dir, allow_download=not no_download, dry_run=True
+            )
             click.echo(describe_search(plan))
+            _echo_warnings(warnings)
             return
         jobs = submit_search(plan, allow_download=not no_download)
     except (ConfigError, PreflightError, DatasetError) as error:

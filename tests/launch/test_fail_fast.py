@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -173,3 +174,40 @@ def test_valid_scheduler_and_encoder_keywords_pass_the_login_node_checks(tmp_pat
     config = load_config(path, ["model.timm_kwargs={drop_path_rate: 0.1}"])
     check_timm_kwargs(config)
     check_scheduler_kwargs(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["data.dataset_dir=/nowhere/shards"], ["data.dataset_dir", "/nowhere/shards", "does not exist"]),
+        (["model.label_col=morphology"], ["data.dataset_dir", "label column 'morphology' does not exist"]),
+        (
+            ["model.scheduler_kwargs={sched: cosine, num_epochs: 2, warmup_epoch: 1}"],
+            ["model.scheduler_kwargs", "'warmup_epoch'", "did you mean 'warmup_epochs'"],
+        ),
+    ],
+)
+def test_dry_run_runs_the_login_node_checks_and_fails_in_one_line(tmp_path, demo_dataset, overrides, fragments):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    assert_one_line_error(run_submit(config, *overrides, "--dry-run"), *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_torch_checks_are_cached_by_versions_and_kwargs(tmp_path, demo_dataset):
+    from zoobot_hpc.launch.check_cache import cache_path, check_key
+
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local")
+    sweep = ["model.scheduler_kwargs={sched: cosine, num_epochs: 2, warmup_epochs: 0}", "model.learning_rate=1e-3,3e-3"]
+    first = run_submit(config, *sweep, "--dry-run", env=env)
+    assert first.exit_code == 0, first.output
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = env["XDG_CACHE_HOME"]
+    try:
+        entries = json.loads(cache_path().read_text())
+        key = check_key("scheduler", {"scheduler_kwargs": {"sched": "cosine", "num_epochs": 2, "warmup_epochs": 0}})
+        assert list(entries) == [key], "one check for the whole sweep"
+    finally:
+        del os.environ["XDG_CACHE_HOME"]
+    assert not (tmp_path / "runs").exists()

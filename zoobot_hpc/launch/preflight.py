@@ -6,6 +6,7 @@ Each check imports what it needs (torch, timm, the training module) only when it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -117,46 +118,80 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
         raise PreflightError(f"model.name={model.name}: {exc}") from None
 
 
-def check_scheduler_kwargs(config: RunConfig) -> None:
-    """`model.scheduler_kwargs` builds timm's scheduler (against a dummy optimiser), as the job will. This is the
-    one check that imports torch and timm, and only for a config that has a scheduler."""
-    if not config.model.scheduler_kwargs:
-        return
+def scheduler_problem(scheduler_kwargs: dict | None) -> str | None:
+    """What is wrong with `model.scheduler_kwargs` (timm builds the scheduler against a dummy optimiser, as the
+    job will); None when nothing is. Imports torch and timm: run by `check_cache` in a child process."""
+    if not scheduler_kwargs:
+        return None
     from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
 
     try:
-        validate_scheduler_kwargs(config.model.scheduler_kwargs)
+        validate_scheduler_kwargs(scheduler_kwargs)
     except ValueError as exc:
-        raise PreflightError(f"model.{exc}") from None
+        return f"model.{exc}"
+    return None
 
 
-def check_timm_kwargs(config: RunConfig) -> None:
-    """`model.timm_kwargs` build the encoder's architecture: on the meta device, without weights (no memory, no
-    download), so a keyword the model does not take fails here, naming the key."""
-    model = config.model
-    if not model.timm_kwargs or model.zoobot_checkpoint_loc is not None:
-        return
+def architecture_problem(name: str, timm_kwargs: dict | None, greyscale: bool) -> str | None:
+    """What is wrong with `model.timm_kwargs` for encoder `name` (its architecture is built on the meta device,
+    without weights: no memory, no download); None when nothing is. Imports torch and timm."""
+    if not timm_kwargs:
+        return None
     import timm
     import torch
 
     from zoobot_hpc.model.encoders import encoder_timm_kwargs
 
     try:
-        kwargs = encoder_timm_kwargs(model.timm_kwargs, model.greyscale)
+        kwargs = encoder_timm_kwargs(timm_kwargs, greyscale)
         with torch.device("meta"):
-            timm.create_model(model.name, pretrained=False, **kwargs)
+            timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as exc:
         unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
         key = f"model.timm_kwargs.{unexpected.group(1)}" if unexpected else "model.timm_kwargs"
-        raise PreflightError(f"{key}: not a keyword of encoder {model.name!r} ({exc})") from None
+        return f"{key}: not a keyword of encoder {name!r} ({exc})"
     except OSError as exc:
-        raise PreflightError(
-            f"model.name={model.name}: cannot read its architecture to check timm_kwargs ({exc})"
-        ) from None
+        return f"model.name={name}: cannot read its architecture to check timm_kwargs ({exc})"
     except (ValueError, RuntimeError, AssertionError) as exc:
-        raise PreflightError(
-            f"model.timm_kwargs={model.timm_kwargs}: encoder {model.name!r} rejects them ({exc})"
-        ) from None
+        return f"model.timm_kwargs={timm_kwargs}: encoder {name!r} rejects them ({exc})"
+    return None
+
+
+def heavy_checks(config: RunConfig) -> list[tuple[str, dict]]:
+    """The checks of `config` that need torch/timm, as (kind, payload) for `check_cache.run_checks`."""
+    model = config.model
+    checks = []
+    if model.scheduler_kwargs:
+        checks.append(("scheduler", {"scheduler_kwargs": dict(model.scheduler_kwargs)}))
+    if model.timm_kwargs and model.zoobot_checkpoint_loc is None:
+        payload = {"name": model.name, "timm_kwargs": dict(model.timm_kwargs), "greyscale": bool(model.greyscale)}
+        checks.append(("architecture", payload))
+    return checks
+
+
+def _run_cached(requests: list[tuple[str, dict]]) -> None:
+    from zoobot_hpc.launch.check_cache import run_checks
+
+    unique = list({json.dumps(check, sort_keys=True, default=str): check for check in requests}.values())
+    for problem in run_checks(unique):
+        if problem is not None:
+            raise PreflightError(problem)
+
+
+def run_heavy_checks(configs: list[RunConfig]) -> None:
+    """Every distinct torch/timm check of `configs`, cached (`check_cache`); raises on the first problem."""
+    _run_cached([check for config in configs for check in heavy_checks(config)])
+
+
+def check_scheduler_kwargs(config: RunConfig) -> None:
+    """`model.scheduler_kwargs` builds timm's scheduler, as the job will (cached, in a child process)."""
+    _run_cached([check for check in heavy_checks(config) if check[0] == "scheduler"])
+
+
+def check_timm_kwargs(config: RunConfig) -> None:
+    """`model.timm_kwargs` build the encoder's architecture, so a keyword the model does not take fails here,
+    naming the key (cached, in a child process)."""
+    _run_cached([check for check in heavy_checks(config) if check[0] == "architecture"])
 
 
 def check_callbacks(config: RunConfig) -> None:
@@ -212,8 +247,16 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
             )
 
 
-def check_writable(directory: Path, what: str = "output_dir") -> None:
-    """A directory the job writes to (the output dir, the embedding cache) can be created and written to."""
+def check_writable(directory: Path, what: str = "output_dir", create: bool = True) -> None:
+    """A directory the job writes to (the output dir, the embedding cache) can be created and written to;
+    `create=False` (a dry run) creates nothing: the nearest existing folder must be writable."""
+    if not create:
+        existing = Path(directory)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise PreflightError(f"{what}={directory}: not writable ({existing} is not a writable folder)")
+        return
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
@@ -224,13 +267,27 @@ def check_writable(directory: Path, what: str = "output_dir") -> None:
         raise PreflightError(f"{what}={directory}: not writable")
 
 
-def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_download: bool = True) -> None:
-    """Run every check once per distinct dataset / encoder among `configs`; raises PreflightError."""
+def preflight(
+    configs: list[RunConfig],
+    executor: str,
+    output_dir: Path,
+    allow_download: bool = True,
+    dry_run: bool = False,
+) -> list[str]:
+    """Run every check once per distinct dataset / encoder among `configs`; raises PreflightError.
+
+    A dry run runs them all too, but creates no directory, and a missing `sbatch` (it would submit) is
+    returned as a warning instead of failing. Returns the warnings."""
+    warnings = []
     seen_datasets: set[tuple] = set()
     seen_encoders: set[tuple] = set()
-    seen_architectures: set[tuple] = set()
     for config in configs:
-        check_resources(config, executor)
+        try:
+            check_resources(config, executor)
+        except PreflightError as exc:
+            if not (dry_run and "`sbatch` is not on PATH" in str(exc)):
+                raise
+            warnings.append(str(exc))
         check_callbacks(config)
         key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
         if key not in seen_datasets:
@@ -238,15 +295,12 @@ def preflight(configs: list[RunConfig], executor: str, output_dir: Path, allow_d
             if config.data.embedding_cache:
                 from zoobot_hpc.data.embedding_cache import CACHE_DIR_NAME
 
-                check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache")
+                check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache", create=not dry_run)
             seen_datasets.add(key)
-        check_scheduler_kwargs(config)
         encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
         if encoder_key not in seen_encoders:
             check_encoder(config, allow_download)
             seen_encoders.add(encoder_key)
-        architecture_key = (config.model.name, repr(config.model.timm_kwargs), config.model.greyscale)
-        if architecture_key not in seen_architectures:
-            check_timm_kwargs(config)
-            seen_architectures.add(architecture_key)
-    check_writable(output_dir)
+    run_heavy_checks(configs)
+    check_writable(output_dir, create=not dry_run)
+    return warnings

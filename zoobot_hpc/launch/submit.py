@@ -182,12 +182,19 @@ class Submission:
         return [job.paths.stdout for job in self.jobs]
 
 
-def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
-    """Check everything, then submit the plan's runs: one job, or one job array. Returns without waiting."""
+def check_plan(plan: Plan, allow_download: bool = True, dry_run: bool = False) -> list[str]:
+    """Every login-node check of a submit (`preflight`, and each run dir against its config); raises
+    PreflightError or DatasetError on the first problem, returns warnings. A dry run creates nothing."""
     configs = [run.config for run in plan.runs]
-    preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download)
+    warnings = preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download, dry_run=dry_run)
     for run in plan.runs:
         check_run_dir(run.config, run.run_dir)
+    return warnings
+
+
+def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
+    """Check everything, then submit the plan's runs: one job, or one job array. Returns without waiting."""
+    check_plan(plan, allow_download)
     for run in plan.runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run.run_dir / layout.CONFIG, dump_config(run.config))
