@@ -55,6 +55,9 @@ def test_one_process_writes_probabilities_in_manifest_order_with_provenance_and_
     with h5py.File(out, "r") as handle:
         assert list(handle["ids"].asstr()[()]) == ids
         assert list(handle["split"].asstr()[()]) == splits
+        # ids and splits are fixed-width UTF-8 (no per-row heap objects): as wide as the longest value
+        for key, values in (("ids", ids), ("split", splits)):
+            assert h5py.check_string_dtype(handle[key].dtype).length == max(len(v.encode()) for v in values)
         probabilities = handle["probabilities"][()]
         attrs = dict(handle.attrs)
     assert probabilities.shape == (len(ids), 3)
@@ -73,7 +76,7 @@ def test_one_process_writes_probabilities_in_manifest_order_with_provenance_and_
     assert table["id"].tolist() == ids
     columns = ["probabilities_smooth", "probabilities_spiral", "probabilities_edge-on"]
     np.testing.assert_allclose(table[columns].to_numpy(), probabilities, atol=1e-6)
-    assert not request.parts_dir.exists()
+    assert not request.parts_dir.exists() and not request.work_dir.exists(), "OUT.work/ left after success"
 
 
 def test_tree_predictions_hold_concentrations_and_vote_fractions_per_answer(tree_checkpoint, survey_data, tmp_path):

@@ -7,6 +7,7 @@ batches as an uninterrupted one. After every rank is done (a barrier), rank 0 me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -33,7 +34,14 @@ from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ManifestOrderDataset, collate_samples
 from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.inference.parts import export_table, merge_parts, part_path, write_part
-from zoobot_hpc.inference.request import InferenceError, InferencePlan, InferenceRequest, plan_attributes, read_plan
+from zoobot_hpc.inference.request import (
+    PLAN_FILE,
+    InferenceError,
+    InferencePlan,
+    InferenceRequest,
+    plan_attributes,
+    read_plan,
+)
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 
 log = logging.getLogger("zoobot_hpc")
@@ -249,6 +257,13 @@ def _wait_for_every_rank(flag: PreemptionFlag | None, group: Any) -> bool:
     return True
 
 
+def remove_work_dir(request: InferenceRequest) -> None:
+    """After a successful merge: the plan goes, and `OUT.work/` with it unless a submitted job's logs are there."""
+    (request.work_dir / PLAN_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the submitit folder (the job's own logs) stays
+        request.work_dir.rmdir()
+
+
 def run_inference(
     request: InferenceRequest,
     config: RunConfig,
@@ -263,6 +278,8 @@ def run_inference(
     plan = read_plan(request.work_dir)
     if plan is None:
         raise InferenceError(f"{request.work_dir}: no plan; call prepare_inference first")
+    if not config.resources.gpus_per_node:
+        torch.set_num_threads(config.resources.cpus_per_task)  # as in training: the loader workers have their own
     model = load_model(plan)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -301,5 +318,6 @@ def run_inference(
     if request.export_format:
         export_table(request.out, request.export_path, request.export_format)
     shutil.rmtree(request.parts_dir, ignore_errors=True)
+    remove_work_dir(request)
     log.info("wrote %s (%d galaxies)", request.out, plan.total)
     return InferenceOutcome(preempted=False, out=request.out)

@@ -22,7 +22,24 @@ POSITIONS_KEY = "positions"
 IDS_KEY = "ids"
 SPLIT_KEY = "split"
 COLUMNS_ATTR = "columns"
+ID_WIDTH_ATTR = "id_width"  # part attribute: the longest id's UTF-8 length
 EXPORT_ROWS = 65536
+
+
+def fixed_width(values, width: int | None = None) -> np.ndarray:
+    """UTF-8 strings as a fixed-width bytes array (`width` bytes, or the longest value's; at least 1)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        encoded = values
+    else:
+        encoded = np.array([v if isinstance(v, bytes) else str(v).encode() for v in values], dtype=object)
+        encoded = encoded.astype(bytes) if len(encoded) else np.zeros(0, dtype="S1")
+    width = width or max(1, encoded.dtype.itemsize)
+    return encoded.astype(string_dtype(width))
+
+
+def string_dtype(width: int):
+    """A fixed-width UTF-8 HDF5 string type (`.asstr()` reads it as str): no heap, one width for all rows."""
+    return h5py.string_dtype("utf-8", max(1, int(width)))
 
 
 def part_path(parts_dir: Path, rank: int, chunk: int) -> Path:
@@ -38,9 +55,11 @@ def atomic_hdf5(path: Path) -> Iterator[h5py.File]:
 
 def write_part(path: Path, positions: np.ndarray, ids: list[str], outputs: Mapping[str, np.ndarray]) -> None:
     """Write one part file atomically."""
+    encoded = fixed_width(ids)
     with atomic_hdf5(path) as handle:
         handle.create_dataset(POSITIONS_KEY, data=np.asarray(positions, dtype=np.int64))
-        handle.create_dataset(IDS_KEY, data=list(ids), dtype=h5py.string_dtype("utf-8"))
+        handle.create_dataset(IDS_KEY, data=encoded, dtype=string_dtype(encoded.dtype.itemsize))
+        handle.attrs[ID_WIDTH_ATTR] = int(encoded.dtype.itemsize) if len(encoded) else 0
         for name, values in outputs.items():
             handle.create_dataset(name, data=values)
 
@@ -70,10 +89,15 @@ def merge_parts(
     missing = missing_parts(plan, parts_dir)
     if missing:
         raise InferenceError(f"{parts_dir}: {len(missing)} part file(s) missing, e.g. {missing[0].name}")
-    splits = split_names(plan)
+    width = _id_width(plan, parts_dir)
     with atomic_hdf5(out) as merged:
-        merged.create_dataset(IDS_KEY, shape=(plan.total,), dtype=h5py.string_dtype("utf-8"))
-        merged.create_dataset(SPLIT_KEY, data=list(splits), dtype=h5py.string_dtype("utf-8"))
+        merged.create_dataset(IDS_KEY, shape=(plan.total,), dtype=string_dtype(width))
+        split_width = max((len(split.encode()) for split in plan.splits), default=1)
+        merged.create_dataset(SPLIT_KEY, shape=(plan.total,), dtype=string_dtype(split_width))
+        start = 0
+        for split, count in zip(plan.splits, plan.split_counts, strict=True):
+            merged[SPLIT_KEY][start : start + count] = fixed_width([split], split_width)[0]
+            start += count
         for chunk in range(plan.num_chunks):
             for rank in range(plan.world_size):
                 _copy_part(part_path(parts_dir, rank, chunk), plan.rank_block(chunk, rank), merged, plan.total)
@@ -81,6 +105,19 @@ def merge_parts(
             if name in merged:
                 merged[name].attrs[COLUMNS_ATTR] = json.dumps(list(names))
         merged.attrs.update(attrs)
+
+
+def _id_width(plan: InferencePlan, parts_dir: Path) -> int:
+    """The longest id over every part (from their attributes; parts of earlier versions are read)."""
+    width = 1
+    for chunk in range(plan.num_chunks):
+        for rank in range(plan.world_size):
+            with h5py.File(part_path(parts_dir, rank, chunk), "r") as part:
+                recorded = part.attrs.get(ID_WIDTH_ATTR)
+                if recorded is None:
+                    recorded = fixed_width(part[IDS_KEY][()]).dtype.itemsize if part[IDS_KEY].shape[0] else 0
+                width = max(width, int(recorded))
+    return width
 
 
 def _copy_part(path: Path, block: tuple[int, int], merged: h5py.File, total: int) -> None:
@@ -91,7 +128,7 @@ def _copy_part(path: Path, block: tuple[int, int], merged: h5py.File, total: int
             raise InferenceError(f"{path}: holds positions {positions[:3]}... but its block is [{start}, {stop})")
         if start == stop:
             return
-        merged[IDS_KEY][start:stop] = part[IDS_KEY].asstr()[()]
+        merged[IDS_KEY][start:stop] = fixed_width(part[IDS_KEY][()], merged[IDS_KEY].dtype.itemsize)
         for name, dataset in part.items():
             if name in (POSITIONS_KEY, IDS_KEY):
                 continue
