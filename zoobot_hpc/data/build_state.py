@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow as pa
 
 from zoobot_hpc.atomic import write_text
-from zoobot_hpc.data.build_units import STATE_DIR
 from zoobot_hpc.data.catalog_scan import ID, PATH
-from zoobot_hpc.data.shard_format import FORMAT_VERSION, ShardInfo
+from zoobot_hpc.data.shard_format import FORMAT_VERSION, STATE_DIR, ShardInfo
 
 RECORDS_DIR = "records"
 PLAN_ATTR = "plan_sha256"  # shard attribute: digest of the planned rows (ids, paths, labels, shape, stretch)

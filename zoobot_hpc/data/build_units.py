@@ -15,9 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zoobot_hpc.data.shard_format import shard_file_name
+from zoobot_hpc.data.shard_format import STATE_DIR, shard_file_name
 
-STATE_DIR = ".zoobot-build"  # inside the dataset directory: units (removed after success) and writer records
 UNITS_DIR = "units"
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from operator import methodcaller
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 HASH_SPLITS = ("train", "val", "test")
 _DIGEST = methodcaller("digest")
@@ -22,6 +25,8 @@ _CHUNK_ROWS = 1 << 18
 
 def as_binary(ids: Iterable | pa.Array | pa.ChunkedArray) -> pa.Array:
     """The ids as one Arrow binary array (their UTF-8 bytes)."""
+    import pyarrow as pa
+
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     if isinstance(ids, np.ndarray) and ids.dtype.kind in "OSU":
@@ -54,10 +59,22 @@ def splits_from_hash(hashes: np.ndarray, fractions=(0.8, 0.1, 0.1)) -> np.ndarra
     return np.searchsorted(np.cumsum(fractions)[:2], position, side="right").astype(np.uint8)
 
 
-def fast_hash64(ids: Iterable | pa.Array | pa.ChunkedArray) -> np.ndarray:
+def fast_hash64(ids: Iterable | np.ndarray | pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each id's bytes, vectorised over the column (no Python call per id): ids are laid out
-    8 bytes to a word in a zero-padded matrix, and the words and the length are mixed multiplicatively.
-    For duplicate checks; not stable across versions and not the split hash."""
+    8 bytes to a word in a zero-padded matrix, and each row's words (up to its length) and its length are mixed
+    multiplicatively. A numpy bytes array ('S', as h5py reads fixed or variable-length ids with `.astype`) is
+    hashed without Arrow. For duplicate checks; not stable across versions and not the split hash."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "S":
+        out = np.empty(len(ids), dtype=np.uint64)
+        for start in range(0, len(ids), _CHUNK_ROWS):
+            chunk = np.ascontiguousarray(ids[start : start + _CHUNK_ROWS])
+            width = max(8, -(-chunk.dtype.itemsize // 8) * 8)
+            matrix = np.zeros((len(chunk), width), dtype=np.uint8)
+            matrix[:, : chunk.dtype.itemsize] = chunk.view(np.uint8).reshape(len(chunk), chunk.dtype.itemsize)
+            out[start : start + _CHUNK_ROWS] = _hash_matrix(matrix, np.char.str_len(chunk).astype(np.int64))
+        return out
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "O" and len(ids) and isinstance(ids[0], bytes):
+        return fast_hash64(ids.astype(bytes))
     array = as_binary(ids)
     out = np.empty(len(array), dtype=np.uint64)
     for start in range(0, len(array), _CHUNK_ROWS):
@@ -66,6 +83,8 @@ def fast_hash64(ids: Iterable | pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _fast_hash_chunk(array: pa.Array) -> np.ndarray:
+    import pyarrow as pa
+
     n = len(array)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
@@ -84,12 +103,18 @@ def _fast_hash_chunk(array: pa.Array) -> np.ndarray:
         rows = np.repeat(np.arange(n), lengths)
         columns = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         matrix[rows, columns] = data[np.repeat(offsets[:-1], lengths) + columns]
+    return _hash_matrix(matrix, lengths)
+
+
+def _hash_matrix(matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mix each row's first ceil(length / 8) words: the hash does not depend on how wide the matrix is."""
     words = matrix.view(np.uint64)
     with np.errstate(over="ignore"):
         state = lengths.astype(np.uint64) * _MIX + np.uint64(0x243F6A8885A308D3)
         for column in range(words.shape[1]):
-            state = (state ^ words[:, column]) * _MULTIPLIER
-            state ^= state >> np.uint64(29)
+            mixed = (state ^ words[:, column]) * _MULTIPLIER
+            mixed ^= mixed >> np.uint64(29)
+            state = np.where(lengths > 8 * column, mixed, state)
         state = (state ^ (state >> np.uint64(32))) * _MIX
         state ^= state >> np.uint64(31)
     return state

@@ -23,6 +23,7 @@ LABEL_DTYPES = ("int64", "float32")
 IMAGE_CHANNELS = (1, 3)
 DEFAULT_SHARD_SIZE_BYTES = 2 * 1024**3
 TMP_SUFFIX = ".tmp"
+STATE_DIR = ".zoobot-build"  # inside a dataset directory: build work units, writer records, verified checksums
 
 IMAGES_KEY = "images"
 IDS_KEY = "ids"

@@ -21,13 +21,13 @@ import h5py
 import numpy as np
 
 from zoobot_hpc.atomic import write_text
-from zoobot_hpc.data.build_units import STATE_DIR
 from zoobot_hpc.data.id_hashing import fast_hash64, repeated_hashes
 from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,
     IDS_KEY,
     IMAGES_KEY,
     LABELS_GROUP,
+    STATE_DIR,
     DatasetError,
     Manifest,
     ShardInfo,
@@ -309,7 +309,7 @@ class _DatasetChecker:
             if len(ids) != shard.count:
                 problems.append(f"{path}: {len(ids)} ids but the manifest says {shard.count}")
             else:
-                self.id_hashes[self.starts[index] : self.starts[index + 1]] = fast_hash64(ids.astype(object))
+                self.id_hashes[self.starts[index] : self.starts[index + 1]] = fast_hash64(ids.astype(bytes))
                 self.id_seen[index] = True
         problems += self._check_labels(path, handle, shard)
         self.problems.extend(problems)
