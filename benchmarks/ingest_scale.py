@@ -45,11 +45,13 @@ TARGETS = {
 PER_SHARD_224 = 14_266  # images of 224x224x3 uint8 in a 2 GiB shard
 LABELS = ("smooth-or-featured_smooth", "smooth-or-featured_featured-or-disk")
 
+# Peak RSS is VmHWM (this process's own address space): ru_maxrss would also count the parent's RSS at fork.
 _RUNNER = """
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 {body}
-print("RESULT=" + json.dumps({{**result, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
+print("RESULT=" + json.dumps({{**result, "max_rss_mb": int(hwm) / 1024}}))
 """
 
 PLAN_NEW = """
@@ -115,6 +117,13 @@ plan = plan_runs({config!r})
 preflight([run.config for run in plan.runs], plan.executor, plan.base_dir)
 result = {{"wall_s": time.perf_counter() - start}}
 """
+
+
+def best(body: str, src: Path | None, repeats: int, key: str, env: dict[str, str] | None = None) -> dict | None:
+    """The fastest of `repeats` runs (by `key`): the machine is shared, the minimum is the least disturbed."""
+    if src is None:
+        return None
+    return min((child(body, src, env) for _ in range(repeats)), key=lambda result: result[key])
 
 
 def child(body: str, src: Path, env: dict[str, str] | None = None, quiet: bool = True) -> dict:
@@ -272,6 +281,7 @@ def main() -> None:
     parser.add_argument("--jpegs", type=int, default=300, help="424-px JPEGs for the decode rate.")
     parser.add_argument("--baseline", default=None, help="A git revision to measure beside (e.g. 404e862).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the data here (reused when present).")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each inspect/submit figure (the fastest).")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ingest-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -332,13 +342,20 @@ def main() -> None:
     gigabytes = sum(path.stat().st_size for path in dataset.glob("*.h5")) / 1e9
     shutil.rmtree(dataset / ".zoobot-build", ignore_errors=True)
     label = f"{args.images / 1e6:g}M images ({len(list(dataset.glob('*.h5')))} shards, {gigabytes:.1f} GB)"
-    new = child(CLI.format(args=["inspect", str(dataset)]), new_src)
-    old = child(CLI.format(args=["inspect", str(dataset), "--no-checksums"]), old_src) if old_src else None
-    lines.append(row(f"inspect default, {label}", new["wall_s"], "s", TARGETS["inspect_s"], old and old["wall_s"]))
-    lines.append(row("inspect default: peak RSS", new["max_rss_mb"], "MB", None, old and old["max_rss_mb"]))
-    cold = child(CLI.format(args=["inspect", str(dataset), "--checksums", "--rehash"]), new_src)
-    warm = child(CLI.format(args=["inspect", str(dataset), "--checksums"]), new_src)
-    old = child(CLI.format(args=["inspect", str(dataset)]), old_src) if old_src else None
+    reps = args.repeats
+    first = child(CLI.format(args=["inspect", str(dataset)]), new_src)
+    new = best(CLI.format(args=["inspect", str(dataset)]), new_src, reps, "wall_s")
+    old = best(CLI.format(args=["inspect", str(dataset), "--no-checksums"]), old_src, reps, "wall_s")
+    lines.append(
+        row(f"inspect default first, {label}", first["wall_s"], "s", TARGETS["inspect_s"], old and old["wall_s"])
+    )
+    lines.append(
+        row("inspect default again (unchanged shards)", new["wall_s"], "s", TARGETS["inspect_s"], old and old["wall_s"])
+    )
+    lines.append(row("inspect default first: peak RSS", first["max_rss_mb"], "MB", None, old and old["max_rss_mb"]))
+    cold = best(CLI.format(args=["inspect", str(dataset), "--checksums", "--rehash"]), new_src, reps, "wall_s")
+    warm = best(CLI.format(args=["inspect", str(dataset), "--checksums"]), new_src, reps, "wall_s")
+    old = best(CLI.format(args=["inspect", str(dataset)]), old_src, reps, "wall_s")
     lines.append(
         row(
             "inspect --checksums, every shard hashed",
@@ -355,9 +372,10 @@ def main() -> None:
     cache = workdir / "check-cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = {"XDG_CACHE_HOME": str(cache)}
+    shutil.rmtree(dataset / ".zoobot-build", ignore_errors=True)
     cold = child(CLI.format(args=["submit", str(config), "--dry-run"]), new_src, env=env)
-    warm = child(CLI.format(args=["submit", str(config), "--dry-run"]), new_src, env=env)
-    old_checks = child(PREFLIGHT_OLD.format(config=str(config)), old_src) if old_src else None
+    warm = best(CLI.format(args=["submit", str(config), "--dry-run"]), new_src, reps, "wall_s", env=env)
+    old_checks = best(PREFLIGHT_OLD.format(config=str(config)), old_src, reps, "wall_s")
     old_dry = child(CLI.format(args=["submit", str(config), "--dry-run"]), old_src) if old_src else None
     lines.append(
         row(

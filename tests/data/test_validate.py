@@ -225,3 +225,16 @@ def test_checksums_are_parallel_and_incremental(demo_copy: Path) -> None:
     _flip_first_image_byte(demo_copy)
     with pytest.raises(DatasetError, match=r"train-00001\.h5: sha256 checksum mismatch"):
         validate_dataset(demo_copy, verify_checksums=True)
+
+
+def test_unchanged_shards_are_not_read_again_and_a_changed_one_is(demo_copy: Path) -> None:
+    shards = len(list(demo_copy.glob("*.h5")))
+    first = validate_dataset(demo_copy, required_label_cols=["label"])
+    again = validate_dataset(demo_copy, required_label_cols=["label"])
+    assert first.shards_reused == 0 and again.shards_reused == shards
+    assert again.split_counts == first.split_counts and again.pixels_sampled == first.pixels_sampled
+    for name, stats in first.label_stats.items():
+        assert dataclasses.astuple(again.label_stats[name]) == pytest.approx(dataclasses.astuple(stats), nan_ok=True)
+    _repeat_train_ids(demo_copy)  # rewrites val-00000.h5 (and the manifest entry) with two train ids
+    with pytest.raises(DatasetError, match="2 ids repeat across shards"):
+        validate_dataset(demo_copy)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from zoobot_hpc.data.build_units import SplitUnits, Unit, fresh_units_dir
 from zoobot_hpc.data.catalog_scan import ID, SPLIT, CatalogRetyped, CatalogScan, is_number_type
-from zoobot_hpc.data.id_hashing import HASH_SPLITS, fast_hash64, repeated_hashes, sha256_hash64, splits_from_hash
+from zoobot_hpc.data.id_hashing import HASH_SPLITS, fast_hash64, sha256_hash64, splits_from_hash
 from zoobot_hpc.data.shard_format import SPLITS, DatasetError, images_per_shard
 
 _MAX_RETYPES = 64
@@ -126,12 +126,16 @@ class _Planner:
         table = pa.Table.from_batches([batch])
         if SPLIT in table.column_names:
             table = table.drop_columns([SPLIT])
-        present = np.unique(codes)
-        if len(present) == 1:
-            writers[SPLITS[present[0]]].append(table)
+        counts = np.bincount(codes, minlength=len(SPLITS))
+        if counts.max() == len(codes):
+            writers[SPLITS[int(np.argmax(counts))]].append(table)
             return
-        for code in present:
-            writers[SPLITS[code]].append(table.take(np.flatnonzero(codes == code)))
+        grouped = table.take(np.argsort(codes, kind="stable"))  # one copy: each split's rows, in catalog order
+        start = 0
+        for code, count in enumerate(counts):
+            if count:
+                writers[SPLITS[code]].append(grouped.slice(start, int(count)))
+                start += int(count)
 
     def _hash_ids(self, ids: pa.Array) -> np.ndarray:
         sha = self.scan.split_col is None and self.labelled
@@ -140,7 +144,8 @@ class _Planner:
     def _check_unique_ids(self) -> None:
         hashes = np.concatenate(self.hashes)
         self.hashes = []
-        suspects = repeated_hashes(hashes)
+        hashes.sort()  # in place: 8 bytes per row in all
+        suspects = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
         del hashes
         if not len(suspects):
             return

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from zoobot_hpc.data.shard_format import DatasetError
 
 ID, PATH, SPLIT = "__id__", "__path__", "__split__"  # never a label column's name
-BATCH_ROWS = 1 << 20
-_CSV_BLOCK_BYTES = 64 << 20
+BATCH_ROWS = 1 << 19
+_CSV_BLOCK_BYTES = 32 << 20
 _CSV_SUFFIXES = (".csv", ".gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error to (\w+)")

@@ -1,14 +1,16 @@
 """Check a shard dataset against its manifest and summarise it (`zoobot-hpc inspect`, launch-time checks).
 
 By default the structure, counts, ids, labels and a sample of each shard's pixels are read (seconds at ~10M
-images): cheap enough for a login node. The duplicate-id check keeps a 64-bit hash per image (at most 16 bytes
-per image while it sorts). With checksums every shard is hashed, in parallel, and only once while it stays
-unchanged: verified shards (size, mtime, inode, sha256) are remembered next to the dataset, or in the user's
-cache when the dataset is read-only.
+images): cheap enough for a login node. A shard whose checks found nothing is remembered with its stat, label
+statistics and id hashes, and not read again while it is unchanged (size, mtime, inode, manifest entry). The
+duplicate-id check keeps a 64-bit hash per image (at most 16 bytes per image while it sorts). With checksums
+every shard is hashed, in parallel, and only once while it stays unchanged. What is remembered lives next to the
+dataset, or in the user's cache when the dataset is read-only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +40,7 @@ from zoobot_hpc.data.shard_format import (
 
 _MAX_DUPLICATES_LISTED = 5
 VERIFIED_NAME = "verified.json"
+CHECKED_DIR = "checked"
 _SAMPLED_PER_SHARD = 3
 
 
@@ -46,14 +49,62 @@ def default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def verified_cache_path(dataset_dir: Path) -> Path:
-    """Where verified checksums are remembered: in the dataset when it is writable, else in the user's cache."""
+def check_state_dir(dataset_dir: Path) -> Path:
+    """Where checks remember shards: in the dataset when it is writable, else in the user's cache."""
     own = dataset_dir / STATE_DIR
     if os.access(dataset_dir, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
-        return own / VERIFIED_NAME
+        return own
     key = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:24]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoobot-hpc" / "verified"
-    return cache / f"{key}.json"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zoobot-hpc" / "datasets" / key
+
+
+def verified_cache_path(dataset_dir: Path) -> Path:
+    return check_state_dir(dataset_dir) / VERIFIED_NAME
+
+
+class CheckedShards:
+    """Shards whose default checks found nothing, with the stat they had then, their label statistics and their id
+    hashes (`checked/SHARD.npy`): a shard unchanged since (size, mtime, inode, manifest entry) is not read again."""
+
+    def __init__(self, dataset_dir: Path, manifest: Manifest) -> None:
+        self.folder = check_state_dir(dataset_dir) / CHECKED_DIR
+        context = [list(manifest.image_shape), manifest.label_columns, list(manifest.allow_nan), FORMAT_VERSION]
+        self.context = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()[:16]
+        try:
+            self.entries: dict[str, dict] = json.loads((self.folder / "index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    def _identity(self, path: Path, split: str, shard: ShardInfo) -> list:
+        return [_stat_key(path), split, shard.count, shard.size_bytes, shard.sha256, self.context]
+
+    def load(self, path: Path, split: str, shard: ShardInfo) -> tuple[dict, np.ndarray] | None:
+        entry = self.entries.get(shard.file)
+        if entry is None or entry.get("identity") != self._identity(path, split, shard):
+            return None
+        try:
+            hashes = np.load(self.folder / f"{shard.file}.npy")
+        except (OSError, ValueError):
+            return None
+        return (entry, hashes) if hashes.shape == (shard.count,) else None
+
+    def save(self, identity: list, shard: ShardInfo, labels: dict, pixels: int, hashes: np.ndarray) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            target = self.folder / f"{shard.file}.npy"
+            with open(target.with_name(target.name + ".tmp"), "wb") as handle:
+                np.save(handle, hashes)
+            os.replace(target.with_name(target.name + ".tmp"), target)
+        except OSError:
+            return
+        self.entries[shard.file] = {"identity": identity, "labels": labels, "pixels": pixels}
+        self.changed = True
+
+    def flush(self) -> None:
+        if self.changed:
+            with contextlib.suppress(OSError):  # a cache only
+                write_text(self.folder / "index.json", json.dumps(self.entries) + "\n")
 
 
 def _stat_key(path: Path) -> list[int] | None:
@@ -110,6 +161,20 @@ class LabelStats:
         """Mean of the finite values (NaN when there are none)."""
         return self.finite_sum / self.finite_count if self.finite_count else float("nan")
 
+    def to_list(self) -> list:
+        return [self.count, self.nan_count, self.finite_sum, self.finite_count, self.min, self.max]
+
+    def merge(self, saved: list) -> None:
+        """Add one shard's statistics (`to_list` of that shard alone)."""
+        count, nan_count, finite_sum, finite_count, low, high = saved
+        self.count += count
+        self.nan_count += nan_count
+        if finite_count:
+            self.finite_sum += finite_sum
+            self.finite_count += finite_count
+            self.min = low if np.isnan(self.min) else min(self.min, low)
+            self.max = high if np.isnan(self.max) else max(self.max, high)
+
     def update(self, values: np.ndarray) -> None:
         """Add one shard's values."""
         values = np.asarray(values, dtype=np.float64)
@@ -137,6 +202,7 @@ class DatasetSummary:
     problems: list[str] = field(default_factory=list)
     pixels_sampled: int = 0
     checksums_hashed: int = 0  # shards hashed by this run (the others were verified before and are unchanged)
+    shards_reused: int = 0  # shards checked before and unchanged since: not read again
 
     @property
     def is_valid(self) -> bool:
@@ -160,6 +226,8 @@ class DatasetSummary:
                 f"{stats.nan_count:>8}{nan_note}"
             )
         lines.append(f"pixels sampled: {self.pixels_sampled} images (reads the chunks they are stored in)")
+        if self.shards_reused:
+            lines.append(f"{self.shards_reused} shard(s) checked before and unchanged since (size, mtime, inode)")
         if self.checksums_verified:
             lines.append(f"checksums: {self.checksums_hashed} shard(s) hashed now, the others verified before")
             lines.append("checksums verified")
@@ -254,6 +322,8 @@ class _DatasetChecker:
         self.checksum_failures: set[str] = set()
         self.pixels_sampled = 0
         self.hashed = 0
+        self.checked = CheckedShards(dataset_dir, manifest)
+        self.reused = 0
 
     def verify_all_checksums(self, workers: int, rehash: bool) -> None:
         """Hash every shard that was not verified before (or changed since), `workers` at a time."""
@@ -290,6 +360,8 @@ class _DatasetChecker:
         if shard.file in self.checksum_failures:
             self.problems.append(f"{path}: sha256 checksum mismatch (file corrupted or replaced)")
             return
+        if self._reuse_checked(index, path, split, shard):
+            return
         try:
             with open_shard(path, locking=self.locking) as handle:
                 self._check_contents(index, path, handle, split, shard)
@@ -298,7 +370,36 @@ class _DatasetChecker:
         except (OSError, KeyError, ValueError, TypeError) as error:
             self.problems.append(f"{path}: shard is unreadable ({' '.join(str(error).split())})")
 
+    def _reuse_checked(self, index: int, path: Path, split: str, shard: ShardInfo) -> bool:
+        cached = self.checked.load(path, split, shard)
+        if cached is None:
+            return False
+        entry, hashes = cached
+        for name, saved in entry["labels"].items():
+            self.label_stats[name].merge(saved)
+        self.id_hashes[self.starts[index] : self.starts[index + 1]] = hashes
+        self.id_seen[index] = True
+        self.pixels_sampled += entry["pixels"]
+        self.reused += 1
+        return True
+
     def _check_contents(self, index: int, path: Path, handle: h5py.File, split: str, shard: ShardInfo) -> None:
+        identity = self.checked._identity(path, split, shard)
+        shared_stats, pixels_before = self.label_stats, self.pixels_sampled
+        self.label_stats = {name: LabelStats(stats.dtype) for name, stats in shared_stats.items()}
+        try:
+            problems = self._shard_problems(index, path, handle, split, shard)
+        finally:
+            shard_stats, self.label_stats = self.label_stats, shared_stats
+        for name, stats in shard_stats.items():
+            self.label_stats[name].merge(stats.to_list())
+        self.problems.extend(problems)
+        if not problems and self.id_seen[index]:
+            labels = {name: stats.to_list() for name, stats in shard_stats.items()}
+            hashes = self.id_hashes[self.starts[index] : self.starts[index + 1]]
+            self.checked.save(identity, shard, labels, self.pixels_sampled - pixels_before, hashes)
+
+    def _shard_problems(self, index: int, path: Path, handle: h5py.File, split: str, shard: ShardInfo) -> list[str]:
         problems = _check_attrs(path, handle, split, shard, self.manifest)
         image_problems = _check_images(path, handle, shard, self.manifest)
         problems += image_problems or self._sample_pixels(path, handle, shard)
@@ -312,7 +413,7 @@ class _DatasetChecker:
                 self.id_hashes[self.starts[index] : self.starts[index + 1]] = fast_hash64(ids.astype(bytes))
                 self.id_seen[index] = True
         problems += self._check_labels(path, handle, shard)
-        self.problems.extend(problems)
+        return problems
 
     def _sample_pixels(self, path: Path, handle: h5py.File, shard: ShardInfo) -> list[str]:
         """Read the first, middle and last images: the chunk index and their chunks must be readable."""
@@ -432,6 +533,7 @@ def inspect_dataset(
             checker.check_shard(index, split, shard)
             index += 1
     checker.check_unique_ids()
+    checker.checked.flush()
     return DatasetSummary(
         dataset_dir=str(dataset_dir),
         image_shape=manifest.image_shape,
@@ -443,6 +545,7 @@ def inspect_dataset(
         problems=checker.problems,
         pixels_sampled=checker.pixels_sampled,
         checksums_hashed=checker.hashed,
+        shards_reused=checker.reused,
     )
 
 
