@@ -125,3 +125,13 @@ def test_demo_data_command(tmp_path: Path) -> None:
     assert manifest.image_shape == (16, 16, 3) and sum(manifest.split_count(s) for s in manifest.splits) == 50
     inspected = CliRunner().invoke(main, ["inspect", str(out)])
     assert inspected.exit_code == 0 and inspected.output.strip().endswith("VALID")
+
+
+def test_demo_data_shard_size(tmp_path: Path) -> None:
+    out = tmp_path / "small-shards"
+    args = ["demo-data", str(out), "--n", "150", "--size", "16", "--shard-size", "7KB"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    manifest = read_manifest(out)
+    per_shard = 7 * 1024 // (16 * 16 * 3)
+    assert len(manifest.splits["train"]) > 1 and all(s.count <= per_shard for s in manifest.splits["train"])
+    assert sum(manifest.split_count(s) for s in manifest.splits) == 150
