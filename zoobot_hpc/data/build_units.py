@@ -1,4 +1,4 @@
-"""Work units of a build: one small parquet file per planned shard (its rows' ids, image paths and labels).
+"""Work units of a build: one small Arrow IPC file per planned shard (its rows' ids, image paths and labels).
 
 The planner appends each catalog batch's rows to the open unit of their split (at most one per split is open)
 and closes it when the shard is full, so planning holds a batch, not the catalog. A worker reads its unit in
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from zoobot_hpc.data.shard_format import STATE_DIR, shard_file_name
 
@@ -40,16 +39,16 @@ class SplitUnits:
     def __init__(self, folder: Path, split: str, per_shard: int) -> None:
         self.folder, self.split, self.per_shard = folder, split, per_shard
         self.units: list[Unit] = []
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._rows = 0
 
     def _path(self, index: int) -> Path:
-        return self.folder / (shard_file_name(self.split, index).rsplit(".", 1)[0] + ".parquet")
+        return self.folder / (shard_file_name(self.split, index).rsplit(".", 1)[0] + ".arrow")
 
     def append(self, table: pa.Table) -> None:
         while table.num_rows:
             if self._writer is None:
-                self._writer = pq.ParquetWriter(self._path(len(self.units)), table.schema, compression="none")
+                self._writer = pa.ipc.new_file(str(self._path(len(self.units))), table.schema)
                 self._rows = 0
             part = table.slice(0, self.per_shard - self._rows)
             self._writer.write_table(part)
@@ -79,7 +78,8 @@ def fresh_units_dir(out_dir: Path) -> Path:
 
 def read_unit(path: Path) -> pa.Table:
     """A unit's rows (ids, paths, labels: a few MB for a 2 GiB shard of 224-px images)."""
-    return pq.read_table(path)
+    with pa.OSFile(str(path), "rb") as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 def unit_blocks(table: pa.Table, rows: int) -> Iterator[tuple[int, pa.Table]]:
