@@ -1,13 +1,14 @@
 """Login-node checks that need torch/timm, run once per distinct input and remembered.
 
 A check is a kind (`scheduler`: timm builds the scheduler; `architecture`: timm builds the encoder on the meta
-device) and its JSON payload. Checks not passed before run together in one child process, so the login-node
-process itself never imports torch or timm; those that pass are remembered in the user's cache, keyed by the
-payload, the versions of torch and timm and the source of the code that checks. A second submit, and each point
-of a sweep with the same scheduler and encoder, pays nothing.
+device; `encoder`: the pretrained weights are in the local caches, fetched when allowed) and its JSON payload.
+Checks not passed before run together in one child process, so the login-node process itself never imports
+torch or timm; those that pass are remembered in the user's cache, keyed by the payload, the versions of torch
+and timm and the source of the code that checks (an encoder check also by the weight files it found: it holds
+while they exist). A second submit, and each point of a sweep with the same scheduler and encoder, pays nothing.
 
-`python -m zoobot_hpc.launch.check_cache` is the child: JSON requests on stdin, one message (None: passed) each
-on stdout.
+`python -m zoobot_hpc.launch.check_cache` is the child: JSON requests on stdin, one [problem or None, files]
+each on stdout.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def library_versions() -> dict[str, str]:
 
 
 def check_key(kind: str, payload: dict[str, Any]) -> str:
+    payload = {key: value for key, value in payload.items() if key != "allow_download"}  # how, not what
     text = json.dumps([kind, payload, library_versions()], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -77,7 +79,7 @@ def run_checks(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str | Non
     entries = _load()
     keys = [check_key(kind, payload) for kind, payload in requests]
     results: list[str | None] = [None] * len(requests)
-    todo = [index for index, key in enumerate(keys) if key not in entries]
+    todo = [index for index, key in enumerate(keys) if not _still_valid(entries.get(key))]
     if not todo:
         return results
     unique = list(dict.fromkeys(keys[index] for index in todo))
@@ -85,16 +87,20 @@ def run_checks(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str | Non
     answers = _run_child([requests[first[key]] for key in unique])
     by_key = dict(zip(unique, answers, strict=True))
     for index in todo:
-        results[index] = by_key[keys[index]]
-    for key, answer in by_key.items():
-        if answer is None:
-            entries[key] = {"kind": requests[first[key]][0], "versions": library_versions()}
-    if any(answer is None for answer in answers):
+        results[index] = by_key[keys[index]][0]
+    for key, (problem, files) in by_key.items():
+        if problem is None:
+            entries[key] = {"kind": requests[first[key]][0], "versions": library_versions(), "files": files}
+    if any(problem is None for problem, _ in answers):
         _save(entries)
     return results
 
 
-def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[str | None]:
+def _still_valid(entry: dict | None) -> bool:
+    return entry is not None and all(Path(file).exists() for file in entry.get("files") or ())
+
+
+def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[str | None, list[str]]]:
     payload = json.dumps([[kind, body] for kind, body in requests])
     child = subprocess.run(
         [sys.executable, "-m", "zoobot_hpc.launch.check_cache"],
@@ -107,23 +113,26 @@ def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[str | None]:
     lines = [line for line in child.stdout.splitlines() if line.startswith("CHECKS=")]
     if child.returncode != 0 or not lines:
         tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        return [f"the torch/timm checks could not run ({tail})"] * len(requests)
-    return json.loads(lines[-1].partition("=")[2])
+        return [(f"the torch/timm checks could not run ({tail})", [])] * len(requests)
+    return [(problem, files) for problem, files in json.loads(lines[-1].partition("=")[2])]
 
 
-def _answer(kind: str, body: dict[str, Any]) -> str | None:
-    from zoobot_hpc.launch.preflight import architecture_problem, scheduler_problem
+def _answer(kind: str, body: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(problem or None, files the result depends on)."""
+    from zoobot_hpc.launch.preflight import architecture_problem, encoder_problem, scheduler_problem
 
     if kind == "scheduler":
-        return scheduler_problem(body["scheduler_kwargs"])
+        return scheduler_problem(body["scheduler_kwargs"]), []
     if kind == "architecture":
-        return architecture_problem(body["name"], body["timm_kwargs"], body["greyscale"])
-    return f"unknown check {kind!r}"
+        return architecture_problem(body["name"], body["timm_kwargs"], body["greyscale"]), []
+    if kind == "encoder":
+        return encoder_problem(body["name"], body["allow_download"])
+    return f"unknown check {kind!r}", []
 
 
 def main() -> None:
     requests = json.loads(sys.stdin.read())
-    print("CHECKS=" + json.dumps([_answer(kind, body) for kind, body in requests]))
+    print("CHECKS=" + json.dumps([list(_answer(kind, body)) for kind, body in requests]))
 
 
 if __name__ == "__main__":

@@ -104,18 +104,27 @@ def check_dataset(config: RunConfig) -> None:
 
 
 def check_encoder(config: RunConfig, allow_download: bool) -> None:
-    """Pretrained weights are in the local cache now (fetched here when allowed), not on the compute node."""
+    """Pretrained weights are in the local cache now (fetched here when allowed), not on the compute node. Checked
+    in a child process (timm resolves the files) and remembered while the files it found exist."""
     model = config.model
     if not model.pretrained or model.zoobot_checkpoint_loc is not None:
         if model.zoobot_checkpoint_loc is not None and not Path(model.zoobot_checkpoint_loc).is_file():
             raise PreflightError(f"model.zoobot_checkpoint_loc={model.zoobot_checkpoint_loc}: file not found")
         return
-    from zoobot_hpc.model.encoders import ensure_encoder_weights
+    _run_cached([("encoder", {"name": model.name, "allow_download": bool(allow_download)})])
+
+
+def encoder_problem(name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+    """What is missing of encoder `name`'s pretrained weights (downloaded first when allowed), and the local files
+    that make it complete. Imports torch and timm: run by `check_cache` in a child process."""
+    from zoobot_hpc.model.encoders import ensure_encoder_weights, required_encoder_files
 
     try:
-        ensure_encoder_weights(model.name, allow_download=allow_download)
+        ensure_encoder_weights(name, allow_download=allow_download)
+        files = [path for _, path in required_encoder_files(name) if path]
     except (OSError, ValueError, RuntimeError) as exc:
-        raise PreflightError(f"model.name={model.name}: {exc}") from None
+        return f"model.name={name}: {exc}", []
+    return None, files
 
 
 def scheduler_problem(scheduler_kwargs: dict | None) -> str | None:
