@@ -27,6 +27,16 @@ from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
 from zoobot_hpc.compute.rank_agreement import agree_on_stop, host_flag_group
 
+# Exact resume leans on Lightning internals: `_SignalConnector`, `fit_loop.epoch_loop.batch_progress`,
+# `fit_loop.restarting` + `epoch_loop.update_lr_schedulers`, and the layout of `checkpoint["loops"]`. pyproject.toml
+# pins Lightning to these minors; tests/test_lightning_version.py fails on any other, naming what to re-check.
+TESTED_LIGHTNING_MINORS = ("2.6",)
+LIGHTNING_INTERNALS_USED = (
+    "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector (keep_own_signal_handlers)",
+    "trainer.fit_loop.epoch_loop.batch_progress.is_last_batch (ResumeCheckpointer.on_train_batch_end)",
+    "trainer.fit_loop.restarting + epoch_loop.update_lr_schedulers (ResumeCheckpointer.on_train_epoch_end)",
+    'checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] (mark_validation_not_run)',
+)
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation

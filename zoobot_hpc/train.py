@@ -36,8 +36,8 @@ from zoobot_hpc.checkpointing import (
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.ddp_strategy import ddp_strategy
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
+from zoobot_hpc.ddp_strategy import ddp_strategy
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import (
     LogLineProgress,

@@ -1,14 +1,18 @@
-"""How production SLURM takes a training job away, on the loopback cluster with preemption switched on.
+"""How production SLURM takes a training job away, on the loopback cluster with preemption switched on, with the
+layouts GPU clusters use: several tasks per node.
 
-One uninterrupted 2-node run (`debug`, never preempted) is the baseline of every scenario: its weights after each
-optimiser step (rank 0's digest) and at the end of training. The scenarios run alongside it:
-- a `low` job preempted twice by `high` jobs (SLURM's SIGTERM, requeued by SLURM), then `scancel`led and resumed
-  with `zoobot-hpc resume`;
-- a `debug` job whose real time limit sends USR2 (SLURM's own `--signal`), requeued twice, then out of requeues;
-- `zoobot-hpc train` under a user's own sbatch script without `--signal`: the time limit's SIGTERM saves and requeues;
-- (last, once the others are done) a `debug` job whose second node is lost mid-epoch: SLURM requeues it (NODE_FAIL)
-  and it resumes from its newest periodic checkpoint.
-Every step any run trained must end with the baseline's weights, bit for bit.
+Two uninterrupted runs are the baselines: one of 2 nodes x 2 tasks (n1, n2) and one of 1 node x 4 tasks (n3). Each
+records its weights after every optimiser step (rank 0's digest) and at the end of training. The scenarios run
+alongside them, each compared bit for bit with the baseline of its own layout:
+- 2 x 2 on `low`: stopped by USR2 during validation, preempted mid-epoch by a `high` job (SLURM's SIGTERM, requeued
+  by SLURM), then `scancel`led and resumed with `zoobot-hpc resume`;
+- 1 x 4 on `low`: preempted mid-epoch, then stopped twice by its real time limit (SLURM's own USR2), then finishes;
+- 2 x 2 on `debug`: stopped twice by its real time limit (USR2), out of time-limit requeues, resumed;
+- 2 x 2 under a user's own sbatch script without `--signal`: the time limit's SIGTERM saves and requeues;
+- (last, once the others are done) 2 x 2 whose second node is lost mid-epoch: SLURM requeues it (NODE_FAIL) and it
+  resumes from its newest periodic checkpoint.
+Time limits are submitted long and shortened with `scontrol update TimeLimit=` once a start trains, so that the
+limit meets every start mid-training however busy the machine is; after each stop the limit is lengthened again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from tests.launch.conftest import segments, wait_for, write_test_config
 from tests.launch.probes import step_digests
+from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.checkpointing import newest_valid_checkpoint, stored_step
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
@@ -38,8 +43,14 @@ def _preemption_partitions(slurm_cluster):
 
 
 MAX_EPOCHS = 4
+BATCH_SIZE = 4  # per rank: 13 steps an epoch on 4 ranks, 52 in all
 GRACE_LIMIT_S = 10  # the `low` partition's GraceTime in slurm/cluster.sh --preemption
-LATE_STEP = 24  # of the 48 steps of MAX_EPOCHS on 2 ranks: the first start ends at the limit, 60-90 s in
+SIGNAL_DELAY_S = 30  # USR2 this long before a time limit
+LONG_LIMIT = "10:00"  # what time limits are submitted with, and lengthened back to after each stop
+LAYOUTS = {
+    "2x2": {"resources__nodes": 2, "resources__tasks_per_node": 2, "sbatch_extra": {"exclude": "n3"}},
+    "1x4": {"resources__nodes": 1, "resources__tasks_per_node": 4, "sbatch_extra": {"nodelist": "n3"}},
+}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,47 +68,52 @@ def job_id_of(output: str) -> str:
     return re.findall(r"\bjob (\d+)", output)[0]
 
 
-def submit_run(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float = 0.0, **overrides) -> Path:
-    """Submit a 2-node x 1-task run that records its step digests; returns its run dir."""
-    probe = {
-        "class_path": "tests.launch.probes.StepDigests",
-        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": step_sleep_s},
-    }
+def probe_spec(out_dir: Path, **init_args) -> dict:
+    return {"class_path": "tests.launch.probes.StepDigests", "init_args": {"out_dir": str(out_dir), **init_args}}
+
+
+def submit_run(
+    tmp_path: Path, dataset: Path, name: str, layout_name: str, probe: dict | None = None, **overrides
+) -> Path:
+    """Submit a run of `layout_name` ("2x2" or "1x4") that records its step digests; returns its run dir."""
+    placement = dict(LAYOUTS[layout_name])
+    sbatch_extra = {**placement.pop("sbatch_extra"), **overrides.pop("resources__sbatch_extra", {})}
+    extra_callbacks = overrides.pop("extra_callbacks", [])
     config = write_test_config(
         tmp_path,
         dataset,
         name=name,
         resources__executor="slurm",
-        resources__nodes=2,
+        resources__sbatch_extra=sbatch_extra,
+        data__batch_size=BATCH_SIZE,
         trainer__max_epochs=MAX_EPOCHS,
-        trainer__callbacks=[probe],
+        trainer__callbacks=[probe or probe_spec(tmp_path / "probe"), *extra_callbacks],
+        **placement,
         **overrides,
     )
     submit_plan(plan_runs(config))
     return tmp_path / "runs" / name
 
 
-def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str, step_sleep_s: float) -> tuple[Path, str]:
-    """`zoobot-hpc train` of the baseline's config under a plain sbatch script with a 1-minute limit and no
-    `--signal` (slurm/sbatch_template.sh without that line); returns the run dir and the job id. Only the first
-    start is slowed down, and only from `LATE_STEP`: it meets the limit near the end of training, and the requeued
-    start has little left to do. A step's sleep must end well inside KillWait (5 s): the save follows it."""
-    probe = {
-        "class_path": "tests.launch.probes.StepDigests",
-        "init_args": {
-            "out_dir": str(tmp_path / "probe"),
-            "step_sleep_s": step_sleep_s,
-            "first_start_only": True,
-            "sleep_from_step": LATE_STEP,
-        },
-    }
+def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str) -> tuple[Path, str]:
+    """`zoobot-hpc train` of a 2 x 2 config under a plain sbatch script (slurm/sbatch_template.sh's form) without
+    `--signal`: the time limit ends it with SIGTERM. Its first start is slowed down (1.5 s a step, well inside
+    KillWait, which the save follows); returns the run dir and the job id."""
     config = write_test_config(
-        tmp_path, dataset, name=name, resources__nodes=2, trainer__max_epochs=MAX_EPOCHS, trainer__callbacks=[probe]
+        tmp_path,
+        dataset,
+        name=name,
+        resources__nodes=2,
+        resources__tasks_per_node=2,
+        data__batch_size=BATCH_SIZE,
+        trainer__max_epochs=MAX_EPOCHS,
+        trainer__callbacks=[probe_spec(tmp_path / "probe", step_sleep_s=1.5, first_start_only=True)],
     )
     script = tmp_path / "job.sh"
     script.write_text(
         "#!/bin/bash\n"
-        f"#SBATCH --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --time=1 --requeue --open-mode=append\n"
+        "#SBATCH --nodes=2 --ntasks-per-node=2 --cpus-per-task=1 --exclude=n3\n"
+        f"#SBATCH --time={LONG_LIMIT} --requeue --open-mode=append\n"
         f"#SBATCH --output={tmp_path / 'job.out'}\n"
         f"srun --kill-on-bad-exit=1 {sys.executable} -m zoobot_hpc.cli train {config}\n"
     )
@@ -109,20 +125,57 @@ def job_of(run_dir: Path) -> str:
     return str(layout.read_json(run_dir / layout.SUBMISSION)["job_id"])
 
 
+def every_log_of(run_dir: Path) -> str:
+    """The job logs of every job the run directory had (a resume is a new job), oldest first."""
+    logs = sorted(Path(run_dir, "submitit").glob("*_log.out"), key=lambda path: path.stat().st_mtime)
+    return "".join(path.read_text() for path in logs)
+
+
 def log_of(run_dir: Path) -> str:
     path = Path(layout.read_json(run_dir / layout.SUBMISSION)["stdout"])
     return path.read_text() if path.exists() else ""
 
 
-def trained_in_this_segment(run_dir: Path):
+def trained_in_this_segment(run_dir: Path, log=log_of):
     """True once the newest segment has logged a training batch."""
 
     def check() -> bool:
-        text = log_of(run_dir)
+        text = log(run_dir)
         starts = [m.end() for m in re.finditer(r"zoobot_hpc: run dir ", text)]
         return bool(starts) and len(starts) == len(segments(run_dir)) and " batch " in text[starts[-1] :]
 
     return check
+
+
+def job_fields(slurm_cluster, job: str) -> dict[str, str]:
+    shown = slurm_cluster.run("scontrol", "--oneliner", "show", "job", job, check=False)
+    assert shown.returncode == 0, f"scontrol show job {job}: {shown.stdout}{shown.stderr}"
+    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
+
+
+def duration_s(text: str) -> int:
+    """SLURM's [D-]HH:MM:SS (or MM:SS) in seconds."""
+    days, _, clock = text.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+def set_time_limit(slurm_cluster, job: str, limit: str) -> None:
+    updated = slurm_cluster.run("scontrol", "update", f"JobId={job}", f"TimeLimit={limit}", check=False)
+    assert updated.returncode == 0, f"scontrol update JobId={job} TimeLimit={limit}: {updated.stderr}"
+
+
+def limit_time_from_now(slurm_cluster, job: str, spare_s: int) -> None:
+    """Set the running job's time limit to its run time so far + `spare_s` (SLURM's limit counts from the start)."""
+    run_s = duration_s(job_fields(slurm_cluster, job)["RunTime"])
+    limit_s = run_s + spare_s
+    set_time_limit(slurm_cluster, job, f"{limit_s // 60}:{limit_s % 60:02d}")
+
+
+def extend_time_limit(slurm_cluster, job: str) -> None:
+    set_time_limit(slurm_cluster, job, LONG_LIMIT)
 
 
 def assert_steps_match(run_probe: Path, baseline_probe: Path) -> int:
@@ -130,7 +183,7 @@ def assert_steps_match(run_probe: Path, baseline_probe: Path) -> int:
     run, baseline = step_digests(run_probe), step_digests(baseline_probe)
     assert run, "the run trained no step"
     different = sorted(step for step, digests in run.items() if digests != baseline.get(step))
-    assert not different, f"steps {different[:5]} differ from the uninterrupted run"
+    assert not different, f"steps {different[:5]} (of {len(run)}) differ from the uninterrupted run"
     return max(run)
 
 
@@ -138,49 +191,97 @@ def assert_same_final_weights(run_probe: Path, baseline_probe: Path) -> None:
     run = torch.load(run_probe / "final.pt", weights_only=True)
     baseline = torch.load(baseline_probe / "final.pt", weights_only=True)
     assert run.keys() == baseline.keys()
-    assert not [k for k in run if not torch.equal(run[k], baseline[k])], "final weights differ"
+    different = [k for k in run if not torch.equal(run[k], baseline[k])]
+    assert not different, f"{len(different)} of {len(run)} tensors of the final weights differ, e.g. {different[:3]}"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_dataset, slurm_cluster):
-    """All three runs, running alongside each other. The `low` one starts first: it takes a core of each node for
-    itself (`OverSubscribe=NO`), and the `debug` ones then share the other cores (`OverSubscribe=FORCE:2`)."""
+    """Every run but the lost-node one, running alongside each other. The `low` ones start first: each takes cores
+    of its nodes for itself (`OverSubscribe=NO`); the `debug` ones then fill the other cores of the 8 per node."""
     root = tmp_path_factory.mktemp("preemption")
-    preempted = submit_run(root / "preempted", demo_dataset, "preempted", resources__partition="low")
+    validation_stop = {
+        "class_path": "tests.launch.probes.SignalDuringValidation",
+        "init_args": {"epoch": 0, "batch": 0, "marker": str(root / "validation-stop.done"), "signum": 12},
+    }
+    preempted = submit_run(
+        root / "preempted",
+        demo_dataset,
+        "preempted",
+        "2x2",
+        resources__partition="low",
+        extra_callbacks=[validation_stop],
+    )
+    slow_file = root / "four-ranks" / "slow"
+    slow_file.parent.mkdir(parents=True)
+    slow_file.touch()
+    four_ranks = submit_run(
+        root / "four-ranks",
+        demo_dataset,
+        "four-ranks",
+        "1x4",
+        probe=probe_spec(root / "four-ranks" / "probe", step_sleep_s=0.5, sleep_while_exists=str(slow_file)),
+        resources__partition="low",
+        resources__time_min=1,
+        resources__signal_delay_s=SIGNAL_DELAY_S,
+        resources__max_time_limit_requeues=2,
+        resources__sbatch_extra={"time": LONG_LIMIT},
+    )
     slurm_cluster.wait_for_state(job_of(preempted), ["RUNNING"], timeout=240)
-    baseline = submit_run(root / "baseline", demo_dataset, "baseline")
+    slurm_cluster.wait_for_state(job_of(four_ranks), ["RUNNING"], timeout=240)
+    baseline = submit_run(root / "baseline", demo_dataset, "baseline", "2x2")
+    baseline_1x4 = submit_run(root / "baseline-1x4", demo_dataset, "baseline-1x4", "1x4")
     time_limited = submit_run(
         root / "time-limit",
         demo_dataset,
         "time-limit",
-        step_sleep_s=4.0,
+        "2x2",
+        probe=probe_spec(root / "time-limit" / "probe", step_sleep_s=0.5),
         resources__time_min=1,
-        resources__signal_delay_s=30,
-        resources__max_time_limit_requeues=2,
-        resources__sbatch_extra={"time": "2:00"},
+        resources__signal_delay_s=SIGNAL_DELAY_S,
+        resources__max_time_limit_requeues=1,
+        resources__sbatch_extra={"time": LONG_LIMIT},
     )
-    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script", step_sleep_s=3.0)
+    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script")
     return {
-        "own-script": own_script,
         "root": root,
         "demo_dataset": demo_dataset,
         "preempted": preempted,
+        "four-ranks": four_ranks,
+        "four-ranks-slow-file": slow_file,
         "baseline": baseline,
+        "baseline-1x4": baseline_1x4,
         "time-limit": time_limited,
+        "own-script": own_script,
     }
 
 
-@pytest.mark.timeout(480)
-def test_preempted_twice_by_sigterm_then_cancelled_and_resumed_ends_with_uninterrupted_weights(runs, slurm_cluster):
-    root = runs["root"] / "preempted"
+def finished_baseline(runs, slurm_cluster, name: str) -> Path:
+    slurm_cluster.wait_for_state(job_of(runs[name]), ["COMPLETED"], timeout=420)
+    return runs["root"] / name / "probe"
+
+
+@pytest.mark.timeout(600)
+def test_uninterrupted_runs_of_four_ranks_are_bit_identical_whatever_their_layout(runs, slurm_cluster):
+    """A determinism regression fails here (and a resume regression does not): 2 x 2 and 1 x 4 train the same."""
+    two_by_two = finished_baseline(runs, slurm_cluster, "baseline")
+    one_by_four = finished_baseline(runs, slurm_cluster, "baseline-1x4")
+    assert assert_steps_match(two_by_two, one_by_four) == MAX_EPOCHS * 13
+    assert_same_final_weights(two_by_two, one_by_four)
+
+
+@pytest.mark.timeout(600)
+def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_ends_with_uninterrupted_weights(
+    runs, slurm_cluster
+):
     run_dir = runs["preempted"]
     job = job_of(run_dir)
-    for preemption in (1, 2):
-        wait_for(trained_in_this_segment(run_dir), 240, f"training before preemption {preemption}")
-        slurm_cluster.preempt_low_jobs_on("n1")
-        wait_for(lambda n=preemption: len(segments(run_dir)) == n + 1, 240, f"SLURM's requeue {preemption}")
+    wait_for(lambda: len(segments(run_dir)) == 2, 300, "the requeue after the stop during validation")
+    wait_for(trained_in_this_segment(run_dir), 240, "training before the preemption")
+    slurm_cluster.preempt_low_jobs_on("n1")
+    wait_for(lambda: len(segments(run_dir)) == 3, 240, "SLURM's requeue after the preemption")
     states = [r["State"] for r in slurm_cluster.sacct(job, allocations_only=True)]
-    assert states[:2] == ["PREEMPTED", "PREEMPTED"], states
+    assert states[:2] == ["REQUEUED", "PREEMPTED"], states
 
     wait_for(trained_in_this_segment(run_dir), 240, "training before scancel")
     slurm_cluster.run("scancel", job)
@@ -192,58 +293,107 @@ def test_preempted_twice_by_sigterm_then_cancelled_and_resumed_ends_with_uninter
     assert resumed.returncode == 0, resumed.stderr
     new_job = job_id_of(resumed.stdout)
     assert new_job != job
-    slurm_cluster.wait_for_state(new_job, ["COMPLETED"], timeout=300)
+    slurm_cluster.wait_for_state(new_job, ["COMPLETED"], timeout=360)
 
     starts = segments(run_dir)
-    assert len(starts) == 4
-    assert [s.get("stop") for s in starts] == ["SIGTERM", "SIGTERM", "SIGTERM", None]
-    assert all(0 <= s["stop_and_save_s"] < GRACE_LIMIT_S for s in starts[:3]), starts
+    assert [s.get("stop") for s in starts] == ["SIGUSR2", "SIGTERM", "SIGTERM", None], starts
+    assert all(0 <= s["stop_and_save_s"] < GRACE_LIMIT_S for s in starts[1:3]), starts
     assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:])
     assert starts[1]["slurm_restart_count"] == "1" and starts[2]["slurm_restart_count"] == "2"
+    logs = every_log_of(run_dir)
+    assert "Traceback" not in logs
+    assert re.search(r"preemption signal \(SIGUSR2\): saved \S+ at step \d+; stopping all ranks", logs), logs[-3000:]
+
+    baseline = finished_baseline(runs, slurm_cluster, "baseline")
+    assert assert_steps_match(runs["root"] / "preempted" / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / "preempted" / "probe", baseline)
+
+
+@pytest.mark.timeout(900)
+def test_1x4_preempted_then_stopped_twice_by_its_real_time_limit_ends_with_uninterrupted_weights(runs, slurm_cluster):
+    run_dir = runs["four-ranks"]
+    job = job_of(run_dir)
+    wait_for(trained_in_this_segment(run_dir), 300, "training before the preemption")
+    slurm_cluster.preempt_low_jobs_on("n3")
+    for stop in (1, 2):
+        wait_for(lambda n=stop: len(segments(run_dir)) == n + 1, 300, f"the requeue before time-limit stop {stop}")
+        extend_time_limit(slurm_cluster, job)
+        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
+        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 20)
+    wait_for(lambda: len(segments(run_dir)) == 4, 300, "the requeue after the second time-limit stop")
+    extend_time_limit(slurm_cluster, job)
+    runs["four-ranks-slow-file"].unlink()
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
+
+    starts = segments(run_dir)
+    assert [s.get("stop") for s in starts] == ["SIGTERM", "SIGUSR2", "SIGUSR2", None], starts
+    assert [s["slurm_restart_count"] for s in starts] == [None, "1", "2", "3"], starts
+    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    assert states == ["PREEMPTED", "REQUEUED", "REQUEUED", "COMPLETED"], states
     assert "Traceback" not in log_of(run_dir)
 
-    slurm_cluster.wait_for_state(job_of(runs["baseline"]), ["COMPLETED"], timeout=300)
-    assert_steps_match(root / "probe", runs["root"] / "baseline" / "probe")
-    assert_same_final_weights(root / "probe", runs["root"] / "baseline" / "probe")
+    baseline = finished_baseline(runs, slurm_cluster, "baseline-1x4")
+    assert assert_steps_match(runs["root"] / "four-ranks" / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / "four-ranks" / "probe", baseline)
 
 
-@pytest.mark.timeout(420)
-def test_real_time_limit_requeues_twice_then_the_run_ends_and_status_says_why(runs, slurm_cluster):
+@pytest.mark.timeout(900)
+def test_real_time_limit_stops_2x2_twice_then_status_says_why_and_the_resumed_run_ends_with_uninterrupted_weights(
+    runs, slurm_cluster
+):
     run_dir = runs["time-limit"]
     job = job_of(run_dir)
+    for stop in (1, 2):
+        wait_for(lambda n=stop: len(segments(run_dir)) == n, 300, f"start {stop}")
+        extend_time_limit(slurm_cluster, job)
+        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
+        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 20)
     with pytest.raises(RuntimeError, match="FAILED"):
-        slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=400)
+        slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=300)
     starts = segments(run_dir)
-    assert len(starts) == 3, starts
-    assert [s.get("stop") for s in starts] == ["SIGUSR2"] * 3
-    assert [s["slurm_restart_count"] for s in starts] == [None, "1", "2"]
+    assert [s.get("stop") for s in starts] == ["SIGUSR2"] * 2, starts
+    assert [s["slurm_restart_count"] for s in starts] == [None, "1"], starts
+    assert starts[1]["resumed_from"].endswith("resume.ckpt"), starts
     status = cli("status", str(run_dir))
     assert "time-limit requeues exhausted" in status.stdout, status.stdout
 
-    slurm_cluster.wait_for_state(job_of(runs["baseline"]), ["COMPLETED"], timeout=300)
-    assert_steps_match(runs["root"] / "time-limit" / "probe", runs["root"] / "baseline" / "probe")
-    reached = [0] + [s["stop_step"] for s in starts]
-    trained = sum(after > before for before, after in itertools.pairwise(reached))
-    assert trained >= 2, f"steps reached at each stop {reached[1:]}: too few segments trained to test the resume"
-
-
-@pytest.mark.timeout(420)
-def test_time_limit_sigterm_without_a_signal_before_it_saves_and_requeues(runs, slurm_cluster):
-    run_dir, job = runs["own-script"]
-    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=400)
-    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
-    assert len(states) >= 2 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", states
+    resumed = cli("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    slurm_cluster.wait_for_state(job_id_of(resumed.stdout), ["COMPLETED"], timeout=360)
     starts = segments(run_dir)
-    assert len(starts) == len(states), starts
-    assert [s.get("stop") for s in starts] == ["SIGTERM"] * (len(starts) - 1) + [None], starts
-    for before, after in itertools.pairwise(starts):
-        assert after["resumed_step"] == before["stop_step"], (before, after)
-    log = (runs["root"] / "own-script" / "job.out").read_text()
-    assert "the SIGTERM was SLURM's time limit" in log, log[-3000:]
+    assert [s.get("stop") for s in starts] == ["SIGUSR2", "SIGUSR2", None], starts
+    reached = [0] + [s["stop_step"] for s in starts[:2]]
+    assert all(after > before for before, after in itertools.pairwise(reached)), f"stops at steps {reached[1:]}"
+    wandb_runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
+    assert len(wandb_runs) == 3
+    assert {run.run_id for run in wandb_runs} == {f"time-limit-{job}"}
 
-    slurm_cluster.wait_for_state(job_of(runs["baseline"]), ["COMPLETED"], timeout=300)
-    assert_steps_match(runs["root"] / "own-script" / "probe", runs["root"] / "baseline" / "probe")
-    assert_same_final_weights(runs["root"] / "own-script" / "probe", runs["root"] / "baseline" / "probe")
+    baseline = finished_baseline(runs, slurm_cluster, "baseline")
+    assert assert_steps_match(runs["root"] / "time-limit" / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / "time-limit" / "probe", baseline)
+
+
+@pytest.mark.timeout(900)
+def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues(runs, slurm_cluster):
+    run_dir, job = runs["own-script"]
+    log = lambda _run_dir: (runs["root"] / "own-script" / "job.out").read_text()  # noqa: E731
+    wait_for(lambda: segments(run_dir), 300, "the first start")
+    wait_for(trained_in_this_segment(run_dir, log), 300, "training before the time limit")
+    limit_time_from_now(slurm_cluster, job, spare_s=20)
+    wait_for(lambda: len(segments(run_dir)) == 2, 300, "the job's own requeue after the time limit")
+    extend_time_limit(slurm_cluster, job)
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
+
+    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    assert states == ["REQUEUED", "COMPLETED"], states
+    starts = segments(run_dir)
+    assert [s.get("stop") for s in starts] == ["SIGTERM", None], starts
+    assert starts[1]["resumed_step"] == starts[0]["stop_step"], starts
+    assert "the SIGTERM was SLURM's time limit" in log(run_dir), log(run_dir)[-3000:]
+
+    baseline = finished_baseline(runs, slurm_cluster, "baseline")
+    assert assert_steps_match(runs["root"] / "own-script" / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / "own-script" / "probe", baseline)
 
 
 LOST_NODE = "n2"
@@ -266,27 +416,28 @@ def trained_past_newest_checkpoint(run_dir: Path):
     return check
 
 
-@pytest.mark.timeout(600)
-def test_lost_node_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster, tmp_path):
-    wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), 420, "the other runs to end")
+@pytest.mark.timeout(900)
+def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster, tmp_path):
+    wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), 600, "the other runs to end")
     run_dir = submit_run(
         tmp_path,
         runs["demo_dataset"],
         "lost-node",
-        step_sleep_s=0.3,
+        "2x2",
+        probe=probe_spec(tmp_path / "probe", step_sleep_s=0.3),
         trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
         trainer__heartbeat_every_s=2.0,
     )
     job = job_of(run_dir)
     try:
-        wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 240, "a periodic checkpoint")
+        wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 300, "a periodic checkpoint")
         wait_for(trained_past_newest_checkpoint(run_dir), 60, "training past the newest checkpoint")
         saved_before = newest_saved_step(run_dir)
         slurm_cluster.fail_node(LOST_NODE)
         slurm_cluster.wait_for_state(job, ["PENDING"], timeout=90)
     finally:
         slurm_cluster.reboot_node(LOST_NODE)
-    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=300)
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
 
     states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
     assert states == ["NODE_FAIL", "COMPLETED"], states
@@ -302,5 +453,6 @@ def test_lost_node_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(r
     assert expected in status.stdout, status.stdout
     assert "requeues=1" in status.stdout, status.stdout
 
-    assert_steps_match(tmp_path / "probe", runs["root"] / "baseline" / "probe")
-    assert_same_final_weights(tmp_path / "probe", runs["root"] / "baseline" / "probe")
+    baseline = runs["root"] / "baseline" / "probe"
+    assert assert_steps_match(tmp_path / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(tmp_path / "probe", baseline)
