@@ -25,7 +25,14 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 
 from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
-from zoobot_hpc.compute.rank_agreement import agree_on_stop, host_flag_group
+from zoobot_hpc.compute.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
+from zoobot_hpc.nonfinite import (
+    NonFiniteTraining,
+    batch_ids,
+    gradients_are_finite,
+    loss_is_finite,
+    nonfinite_message,
+)
 
 # Exact resume leans on Lightning internals: `_SignalConnector`, `fit_loop.epoch_loop.batch_progress`,
 # `fit_loop.restarting` + `epoch_loop.update_lr_schedulers`, and the layout of `checkpoint["loops"]`. pyproject.toml
@@ -132,6 +139,8 @@ class ResumeCheckpointer(Callback):
     due; after a preemption save every rank records the agreed stop on its flag and raises PreemptedStop. Saves
     happen only on accumulation boundaries, so no partial gradient is ever lost. A save that would land on an
     epoch's last batch is deferred by one step (Lightning 2.6 restores wrong epoch counters from such a checkpoint).
+    The same agreement carries whether any rank's loss or gradients were non-finite: then every rank raises
+    NonFiniteTraining at that step, before anything is saved.
     """
 
     def __init__(
@@ -149,6 +158,7 @@ class ResumeCheckpointer(Callback):
         self._last_save = time.monotonic()
         self._rerun_validation = False
         self._resumed_before_validation = False
+        self._nonfinite = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -158,11 +168,25 @@ class ResumeCheckpointer(Callback):
         if hasattr(loader, "record_progress"):
             loader.record_progress(batch_idx + 1)
 
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self._nonfinite = self._nonfinite or not gradients_are_finite(pl_module)
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if not loss_is_finite(outputs):
+            self._nonfinite = True
+        if self._nonfinite:
+            log.error(
+                "rank %d: non-finite loss or gradients at step %d; batch ids %s",
+                trainer.global_rank,
+                step,
+                batch_ids(batch),
+            )
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            if self._agree([float(self._nonfinite)])[2]:
+                self._stop_nonfinite(trainer, step)
             loader = trainer.train_dataloader
             if hasattr(loader, "record_epoch_done"):
                 loader.record_epoch_done()
@@ -171,7 +195,9 @@ class ResumeCheckpointer(Callback):
             return
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        requeue, terminated, time_due = self._agree([time_due])
+        requeue, terminated, time_due, nonfinite = self._agree([time_due, float(self._nonfinite)])
+        if nonfinite:
+            self._stop_nonfinite(trainer, step)
         if not (requeue or terminated or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
@@ -225,6 +251,17 @@ class ResumeCheckpointer(Callback):
     def _agree(self, extra: list[float]) -> list[float]:
         """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
         return agree_on_stop(self.flag, extra, self._flag_group)
+
+    def _stop_nonfinite(self, trainer: Trainer, step: int) -> NoReturn:
+        """Every rank: name the ranks that saw a non-finite step (a collective) and raise NonFiniteTraining."""
+        mine = [0.0] * trainer.world_size
+        mine[trainer.global_rank] = float(self._nonfinite)
+        ranks = [rank for rank, seen in enumerate(all_reduce_max(mine, self._flag_group)) if seen]
+        newest = newest_valid_checkpoint(self.path.parent)
+        message = nonfinite_message(step, trainer.current_epoch, ranks, newest.name if newest else None)
+        if trainer.is_global_zero:
+            log.error(message)
+        raise NonFiniteTraining(message)
 
     def _stop(self, terminated: float, step: int, what: str) -> NoReturn:
         assert self.flag is not None

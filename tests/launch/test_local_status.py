@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 import pytest
@@ -12,8 +13,9 @@ from zoobot_hpc.launch.status import cancel_runs, collect_status, process_start_
 
 @pytest.fixture
 def unrelated_process():
-    """A live process that is not a zoobot-hpc job."""
-    process = subprocess.Popen(["sleep", "60"])
+    """A live process that is not a zoobot-hpc job; it ignores SIGINT, as every process started from a background
+    shell (`&`, nohup) does."""
+    process = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     yield process
     process.kill()
     process.wait()

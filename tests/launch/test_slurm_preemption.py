@@ -13,6 +13,8 @@ alongside them, each compared bit for bit with the baseline of its own layout:
   resumes from its newest periodic checkpoint.
 Time limits are submitted long and shortened with `scontrol update TimeLimit=` once a start trains, so that the
 limit meets every start mid-training however busy the machine is; after each stop the limit is lengthened again.
+Each scenario is driven (signals, limits, scancel, resume) by its own thread from the moment it is submitted, so
+that none finishes unstopped while the tests before it wait; each test takes its driver's outcome and asserts.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.launch.conftest import segments, wait_for, write_test_config
+from tests.launch.conftest import segments, write_test_config
 from tests.launch.probes import step_digests
 from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc import run_dir as layout
@@ -47,9 +53,22 @@ BATCH_SIZE = 4  # per rank: 13 steps an epoch on 4 ranks, 52 in all
 GRACE_LIMIT_S = 10  # the `low` partition's GraceTime in slurm/cluster.sh --preemption
 SIGNAL_DELAY_S = 30  # USR2 this long before a time limit
 LONG_LIMIT = "10:00"  # what time limits are submitted with, and lengthened back to after each stop
-LAYOUTS = {
-    "2x2": {"resources__nodes": 2, "resources__tasks_per_node": 2, "sbatch_extra": {"exclude": "n3"}},
-    "1x4": {"resources__nodes": 1, "resources__tasks_per_node": 4, "sbatch_extra": {"nodelist": "n3"}},
+DRIVER_TIMEOUT_S = 840  # how long a test waits for its scenario's driver, which waits on events with their own limits
+ABORT = threading.Event()  # set when the module's runs are torn down: every driver still waiting gives up
+STEP_SLEEP_S = 2.0  # a stopped run's steps, while its driver still has stops to make (< KillWait, the save follows)
+LAYOUTS = {  # the 1 x 4 runs read in the main process, the 2 x 2 ones through a loader worker: the same batches
+    "2x2": {
+        "resources__nodes": 2,
+        "resources__tasks_per_node": 2,
+        "data__num_workers": 1,
+        "sbatch_extra": {"exclude": "n3"},
+    },
+    "1x4": {
+        "resources__nodes": 1,
+        "resources__tasks_per_node": 4,
+        "data__num_workers": 0,
+        "sbatch_extra": {"nodelist": "n3"},
+    },
 }
 
 
@@ -62,6 +81,17 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         env=os.environ.copy(),
         check=False,
     )
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.2) -> object:
+    """Poll until `predicate()` is truthy (from a driver thread); fail after `timeout` s, or once ABORT is set."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ABORT.is_set():
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"{'gave up' if ABORT.is_set() else f'timed out after {timeout}s'} waiting for {what}")
 
 
 def job_id_of(output: str) -> str:
@@ -88,8 +118,7 @@ def submit_run(
         data__batch_size=BATCH_SIZE,
         trainer__max_epochs=MAX_EPOCHS,
         trainer__callbacks=[probe or probe_spec(tmp_path / "probe"), *extra_callbacks],
-        **placement,
-        **overrides,
+        **{"tracking__mode": "disabled", **placement, **overrides},
     )
     submit_plan(plan_runs(config))
     return tmp_path / "runs" / name
@@ -106,6 +135,8 @@ def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str) -> tuple[
         resources__nodes=2,
         resources__tasks_per_node=2,
         data__batch_size=BATCH_SIZE,
+        data__num_workers=LAYOUTS["2x2"]["data__num_workers"],
+        tracking__mode="disabled",
         trainer__max_epochs=MAX_EPOCHS,
         trainer__callbacks=[probe_spec(tmp_path / "probe", step_sleep_s=1.5, first_start_only=True)],
     )
@@ -137,12 +168,13 @@ def log_of(run_dir: Path) -> str:
 
 
 def trained_in_this_segment(run_dir: Path, log=log_of):
-    """True once the newest segment has logged a training batch."""
+    """True once the newest segment has logged a training step (the progress line of its first batch)."""
 
     def check() -> bool:
         text = log(run_dir)
         starts = [m.end() for m in re.finditer(r"zoobot_hpc: run dir ", text)]
-        return bool(starts) and len(starts) == len(segments(run_dir)) and " batch " in text[starts[-1] :]
+        trained = re.search(r"epoch \d+/\d+ batch \d+/\d+ step \d+", text[starts[-1] :]) if starts else None
+        return bool(trained) and len(starts) == len(segments(run_dir))
 
     return check
 
@@ -178,6 +210,13 @@ def extend_time_limit(slurm_cluster, job: str) -> None:
     set_time_limit(slurm_cluster, job, LONG_LIMIT)
 
 
+def extend_time_limit_once_requeued(slurm_cluster, job: str, restarts: int) -> None:
+    """Once SLURM has requeued the job `restarts` times, give it its long time limit back: the shortened one would
+    count from the next start."""
+    wait_for(lambda: int(job_fields(slurm_cluster, job).get("Restarts", 0)) >= restarts, 300, f"requeue {restarts}")
+    extend_time_limit(slurm_cluster, job)
+
+
 def assert_steps_match(run_probe: Path, baseline_probe: Path) -> int:
     """Every step the run trained (redone ones too) ended with the baseline's weights; returns the last step."""
     run, baseline = step_digests(run_probe), step_digests(baseline_probe)
@@ -195,10 +234,74 @@ def assert_same_final_weights(run_probe: Path, baseline_probe: Path) -> None:
     assert not different, f"{len(different)} of {len(run)} tensors of the final weights differ, e.g. {different[:3]}"
 
 
+def drive_preempted(run_dir: Path, slurm_cluster) -> str:
+    """Stopped by USR2 during validation (the probe), preempted mid-epoch, `scancel`led, resumed: the new job."""
+    job = job_of(run_dir)
+    wait_for(lambda: len(segments(run_dir)) == 2, 420, "the requeue after the stop during validation")
+    wait_for(trained_in_this_segment(run_dir), 300, "training before the preemption")
+    slurm_cluster.preempt_low_jobs_on("n1")
+    wait_for(lambda: len(segments(run_dir)) == 3, 300, "SLURM's requeue after the preemption")
+    wait_for(trained_in_this_segment(run_dir), 300, "training before scancel")
+    slurm_cluster.run("scancel", job)
+    slurm_cluster.wait_for_state(job, ["CANCELLED"], timeout=60)
+    status = cli("status", str(run_dir))
+    assert "CANCELLED" in status.stdout and "zoobot-hpc resume" in status.stdout, status.stdout
+    resumed = cli("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    new_job = job_id_of(resumed.stdout)
+    slurm_cluster.wait_for_state(new_job, ["COMPLETED"], timeout=420)
+    return new_job
+
+
+def drive_four_ranks(run_dir: Path, slow_file: Path, slurm_cluster) -> None:
+    """Preempted mid-epoch, then stopped twice by a real time limit, then let finish."""
+    job = job_of(run_dir)
+    wait_for(trained_in_this_segment(run_dir), 420, "training before the preemption")
+    slurm_cluster.preempt_low_jobs_on("n3")
+    for stop in (1, 2):
+        wait_for(lambda n=stop: len(segments(run_dir)) == n + 1, 300, f"the start before time-limit stop {stop}")
+        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
+        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 5)
+        extend_time_limit_once_requeued(slurm_cluster, job, restarts=stop + 1)
+    slow_file.unlink()
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=420)
+
+
+def drive_time_limit(run_dir: Path, slow_file: Path, slurm_cluster) -> tuple[str, str]:
+    """Stopped twice by a real time limit (out of requeues after the second), then resumed at full speed: the
+    status after the second stop and the resumed job."""
+    job = job_of(run_dir)
+    for stop in (1, 2):
+        wait_for(lambda n=stop: len(segments(run_dir)) == n, 420, f"start {stop}")
+        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
+        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 5)
+        if stop == 1:
+            extend_time_limit_once_requeued(slurm_cluster, job, restarts=1)
+    with pytest.raises(RuntimeError, match="FAILED"):
+        slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=300)
+    status = cli("status", str(run_dir)).stdout
+    slow_file.unlink()
+    resumed = cli("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    new_job = job_id_of(resumed.stdout)
+    slurm_cluster.wait_for_state(new_job, ["COMPLETED"], timeout=420)
+    return status, new_job
+
+
+def drive_own_script(run_dir: Path, job: str, log: Callable[[Path], str], slurm_cluster) -> None:
+    """Its time limit meets it mid-training; once requeued, the limit is lengthened so that it finishes."""
+    wait_for(lambda: segments(run_dir), 420, "the first start")
+    wait_for(trained_in_this_segment(run_dir, log), 300, "training before the time limit")
+    limit_time_from_now(slurm_cluster, job, spare_s=20)
+    extend_time_limit_once_requeued(slurm_cluster, job, restarts=1)
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=420)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_dataset, slurm_cluster):
-    """Every run but the lost-node one, running alongside each other. The `low` ones start first: each takes cores
-    of its nodes for itself (`OverSubscribe=NO`); the `debug` ones then fill the other cores of the 8 per node."""
+    """Every run but the lost-node one, running alongside each other, each scenario with its driver. The `low` ones
+    start first: each takes cores of its nodes for itself (`OverSubscribe=NO`); the `debug` ones then fill the
+    other cores of the 8 per node."""
     root = tmp_path_factory.mktemp("preemption")
     validation_stop = {
         "class_path": "tests.launch.probes.SignalDuringValidation",
@@ -209,18 +312,22 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         demo_dataset,
         "preempted",
         "2x2",
+        probe=probe_spec(root / "preempted" / "probe", step_sleep_s=0.5),
         resources__partition="low",
         extra_callbacks=[validation_stop],
     )
-    slow_file = root / "four-ranks" / "slow"
-    slow_file.parent.mkdir(parents=True)
-    slow_file.touch()
+    slow_files = {name: root / name / "slow" for name in ("four-ranks", "time-limit")}
+    for slow_file in slow_files.values():
+        slow_file.parent.mkdir(parents=True)
+        slow_file.touch()
     four_ranks = submit_run(
         root / "four-ranks",
         demo_dataset,
         "four-ranks",
         "1x4",
-        probe=probe_spec(root / "four-ranks" / "probe", step_sleep_s=0.5, sleep_while_exists=str(slow_file)),
+        probe=probe_spec(
+            root / "four-ranks" / "probe", step_sleep_s=STEP_SLEEP_S, sleep_while_exists=str(slow_files["four-ranks"])
+        ),
         resources__partition="low",
         resources__time_min=1,
         resources__signal_delay_s=SIGNAL_DELAY_S,
@@ -236,32 +343,55 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         demo_dataset,
         "time-limit",
         "2x2",
-        probe=probe_spec(root / "time-limit" / "probe", step_sleep_s=0.5),
+        probe=probe_spec(
+            root / "time-limit" / "probe", step_sleep_s=STEP_SLEEP_S, sleep_while_exists=str(slow_files["time-limit"])
+        ),
         resources__time_min=1,
         resources__signal_delay_s=SIGNAL_DELAY_S,
         resources__max_time_limit_requeues=1,
         resources__sbatch_extra={"time": LONG_LIMIT},
+        tracking__mode="offline",
     )
-    own_script = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script")
-    return {
+    own_script_dir, own_script_job = submit_own_sbatch_script(root / "own-script", demo_dataset, "own-script")
+    own_script_log = root / "own-script" / "job.out"
+
+    def read_own_script_log(_run_dir: Path) -> str:
+        return own_script_log.read_text() if own_script_log.exists() else ""
+
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="driver")
+    drivers: dict[str, Future] = {
+        "preempted": pool.submit(drive_preempted, preempted, slurm_cluster),
+        "four-ranks": pool.submit(drive_four_ranks, four_ranks, slow_files["four-ranks"], slurm_cluster),
+        "time-limit": pool.submit(drive_time_limit, time_limited, slow_files["time-limit"], slurm_cluster),
+        "own-script": pool.submit(drive_own_script, own_script_dir, own_script_job, read_own_script_log, slurm_cluster),
+    }
+    yield {
         "root": root,
         "demo_dataset": demo_dataset,
+        "drivers": drivers,
         "preempted": preempted,
         "four-ranks": four_ranks,
-        "four-ranks-slow-file": slow_file,
         "baseline": baseline,
         "baseline-1x4": baseline_1x4,
         "time-limit": time_limited,
-        "own-script": own_script,
+        "own-script": (own_script_dir, own_script_job),
+        "own-script-log": read_own_script_log,
     }
+    ABORT.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def outcome_of(runs, scenario: str):
+    """What the scenario's driver returned (its failure, re-raised, if it failed)."""
+    return runs["drivers"][scenario].result(timeout=DRIVER_TIMEOUT_S)
 
 
 def finished_baseline(runs, slurm_cluster, name: str) -> Path:
-    slurm_cluster.wait_for_state(job_of(runs[name]), ["COMPLETED"], timeout=420)
+    slurm_cluster.wait_for_state(job_of(runs[name]), ["COMPLETED"], timeout=600)
     return runs["root"] / name / "probe"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_uninterrupted_runs_of_four_ranks_are_bit_identical_whatever_their_layout(runs, slurm_cluster):
     """A determinism regression fails here (and a resume regression does not): 2 x 2 and 1 x 4 train the same."""
     two_by_two = finished_baseline(runs, slurm_cluster, "baseline")
@@ -270,30 +400,16 @@ def test_uninterrupted_runs_of_four_ranks_are_bit_identical_whatever_their_layou
     assert_same_final_weights(two_by_two, one_by_four)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_ends_with_uninterrupted_weights(
     runs, slurm_cluster
 ):
     run_dir = runs["preempted"]
     job = job_of(run_dir)
-    wait_for(lambda: len(segments(run_dir)) == 2, 300, "the requeue after the stop during validation")
-    wait_for(trained_in_this_segment(run_dir), 240, "training before the preemption")
-    slurm_cluster.preempt_low_jobs_on("n1")
-    wait_for(lambda: len(segments(run_dir)) == 3, 240, "SLURM's requeue after the preemption")
-    states = [r["State"] for r in slurm_cluster.sacct(job, allocations_only=True)]
-    assert states[:2] == ["REQUEUED", "PREEMPTED"], states
-
-    wait_for(trained_in_this_segment(run_dir), 240, "training before scancel")
-    slurm_cluster.run("scancel", job)
-    slurm_cluster.wait_for_state(job, ["CANCELLED"], timeout=60)
-    status = cli("status", str(run_dir))
-    assert "CANCELLED" in status.stdout and "zoobot-hpc resume" in status.stdout, status.stdout
-
-    resumed = cli("resume", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr
-    new_job = job_id_of(resumed.stdout)
+    new_job = outcome_of(runs, "preempted")
     assert new_job != job
-    slurm_cluster.wait_for_state(new_job, ["COMPLETED"], timeout=360)
+    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    assert states == ["REQUEUED", "PREEMPTED", "CANCELLED"], states
 
     starts = segments(run_dir)
     assert [s.get("stop") for s in starts] == ["SIGUSR2", "SIGTERM", "SIGTERM", None], starts
@@ -302,7 +418,7 @@ def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_end
     assert starts[1]["slurm_restart_count"] == "1" and starts[2]["slurm_restart_count"] == "2"
     logs = every_log_of(run_dir)
     assert "Traceback" not in logs
-    assert re.search(r"preemption signal \(SIGUSR2\): saved \S+ at step \d+; stopping all ranks", logs), logs[-3000:]
+    assert re.search(r"preemption signal \(SIGUSR2\): saved the training position, validation to rerun", logs)
 
     baseline = finished_baseline(runs, slurm_cluster, "baseline")
     assert assert_steps_match(runs["root"] / "preempted" / "probe", baseline) == MAX_EPOCHS * 13
@@ -313,18 +429,7 @@ def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_end
 def test_1x4_preempted_then_stopped_twice_by_its_real_time_limit_ends_with_uninterrupted_weights(runs, slurm_cluster):
     run_dir = runs["four-ranks"]
     job = job_of(run_dir)
-    wait_for(trained_in_this_segment(run_dir), 300, "training before the preemption")
-    slurm_cluster.preempt_low_jobs_on("n3")
-    for stop in (1, 2):
-        wait_for(lambda n=stop: len(segments(run_dir)) == n + 1, 300, f"the requeue before time-limit stop {stop}")
-        extend_time_limit(slurm_cluster, job)
-        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
-        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 20)
-    wait_for(lambda: len(segments(run_dir)) == 4, 300, "the requeue after the second time-limit stop")
-    extend_time_limit(slurm_cluster, job)
-    runs["four-ranks-slow-file"].unlink()
-    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
-
+    outcome_of(runs, "four-ranks")
     starts = segments(run_dir)
     assert [s.get("stop") for s in starts] == ["SIGTERM", "SIGUSR2", "SIGUSR2", None], starts
     assert [s["slurm_restart_count"] for s in starts] == [None, "1", "2", "3"], starts
@@ -343,25 +448,12 @@ def test_real_time_limit_stops_2x2_twice_then_status_says_why_and_the_resumed_ru
 ):
     run_dir = runs["time-limit"]
     job = job_of(run_dir)
-    for stop in (1, 2):
-        wait_for(lambda n=stop: len(segments(run_dir)) == n, 300, f"start {stop}")
-        extend_time_limit(slurm_cluster, job)
-        wait_for(trained_in_this_segment(run_dir), 300, f"training before time-limit stop {stop}")
-        limit_time_from_now(slurm_cluster, job, spare_s=SIGNAL_DELAY_S + 20)
-    with pytest.raises(RuntimeError, match="FAILED"):
-        slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=300)
-    starts = segments(run_dir)
-    assert [s.get("stop") for s in starts] == ["SIGUSR2"] * 2, starts
-    assert [s["slurm_restart_count"] for s in starts] == [None, "1"], starts
-    assert starts[1]["resumed_from"].endswith("resume.ckpt"), starts
-    status = cli("status", str(run_dir))
-    assert "time-limit requeues exhausted" in status.stdout, status.stdout
-
-    resumed = cli("resume", str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr
-    slurm_cluster.wait_for_state(job_id_of(resumed.stdout), ["COMPLETED"], timeout=360)
+    status, _ = outcome_of(runs, "time-limit")
+    assert "time-limit requeues exhausted" in status, status
     starts = segments(run_dir)
     assert [s.get("stop") for s in starts] == ["SIGUSR2", "SIGUSR2", None], starts
+    assert [s["slurm_restart_count"] for s in starts[:2]] == [None, "1"], starts
+    assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:]), starts
     reached = [0] + [s["stop_step"] for s in starts[:2]]
     assert all(after > before for before, after in itertools.pairwise(reached)), f"stops at steps {reached[1:]}"
     wandb_runs = [read_offline_run(path) for path in offline_run_files(run_dir)]
@@ -376,20 +468,14 @@ def test_real_time_limit_stops_2x2_twice_then_status_says_why_and_the_resumed_ru
 @pytest.mark.timeout(900)
 def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues(runs, slurm_cluster):
     run_dir, job = runs["own-script"]
-    log = lambda _run_dir: (runs["root"] / "own-script" / "job.out").read_text()  # noqa: E731
-    wait_for(lambda: segments(run_dir), 300, "the first start")
-    wait_for(trained_in_this_segment(run_dir, log), 300, "training before the time limit")
-    limit_time_from_now(slurm_cluster, job, spare_s=20)
-    wait_for(lambda: len(segments(run_dir)) == 2, 300, "the job's own requeue after the time limit")
-    extend_time_limit(slurm_cluster, job)
-    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
-
+    outcome_of(runs, "own-script")
     states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
     assert states == ["REQUEUED", "COMPLETED"], states
     starts = segments(run_dir)
     assert [s.get("stop") for s in starts] == ["SIGTERM", None], starts
     assert starts[1]["resumed_step"] == starts[0]["stop_step"], starts
-    assert "the SIGTERM was SLURM's time limit" in log(run_dir), log(run_dir)[-3000:]
+    log = runs["own-script-log"](run_dir)
+    assert "the SIGTERM was SLURM's time limit" in log, log[-3000:]
 
     baseline = finished_baseline(runs, slurm_cluster, "baseline")
     assert assert_steps_match(runs["root"] / "own-script" / "probe", baseline) == MAX_EPOCHS * 13

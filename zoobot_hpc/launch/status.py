@@ -250,6 +250,12 @@ def collect_status(path: Path) -> list[RunStatus]:
     return result
 
 
+# What `cancel` sends a local job's submitit controller: SIGTERM, as `scancel` does. The controller forwards it to
+# the tasks, which save and stop. SIGINT would make the controller kill the tasks within a second without a save,
+# and a controller started from a background shell (`&`, nohup) ignores SIGINT altogether.
+LOCAL_CANCEL_SIGNAL = signal.SIGTERM
+
+
 def cancel_runs(path: Path) -> list[str]:
     """Cancel the jobs of every run under `path`; returns the job ids signalled."""
     cancelled = []
@@ -262,7 +268,7 @@ def cancel_runs(path: Path) -> list[str]:
             if not is_job_process(sub["job_id"], Path(sub["submitit_folder"]), sub.get("process_start")):
                 continue
             try:
-                os.kill(int(sub["job_id"]), signal.SIGINT)
+                os.kill(int(sub["job_id"]), LOCAL_CANCEL_SIGNAL)
                 cancelled.append(sub["job_id"])
             except ProcessLookupError:
                 pass
