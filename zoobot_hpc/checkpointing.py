@@ -28,10 +28,10 @@ from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
 from zoobot_hpc.compute.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
 from zoobot_hpc.nonfinite import (
     NonFiniteTraining,
-    batch_ids,
     gradients_are_finite,
     loss_is_finite,
     nonfinite_message,
+    suspect_ids,
 )
 
 # Exact resume leans on Lightning internals: `_SignalConnector`, `fit_loop.epoch_loop.batch_progress`,
@@ -159,6 +159,7 @@ class ResumeCheckpointer(Callback):
         self._rerun_validation = False
         self._resumed_before_validation = False
         self._nonfinite = False
+        self._nonfinite_loss = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -176,14 +177,8 @@ class ResumeCheckpointer(Callback):
     ) -> None:
         step = trainer.global_step
         if not loss_is_finite(outputs):
-            self._nonfinite = True
-        if self._nonfinite:
-            log.error(
-                "rank %d: non-finite loss or gradients at step %d; batch ids %s",
-                trainer.global_rank,
-                step,
-                batch_ids(batch),
-            )
+            self._nonfinite = self._nonfinite_loss = True
+            log.error("rank %d: non-finite loss at step %d; %s", trainer.global_rank, step, suspect_ids(batch))
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             if self._agree([float(self._nonfinite)])[2]:
                 self._stop_nonfinite(trainer, step)
@@ -253,9 +248,9 @@ class ResumeCheckpointer(Callback):
         return agree_on_stop(self.flag, extra, self._flag_group)
 
     def _stop_nonfinite(self, trainer: Trainer, step: int) -> NoReturn:
-        """Every rank: name the ranks that saw a non-finite step (a collective) and raise NonFiniteTraining."""
+        """Every rank: name the ranks whose own loss was not finite (a collective) and raise NonFiniteTraining."""
         mine = [0.0] * trainer.world_size
-        mine[trainer.global_rank] = float(self._nonfinite)
+        mine[trainer.global_rank] = float(self._nonfinite_loss)
         ranks = [rank for rank, seen in enumerate(all_reduce_max(mine, self._flag_group)) if seen]
         newest = newest_valid_checkpoint(self.path.parent)
         message = nonfinite_message(step, trainer.current_epoch, ranks, newest.name if newest else None)

@@ -32,24 +32,29 @@ def gradients_are_finite(module: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
-def batch_ids(batch: Any, limit: int = 5) -> list[str]:
-    """The first `limit` galaxy ids (or sample positions) of a batch, for the stop line."""
-    if not isinstance(batch, Mapping):
-        return []
-    values = batch.get("id", batch.get("index"))
-    if values is None:
-        return []
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    return [str(value) for value in list(values)[:limit]]
+def suspect_ids(batch: Any, limit: int = 8) -> str:
+    """For the stop line of a rank whose loss was not finite: the ids of the batch's galaxies whose labels are not
+    finite, else the first `limit` ids of the batch."""
+    if not isinstance(batch, Mapping) or "id" not in batch:
+        return "(no ids in the batch)"
+    ids = [str(value) for value in batch["id"]]
+    bad = torch.zeros(len(ids), dtype=torch.bool)
+    labels = {key: value for key, value in batch.items() if key not in ("image", "index", "id")}
+    for values in labels.values():
+        if isinstance(values, torch.Tensor) and values.is_floating_point() and values.shape[:1] == (len(ids),):
+            bad |= ~torch.isfinite(values.detach().cpu().reshape(len(ids), -1)).all(dim=1)
+    if bad.any():
+        return f"non-finite labels at ids {[ids[i] for i in bad.nonzero().flatten().tolist()][:limit]}"
+    return f"batch ids {ids[:limit]}"
 
 
 def nonfinite_message(step: int, epoch: int, ranks: Sequence[int], resume_from: str | None) -> str:
-    """The one line a run stops with after a non-finite step."""
-    where = ", ".join(str(rank) for rank in ranks)
+    """The one line a run stops with after a non-finite step; `ranks`: those whose own loss was not finite (none:
+    the gradients overflowed, on every rank alike)."""
+    where = f"rank {', '.join(str(rank) for rank in ranks)}" if ranks else "every rank (gradients only)"
     newest = f"the newest checkpoint ({resume_from}) is finite" if resume_from else "no checkpoint was saved yet"
     return (
-        f"non-finite loss or gradients at step {step} (epoch {epoch}) on rank {where}: stopped without saving this "
+        f"non-finite loss or gradients at step {step} (epoch {epoch}) on {where}: stopped without saving this "
         f"step; {newest}. Check the labels of the batch named in that rank's log (NaN or negative values), "
         "or lower model.learning_rate"
     )

@@ -9,8 +9,8 @@ alongside them, each compared bit for bit with the baseline of its own layout:
 - 1 x 4 on `low`: preempted mid-epoch, then stopped twice by its real time limit (SLURM's own USR2), then finishes;
 - 2 x 2 on `debug`: stopped twice by its real time limit (USR2), out of time-limit requeues, resumed;
 - 2 x 2 under a user's own sbatch script without `--signal`: the time limit's SIGTERM saves and requeues;
-- (last, once the others are done) 2 x 2 whose second node is lost mid-epoch: SLURM requeues it (NODE_FAIL) and it
-  resumes from its newest periodic checkpoint.
+- 2 x 2 on n4 + n5, whose second node is lost mid-epoch: SLURM requeues it (NODE_FAIL) and it resumes from its
+  newest periodic checkpoint.
 Time limits are submitted long and shortened with `scontrol update TimeLimit=` once a start trains, so that the
 limit meets every start mid-training however busy the machine is; after each stop the limit is lengthened again.
 Each scenario is driven (signals, limits, scancel, resume) by its own thread from the moment it is submitted, so
@@ -61,7 +61,7 @@ LAYOUTS = {  # the 1 x 4 runs read in the main process, the 2 x 2 ones through a
         "resources__nodes": 2,
         "resources__tasks_per_node": 2,
         "data__num_workers": 1,
-        "sbatch_extra": {"exclude": "n3"},
+        "sbatch_extra": {"nodelist": "n[1-2]"},
     },
     "1x4": {
         "resources__nodes": 1,
@@ -143,7 +143,7 @@ def submit_own_sbatch_script(tmp_path: Path, dataset: Path, name: str) -> tuple[
     script = tmp_path / "job.sh"
     script.write_text(
         "#!/bin/bash\n"
-        "#SBATCH --nodes=2 --ntasks-per-node=2 --cpus-per-task=1 --exclude=n3\n"
+        "#SBATCH --nodes=2 --ntasks-per-node=2 --cpus-per-task=1 --nodelist=n[1-2]\n"
         f"#SBATCH --time={LONG_LIMIT} --requeue --open-mode=append\n"
         f"#SBATCH --output={tmp_path / 'job.out'}\n"
         f"srun --kill-on-bad-exit=1 {sys.executable} -m zoobot_hpc.cli train {config}\n"
@@ -232,6 +232,43 @@ def assert_same_final_weights(run_probe: Path, baseline_probe: Path) -> None:
     assert run.keys() == baseline.keys()
     different = [k for k in run if not torch.equal(run[k], baseline[k])]
     assert not different, f"{len(different)} of {len(run)} tensors of the final weights differ, e.g. {different[:3]}"
+
+
+LOST_NODES = "n[4-5]"  # the lost-node run has these for itself: the others go on while one of them is lost
+LOST_NODE = "n5"
+PERIODIC_STEPS = 8  # checkpoint_every_n_steps of the lost-node run: the most work a lost node may cost
+
+
+def newest_saved_step(run_dir: Path) -> int:
+    newest = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
+    return stored_step(newest) if newest else 0
+
+
+def trained_past_newest_checkpoint(run_dir: Path):
+    """The step the running start has reported (its heartbeat), once that is past its newest checkpoint."""
+
+    def check() -> int | None:
+        starts = segments(run_dir)
+        reached = starts[-1].get("reached_step", 0) if starts else 0
+        return reached if reached > newest_saved_step(run_dir) else None
+
+    return check
+
+
+def drive_lost_node(run_dir: Path, slurm_cluster) -> int:
+    """Its second node stops answering once it trained past a periodic checkpoint; after SLURM requeued it, the node
+    comes back: the step of the newest checkpoint when the node was lost."""
+    job = job_of(run_dir)
+    try:
+        wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 420, "a periodic checkpoint")
+        wait_for(trained_past_newest_checkpoint(run_dir), 120, "training past the newest checkpoint")
+        saved_before = newest_saved_step(run_dir)
+        slurm_cluster.fail_node(LOST_NODE)
+        slurm_cluster.wait_for_state(job, ["PENDING"], timeout=90)
+    finally:
+        slurm_cluster.reboot_node(LOST_NODE)
+    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=420)
+    return saved_before
 
 
 def drive_preempted(run_dir: Path, slurm_cluster) -> str:
@@ -358,12 +395,24 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
     def read_own_script_log(_run_dir: Path) -> str:
         return own_script_log.read_text() if own_script_log.exists() else ""
 
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="driver")
+    lost_node = submit_run(
+        root / "lost-node",
+        demo_dataset,
+        "lost-node",
+        "2x2",
+        probe=probe_spec(root / "lost-node" / "probe", step_sleep_s=0.3),
+        resources__sbatch_extra={"nodelist": LOST_NODES},
+        trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
+        trainer__heartbeat_every_s=2.0,
+    )
+
+    pool = ThreadPoolExecutor(max_workers=5, thread_name_prefix="driver")
     drivers: dict[str, Future] = {
         "preempted": pool.submit(drive_preempted, preempted, slurm_cluster),
         "four-ranks": pool.submit(drive_four_ranks, four_ranks, slow_files["four-ranks"], slurm_cluster),
         "time-limit": pool.submit(drive_time_limit, time_limited, slow_files["time-limit"], slurm_cluster),
         "own-script": pool.submit(drive_own_script, own_script_dir, own_script_job, read_own_script_log, slurm_cluster),
+        "lost-node": pool.submit(drive_lost_node, lost_node, slurm_cluster),
     }
     yield {
         "root": root,
@@ -376,6 +425,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         "time-limit": time_limited,
         "own-script": (own_script_dir, own_script_job),
         "own-script-log": read_own_script_log,
+        "lost-node": lost_node,
     }
     ABORT.set()
     pool.shutdown(wait=True, cancel_futures=True)
@@ -408,7 +458,7 @@ def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_end
     job = job_of(run_dir)
     new_job = outcome_of(runs, "preempted")
     assert new_job != job
-    states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
+    states = [r["State"].split()[0] for r in slurm_cluster.settled_accounting(job)]  # "CANCELLED by 0"
     assert states == ["REQUEUED", "PREEMPTED", "CANCELLED"], states
 
     starts = segments(run_dir)
@@ -447,12 +497,13 @@ def test_real_time_limit_stops_2x2_twice_then_status_says_why_and_the_resumed_ru
     runs, slurm_cluster
 ):
     run_dir = runs["time-limit"]
-    job = job_of(run_dir)
-    status, _ = outcome_of(runs, "time-limit")
+    status, resumed_job = outcome_of(runs, "time-limit")
     assert "time-limit requeues exhausted" in status, status
     starts = segments(run_dir)
     assert [s.get("stop") for s in starts] == ["SIGUSR2", "SIGUSR2", None], starts
     assert [s["slurm_restart_count"] for s in starts[:2]] == [None, "1"], starts
+    job = starts[0]["job"]
+    assert [s["job"] for s in starts] == [job, job, resumed_job], starts
     assert all(s["resumed_from"].endswith("resume.ckpt") for s in starts[1:]), starts
     reached = [0] + [s["stop_step"] for s in starts[:2]]
     assert all(after > before for before, after in itertools.pairwise(reached)), f"stops at steps {reached[1:]}"
@@ -482,49 +533,11 @@ def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues
     assert_same_final_weights(runs["root"] / "own-script" / "probe", baseline)
 
 
-LOST_NODE = "n2"
-PERIODIC_STEPS = 8  # checkpoint_every_n_steps of the lost-node run: the most work a lost node may cost
-
-
-def newest_saved_step(run_dir: Path) -> int:
-    newest = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
-    return stored_step(newest) if newest else 0
-
-
-def trained_past_newest_checkpoint(run_dir: Path):
-    """The step the running start has reported (its heartbeat), once that is past its newest checkpoint."""
-
-    def check() -> int | None:
-        starts = segments(run_dir)
-        reached = starts[-1].get("reached_step", 0) if starts else 0
-        return reached if reached > newest_saved_step(run_dir) else None
-
-    return check
-
-
 @pytest.mark.timeout(900)
-def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster, tmp_path):
-    wait_for(lambda: not slurm_cluster.run("squeue", "--noheader").stdout.strip(), 600, "the other runs to end")
-    run_dir = submit_run(
-        tmp_path,
-        runs["demo_dataset"],
-        "lost-node",
-        "2x2",
-        probe=probe_spec(tmp_path / "probe", step_sleep_s=0.3),
-        trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
-        trainer__heartbeat_every_s=2.0,
-    )
+def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster):
+    run_dir = runs["lost-node"]
     job = job_of(run_dir)
-    try:
-        wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 300, "a periodic checkpoint")
-        wait_for(trained_past_newest_checkpoint(run_dir), 60, "training past the newest checkpoint")
-        saved_before = newest_saved_step(run_dir)
-        slurm_cluster.fail_node(LOST_NODE)
-        slurm_cluster.wait_for_state(job, ["PENDING"], timeout=90)
-    finally:
-        slurm_cluster.reboot_node(LOST_NODE)
-    slurm_cluster.wait_for_state(job, ["COMPLETED"], timeout=360)
-
+    saved_before = outcome_of(runs, "lost-node")
     states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
     assert states == ["NODE_FAIL", "COMPLETED"], states
     lost, resumed = segments(run_dir)
@@ -539,6 +552,6 @@ def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_check
     assert expected in status.stdout, status.stdout
     assert "requeues=1" in status.stdout, status.stdout
 
-    baseline = runs["root"] / "baseline" / "probe"
-    assert assert_steps_match(tmp_path / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(tmp_path / "probe", baseline)
+    baseline = finished_baseline(runs, slurm_cluster, "baseline")
+    assert assert_steps_match(runs["root"] / "lost-node" / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / "lost-node" / "probe", baseline)
