@@ -26,6 +26,7 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
 from zoobot_hpc.compute.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
+from zoobot_hpc.disk_space import out_of_space
 from zoobot_hpc.nonfinite import (
     NonFiniteTraining,
     gradients_are_finite,
@@ -57,8 +58,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(target) as tmp:
+                torch.save(checkpoint, tmp)
+        except Exception as error:
+            full = out_of_space(error, target, "the checkpoint", tensor_bytes(checkpoint))
+            if full is None:
+                raise
+            log.error("%s", full)
+            raise full from None
 
 
 def mirror_checkpoint(source: Path, target: Path) -> None:
@@ -261,6 +269,17 @@ class ResumeCheckpointer(Callback):
     def _stop(self, terminated: float, step: int, what: str) -> NoReturn:
         assert self.flag is not None
         stop_all_ranks(self.flag, terminated, step, f"{what} ({self.path.name})")
+
+
+def tensor_bytes(state: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: about what its file needs."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(value) for value in state)
+    return 0
 
 
 def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:

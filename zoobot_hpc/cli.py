@@ -347,7 +347,13 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
-    run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
+    from zoobot_hpc.disk_space import OutOfSpace
+    from zoobot_hpc.nonfinite import NonFiniteTraining
+
+    try:
+        run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
+    except (OutOfSpace, NonFiniteTraining) as error:
+        _fail(error)
     click.echo(_results_text(target))
 
 

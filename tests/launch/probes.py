@@ -163,3 +163,30 @@ class SignalDuringValidation(Callback):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             self.marker.touch()
             os.kill(os.getpid(), self.signum)
+
+
+class FillDiskAtStep(Callback):
+    """At one training step, fills the filesystem holding `filler` (a small tmpfs the test mounted) up to
+    `leave_bytes`, as another job or a quota would; once per `marker` (a file elsewhere)."""
+
+    def __init__(self, step: int, filler: str, marker: str, leave_bytes: int = 200_000) -> None:
+        self.step = step
+        self.filler = Path(filler)
+        self.marker = Path(marker)
+        self.leave_bytes = leave_bytes
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step != self.step or self.marker.exists():
+            return
+        self.marker.touch()
+        with open(self.filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        size = self.filler.stat().st_size
+        os.truncate(self.filler, max(0, size - self.leave_bytes))
