@@ -36,8 +36,8 @@ from zoobot_hpc.checkpointing import (
 from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.ddp_strategy import ddp_strategy
 from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
+from zoobot_hpc.ddp_strategy import ddp_strategy
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.monitoring import (
     LogLineProgress,
@@ -279,7 +279,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int
     it has had."""
     (run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     if write_config:
-        atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
+        atomic.write_text(run_dir / layout.CONFIG, dump_config(config), mode=atomic.OWNER_ONLY)
     return len(layout.read_segments(run_dir))
 
 
@@ -334,7 +334,8 @@ def fit_segment(
 ) -> bool:
     """Fit from `resume_from` until training ends or a stop signal's checkpoint is written; True when stopped."""
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        ckpt_path = str(resume_from) if resume_from else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         preempted = False
     except PreemptedStop:
         preempted = True

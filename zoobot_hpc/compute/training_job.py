@@ -35,7 +35,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
     group: str | None = None
 
     def __call__(self) -> dict[str, float]:
-        return run_preemptible(self._train, submitted=True).metrics
+        from zoobot_hpc.compute.job_result import record_outcome
+
+        rank = submitit.JobEnvironment().global_rank
+        return record_outcome(self.run_dir, lambda: run_preemptible(self._train, submitted=True).metrics, rank)
 
     def _train(self, flag: PreemptionFlag) -> Any:
         start_loader_forkserver(self.config)
