@@ -50,8 +50,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
         startup = StartupLog()
         startup.phase("interpreter, imports")
+        from zoobot_hpc import run_dir as layout
+        from zoobot_hpc.compute.kept_config import with_kept_values
+
+        config = with_kept_values(self.config, Path(self.run_dir) / layout.CONFIG)
         return run_training(
-            RunConfig.model_validate(self.config),
+            RunConfig.model_validate(config),
             Path(self.run_dir),
             flag=flag,
             cluster_environment=SubmititEnvironment(),

@@ -36,7 +36,7 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, load_yaml
 from zoobot_hpc.launch.sweep import run_name
 
-SEARCH = "search.json"
+SEARCH = layout.SEARCH
 STORAGE_ENV = "ZOOBOT_HPC_SEARCH_STORAGE"  # the storage URL as given, for tasks and `status` (search.json: redacted)
 JOURNAL = "study.journal"
 HEARTBEATS = "heartbeats"

@@ -130,6 +130,8 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
         raise ConfigError(f"{plan.base_dir}: a search of that name exists; choose another --sweep-name")
     plan.base_dir.mkdir(parents=True, exist_ok=True)
     create_study(plan.base_dir, plan.spec, plan.sweep_name, direction="minimize")
+    # The base config with its secrets, owner-only, as a run's config.yaml; every other record is redacted.
+    atomic.write_text(plan.base_dir / layout.CONFIG, dump_config(plan.config), mode=atomic.OWNER_ONLY)
     base = redact_config(plan.config).model_dump(mode="json")
     record = {
         "study": plan.sweep_name,
