@@ -7,6 +7,7 @@ from pathlib import Path
 
 import submitit
 
+from zoobot_hpc import atomic
 from zoobot_hpc.compute.preemption import PREEMPT_SIGNAL_ENV, parse_signal
 from zoobot_hpc.config import ConfigError, RunConfig
 
@@ -94,3 +95,11 @@ def sbatch_script(
     if array_size > 1:
         executor.parameters["map_count"] = array_size
     return executor._make_submission_file_text(executor._submitit_command_str, "DRYRUN")
+
+
+def protect_submission_files(folder: Path) -> None:
+    """Make what submitit wrote for the job owner-only: the sbatch scripts (they keep the secrets of setup lines)
+    and the pickled jobs (redacted, but code that runs as the user). The folder itself is 0700."""
+    for path in Path(folder).glob("*"):
+        if path.is_file() and not path.is_symlink() and path.name.endswith(("_submission.sh", ".pkl")):
+            path.chmod(atomic.OWNER_ONLY)

@@ -122,7 +122,7 @@ def search_warnings(plan: SearchPlan) -> list[str]:
 def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     """Check everything, create the study, submit the job array; returns the submitit jobs."""
     from zoobot_hpc.compute.trial_job import TrialJob
-    from zoobot_hpc.launch.executor import make_executor
+    from zoobot_hpc.launch.executor import make_executor, protect_submission_files
     from zoobot_hpc.launch.preflight import preflight
 
     preflight([plan.config], plan.executor, plan.base_dir, allow_download=allow_download)
@@ -151,8 +151,6 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     calls = [TrialJob(base, sweep_dir, index) for index in range(plan.spec.trials)]
     with executor.batch():
         jobs = [executor.submit(call) for call in calls]
-    from zoobot_hpc.launch.submit import protect_submission_files
-
     protect_submission_files(plan.submitit_dir)
     record.update(
         submitted=time.time(),

@@ -21,7 +21,7 @@ from zoobot_hpc.config import (
     load_config,
     load_yaml,
 )
-from zoobot_hpc.launch.executor import make_executor, sbatch_script
+from zoobot_hpc.launch.executor import make_executor, protect_submission_files, sbatch_script
 from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
 from zoobot_hpc.launch.status import process_start_ticks
@@ -189,14 +189,6 @@ def submit_warnings(plan: Plan) -> list[str]:
     partition = read_partition(config.resources.partition) if plan.executor == "slurm" else None
     need, source = save_time_needed([run.run_dir for run in plan.runs])
     return secret_warnings(config) + preemption_warnings(partition, config, need, source, plan.base_dir)
-
-
-def protect_submission_files(folder: Path) -> None:
-    """Make what submitit wrote for the job owner-only: the sbatch scripts (they keep the secrets of setup lines)
-    and the pickled jobs (redacted, but code that runs as the user). The folder itself is 0700."""
-    for path in Path(folder).glob("*"):
-        if path.is_file() and not path.is_symlink() and path.name.endswith(("_submission.sh", ".pkl")):
-            path.chmod(atomic.OWNER_ONLY)
 
 
 @dataclass
