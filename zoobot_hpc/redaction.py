@@ -67,12 +67,18 @@ def _rewrite(text: str, replace_reference: bool) -> str:
     text = _URL_PASSWORD.sub(lambda m: secret_value(m, f"{m['head']}:{URL_PASSWORD}@"), text)
     text = _HEADER.sub(lambda m: secret_value(m, f"{m['name']}{m['sep']}{m['scheme'] or ''}{REDACTED}"), text)
     text = _BEARER.sub(lambda m: secret_value(m, f"{m['scheme']}{REDACTED}"), text)
-    text = _OPTION.sub(
-        lambda m: secret_value(m, f"{m['name']}{m['sep']}{REDACTED}") if looks_secret(m["name"]) else m[0], text
-    )
-    text = _ASSIGNMENT.sub(
-        lambda m: secret_value(m, f"{m['name']}={REDACTED}") if looks_secret(m["name"]) else m[0], text
-    )
+
+    def inside(match: re.Match[str], sep: str) -> str:  # a value that is not secret may hold one: 'URL?token=x'
+        return f"{match['name']}{sep}{_rewrite(match['value'], replace_reference)}"
+
+    def option(m: re.Match[str]) -> str:
+        return secret_value(m, f"{m['name']}{m['sep']}{REDACTED}") if looks_secret(m["name"]) else inside(m, m["sep"])
+
+    def assignment(m: re.Match[str]) -> str:
+        return secret_value(m, f"{m['name']}={REDACTED}") if looks_secret(m["name"]) else inside(m, "=")
+
+    text = _OPTION.sub(option, text)
+    text = _ASSIGNMENT.sub(assignment, text)
     return TOKEN_VALUE.sub(REDACTED, text)
 
 

@@ -33,6 +33,8 @@ GHP = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0PoNmLk"
         (f"git clone https://{GHP}@github.com/o/r", f"git clone https://{REDACTED}@github.com/o/r"),
         ("export OPENAI=sk-" + "A" * 24, f"export OPENAI={REDACTED}"),
         ("--export=ALL,MY_SECRET=s3 SEED=42", f"--export=ALL,MY_SECRET={REDACTED} SEED=42"),
+        ("export S='sqlite:///f?auth_token=x&uri=1'", f"export S='sqlite:///f?auth_token={REDACTED}&uri=1'"),
+        ("--comment='HF_TOKEN=abc'", f"--comment='HF_TOKEN={REDACTED}'"),
     ],
 )
 def test_secret_forms_are_hidden(text, shown):
