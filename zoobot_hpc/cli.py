@@ -367,9 +367,13 @@ def status(path: str) -> None:
     from zoobot_hpc.launch.status import collect_status
 
     if is_search_dir(Path(path)):
+        from zoobot_hpc.config import ConfigError
         from zoobot_hpc.launch.search_status import status_lines
 
-        click.echo("\n".join(status_lines(Path(path))))
+        try:
+            click.echo("\n".join(status_lines(Path(path))))
+        except ConfigError as error:  # e.g. a storage URL whose password search.json does not record
+            _fail(error)
         return
     rows = collect_status(Path(path))
     if not rows:

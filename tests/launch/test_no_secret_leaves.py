@@ -169,6 +169,10 @@ def test_secrets_stay_in_config_yaml_and_the_sbatch_script(outlet, trained, demo
             job.result()
         assert_callback_got_the_real_secrets(root, [run.name for run in plan.runs])
         assert (plan.base_dir / layout.SWEEP).exists()
+        reported = CliRunner().invoke(main, ["report", str(plan.base_dir)])
+        assert reported.exit_code == 0, reported.output
+        assert_clean_text(reported.output, "report output")
+        assert (plan.base_dir / "report" / "runs.csv").exists()
         assert_only_kept_files_hold_secrets(plan.base_dir)
         return
 
@@ -202,6 +206,12 @@ def test_secrets_stay_in_config_yaml_and_the_sbatch_script(outlet, trained, demo
         assert len(trials) == 2
         assert all(layout.read_json(t / layout.SUMMARY)["trial"]["state"] == "COMPLETE" for t in trials)
         assert_callback_got_the_real_secrets(root, [t.name for t in trials])
+        status = CliRunner().invoke(main, ["status", str(plan.base_dir)])  # search.json: no storage password
+        assert status.exit_code != 0 and "ZOOBOT_HPC_SEARCH_STORAGE" in status.output, status.output
+        monkeypatch.setenv("ZOOBOT_HPC_SEARCH_STORAGE", storage)
+        status = CliRunner().invoke(main, ["status", str(plan.base_dir)])
+        assert status.exit_code == 0 and status.output.count("COMPLETE") >= 2, status.output
+        assert_clean_text(status.output, "search status")
         assert_only_kept_files_hold_secrets(plan.base_dir, db)
         return
 
