@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -20,5 +21,6 @@ class SecretHolder(Callback):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         digest = {name: hashlib.sha256(getattr(self, name).encode()).hexdigest() for name in ("api_key", "webhook_url")}
+        digest["HF_TOKEN"] = hashlib.sha256(os.environ.get("HF_TOKEN", "").encode()).hexdigest()  # set-up ran
         path = self.out_dir / f"{Path(trainer.default_root_dir).name}.json"
         path.write_text(json.dumps(digest))

@@ -9,6 +9,7 @@ secret values: they appear only in `config.yaml` files and sbatch scripts, owner
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.launch.conftest import write_test_config
+from tests.launch.conftest import child_pids, wait_for, write_test_config
 from tests.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.cli import main
@@ -39,7 +40,9 @@ SECRETS = {
     "storage URL": "store" + "Secret6f7e8d9c",
 }
 CLI_OVERRIDES = [f"resources.sbatch_extra.auth_token={SECRETS['command line']}"]
-KEEPERS = ("config.yaml",)  # with sbatch scripts (*_submission.sh): the only files that may hold the values
+# With sbatch scripts (`*_submission.sh`, and the local executor's `local_submission.sh`): the only files that may
+# hold the values.
+KEEPERS = ("config.yaml",)
 
 
 def secret_config(root: Path, dataset: Path) -> Path:
@@ -106,6 +109,7 @@ def assert_callback_got_the_real_secrets(root: Path, run_names: list[str]) -> No
     for name in run_names:
         digest = json.loads((root / "probe" / f"{name}.json").read_text())
         assert digest["api_key"] == hashlib.sha256(SECRETS["callback api_key"].encode()).hexdigest()
+        assert digest["HF_TOKEN"] == hashlib.sha256(SECRETS["setup line"].encode()).hexdigest()
 
 
 def dry_runs(config: Path, *extra: str) -> str:
@@ -123,6 +127,11 @@ def trained(tmp_path_factory, demo_dataset):
     config = secret_config(root, demo_dataset)
     plan = plan_runs(config, CLI_OVERRIDES)
     submission = submit_plan(plan)
+    controller = int(submission.jobs[0].job_id)
+    tasks = wait_for(lambda: child_pids(controller), 60, "the local job's task process")
+    for pid in [controller, *tasks]:  # what `ps` shows every user of the machine
+        with contextlib.suppress(FileNotFoundError):
+            assert_clean_text(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"), f"process {pid}")
     submission.jobs[0].result()
     run_dir = plan.runs[0].run_dir
     assert layout.read_json(run_dir / layout.SUMMARY) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import submitit
@@ -73,9 +74,23 @@ def local_executor(
         tasks_per_node=res.tasks_per_node,
         gpus_per_node=res.gpus_per_node,
         signal_delay_s=min(res.signal_delay_s, 30 * res.time_min),
-        setup=list(extra_setup) + list(res.setup),
+        setup=local_setup(folder, [*extra_setup, *res.setup]),
     )
     return executor
+
+
+LOCAL_SETUP = "local_submission.sh"
+
+
+def local_setup(folder: Path, lines: list[str]) -> list[str]:
+    """The local job's set-up as one line sourcing an owner-only script in the submitit folder (the local job's
+    counterpart of the sbatch script): submitit's local executor runs set-up lines as `sh -c "..."`, whose command
+    line every user of the machine can read (`ps`), secrets included."""
+    if not lines:
+        return []
+    script = atomic.private_directory(folder) / LOCAL_SETUP
+    atomic.write_text(script, "\n".join(lines) + "\n", mode=atomic.OWNER_ONLY)
+    return [f". {shlex.quote(str(script.resolve()))}"]
 
 
 def make_executor(
