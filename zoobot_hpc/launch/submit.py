@@ -170,7 +170,7 @@ def secret_warnings(config: RunConfig) -> list[str]:
     where += [
         f"resources.sbatch_extra.{name}"
         for name, value in config.resources.sbatch_extra.items()
-        if redact_value(value, name) != value
+        if isinstance(value, str) and (literal_secret(f"{name}={value}") or literal_secret(value))
     ]
     if not where:
         return []
