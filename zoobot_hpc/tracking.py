@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
-from zoobot_hpc.redaction import redact_argv, redact_config
+from zoobot_hpc.redaction import redact_argv, redact_config, redact_value
 
 if TYPE_CHECKING:
     from zoobot_hpc.segment_logger import SegmentWandbLogger
@@ -67,7 +67,7 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         name=config.name,
         group=group,
         job_type=task,
-        tags=list(tracking.tags),
+        tags=redact_value(list(tracking.tags)),
         save_dir=str(save_dir),
         mode=tracking.mode,
         config=redact_config(config).model_dump(mode="json"),
