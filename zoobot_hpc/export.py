@@ -68,12 +68,17 @@ def _run_context(checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, Any
             data = {
                 "dataset_dir": manifest.parent.name,
                 "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                "source": raw.get("source"),
+                "source": _without_directories(raw.get("source")),
                 "image_shape": raw.get("image_shape"),
                 "counts": {split: sum(s["count"] for s in shards) for split, shards in raw["splits"].items()},
                 "provenance": raw.get("provenance", {}),
             }
     return card_config(config), summary, data
+
+
+def _without_directories(source: Any) -> Any:
+    """A catalog named by its file name, not the absolute path of the machine it was sharded on."""
+    return Path(source).name if isinstance(source, str) and os.path.isabs(source) else source
 
 
 def card_config(config: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -252,7 +252,7 @@ def test_secrets_stay_in_config_yaml_and_the_sbatch_script(outlet, trained, demo
     published = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])
     assert set(published) == {"model", "data", "trainer"}  # no resources (setup lines), tracking or output_dir
     assert published["data"]["dataset_dir"] == demo_dataset.name  # the dataset's name, not its path
-    assert str(root / "runs") not in card
+    assert str(root / "runs") not in card and f"source: `{demo_dataset}" not in card
     assert not leaks(out)
 
 

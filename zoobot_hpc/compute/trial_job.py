@@ -132,7 +132,7 @@ class TrialJob(submitit.helpers.Checkpointable):
     task_index: int
 
     def __call__(self) -> dict[str, float]:
-        return run_preemptible(self._run_trial, submitted=True).metrics  # status: from the study and scheduler
+        return run_preemptible(self._run_trial, submitted=True).metrics
 
     def _run_trial(self, flag: PreemptionFlag) -> TrialOutcome:
         configure_job_logging()
