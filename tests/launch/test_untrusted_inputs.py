@@ -208,3 +208,25 @@ def test_dry_run_of_a_search_hides_a_storage_password(tmp_path, demo_dataset):
     assert "pg-Pa55word-41" not in result.output
     assert "postgresql://astro:***@db.example.org/optuna" in result.output
     assert "storage holds a password" in result.output
+
+
+def test_cancel_signals_only_a_submitit_controller_whatever_submission_json_says(tmp_path, demo_dataset):
+    from zoobot_hpc.launch.status import cancel_runs, process_start_ticks
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = tmp_path / "shared" / "run"
+        run_dir.mkdir(parents=True)
+        shutil.copy(write_test_config(tmp_path / "input", demo_dataset), run_dir / "config.yaml")
+        planted = {
+            "executor": "local",
+            "job_id": str(victim.pid),
+            "submitit_folder": str(tmp_path),
+            "process_start": process_start_ticks(victim.pid),
+        }
+        (run_dir / "submission.json").write_text(json.dumps(planted))
+        assert cancel_runs(run_dir) == []
+        assert victim.poll() is None, "cancel signalled a process that is not a local job"
+    finally:
+        victim.kill()
+        victim.wait()

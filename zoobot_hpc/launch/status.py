@@ -92,17 +92,23 @@ def process_start_ticks(pid: int | str) -> int | None:
 def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) -> bool:
     """Whether PID is still the local job's controller and not a process that reused its PID: it started when
     `submit` recorded (`started`), or, for submissions without that record, its command line names the job's
-    submitit folder."""
+    submitit folder. Either way it must be a submitit local controller: `cancel` signals it, and a planted
+    `submission.json` may name any process of the user."""
     ticks = process_start_ticks(pid)
     if ticks is None:
         return False
-    if started is not None:
-        return ticks == started
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
+    if LOCAL_CONTROLLER not in cmdline:
+        return False
+    if started is not None:
+        return ticks == started
     return str(submitit_folder).encode() in cmdline
+
+
+LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every submitit local job's controller
 
 
 def local_state(job_id: str, submitit_folder: Path, started: int | None = None, run_dir: Path | None = None) -> str:
