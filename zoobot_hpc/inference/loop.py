@@ -191,7 +191,7 @@ class InferenceOutcome:
 
 def load_model(plan: InferencePlan) -> FinetuneableZoobotAbstract:
     """The finetuned model of the plan's checkpoint (offline: no pretrained weights are fetched)."""
-    return MODEL_CLASSES[plan.kind].load_from_checkpoint(plan.checkpoint, map_location="cpu")
+    return MODEL_CLASSES[plan.kind].load_from_checkpoint(plan.checkpoint, map_location="cpu", weights_only=True)
 
 
 def output_columns(model: FinetuneableZoobotAbstract, plan: InferencePlan) -> dict[str, list[str]]:
