@@ -111,6 +111,8 @@ class InferenceModule(L.LightningModule):
 
     def __init__(self, model: FinetuneableZoobotAbstract, mode: str, mc_samples: int | None, seed: int) -> None:
         super().__init__()
+        # a requeued rank may have written all its parts already: it predicts nothing but still joins the others
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.model = model
         self.mode = mode
         self.mc_samples = mc_samples
