@@ -22,7 +22,7 @@ NODE=
 # --preemption: a job in partition `high` preempts one in `low` (SIGTERM at once; killed and requeued by SLURM
 # after the grace time). `debug` stays the default partition; its jobs are never preempted and never preempt
 # (PreemptMode=OFF, the tier of `low`). PreemptMode=OFF also stops its cores being shared (OverSubscribe=FORCE:2),
-# so give the nodes more CPUs instead (the tests start 2 nodes x 4 CPUs).
+# so give the nodes more CPUs instead (the tests start 5 nodes x 8 CPUs).
 PREEMPT_GRACE_S=10
 START_TIMEOUT_S=${ZOOBOT_SLURM_START_TIMEOUT:-60}
 STOP_WAIT_S=5

@@ -22,8 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO_ROOT / "slurm" / "cluster.sh"
 INSTALL_SCRIPT = REPO_ROOT / "slurm" / "install.sh"
 DEFAULT_ROOT = Path("/tmp/zoobot-hpc-slurm")
-TEST_NODES = 2
-TEST_CPUS_PER_NODE = 4  # virtual CPUs: with --preemption, `debug` does not oversubscribe its cores
+TEST_NODES = 5  # n1 + n2 hold the 2-node x 2-task runs, n3 the 1-node x 4-task ones, n4 + n5 the lost-node run
+TEST_CPUS_PER_NODE = 8  # virtual CPUs: with --preemption, `debug` does not oversubscribe its cores
 REQUIRED_BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
 START_TIMEOUT_S = 300
 # States a job does not leave by itself (PREEMPTED and REQUEUED jobs come back as PENDING).
@@ -211,7 +211,7 @@ def _connect(root: Path) -> SlurmCluster:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """The loopback cluster (started with 2 nodes unless running); `SLURM_CONF` is exported to os.environ."""
+    """The loopback cluster (started with `TEST_NODES` nodes unless running); `SLURM_CONF` is exported to os.environ."""
     root = _cluster_root()
     started = False
     try:

@@ -63,14 +63,35 @@ def writer_suffix() -> str:
     return f".tmp.{socket.gethostname()}.{os.getpid()}"
 
 
-def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+OWNER_ONLY = 0o600  # a file that keeps secrets: the run's config.yaml, the sbatch script
+
+
+def write_bytes(target: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     """Write `data` to `target` atomically and durably. Safe when several processes write the same small file at
     once (every rank writes the run's W&B id, `zoobot-hpc train` under srun its config): each has its own temp file,
-    and the last rename wins whole."""
+    and the last rename wins whole.
+
+    `mode` (e.g. `OWNER_ONLY`) is the new file's permission bits whatever the umask: the temporary file is created
+    with them, so the data is never readable by others, and every rewrite keeps them (the rename brings them along).
+    """
     with atomic_path(target, writer_suffix()) as tmp:
-        tmp.write_bytes(data)
+        if mode is None:
+            tmp.write_bytes(data)
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
 
 
-def write_text(target: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `target` atomically and durably."""
-    write_bytes(target, text.encode("utf-8"))
+def write_text(target: str | os.PathLike, text: str, mode: int | None = None) -> None:
+    """Write `text` (UTF-8) to `target` atomically and durably (with permission bits `mode`, see `write_bytes`)."""
+    write_bytes(target, text.encode("utf-8"), mode)
+
+
+def private_directory(path: str | os.PathLike) -> Path:
+    """Create `path` (and its parents) if needed and make it owner-only (0700), whatever the umask."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

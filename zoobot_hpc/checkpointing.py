@@ -25,8 +25,26 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 
 from zoobot_hpc.atomic import atomic_path
 from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
-from zoobot_hpc.compute.rank_agreement import agree_on_stop, host_flag_group
+from zoobot_hpc.compute.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
+from zoobot_hpc.disk_space import out_of_space
+from zoobot_hpc.nonfinite import (
+    NonFiniteTraining,
+    gradients_are_finite,
+    loss_is_finite,
+    nonfinite_message,
+    suspect_ids,
+)
 
+# Exact resume leans on Lightning internals: `_SignalConnector`, `fit_loop.epoch_loop.batch_progress`,
+# `fit_loop.restarting` + `epoch_loop.update_lr_schedulers`, and the layout of `checkpoint["loops"]`. pyproject.toml
+# pins Lightning to these minors; tests/test_lightning_version.py fails on any other, naming what to re-check.
+TESTED_LIGHTNING_MINORS = ("2.6",)
+LIGHTNING_INTERNALS_USED = (
+    "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector (keep_own_signal_handlers)",
+    "trainer.fit_loop.epoch_loop.batch_progress.is_last_batch (ResumeCheckpointer.on_train_batch_end)",
+    "trainer.fit_loop.restarting + epoch_loop.update_lr_schedulers (ResumeCheckpointer.on_train_epoch_end)",
+    'checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"] (mark_validation_not_run)',
+)
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
@@ -40,8 +58,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            torch.save(checkpoint, tmp)
+        try:
+            with atomic_path(target) as tmp:
+                torch.save(checkpoint, tmp)
+        except Exception as error:
+            full = out_of_space(error, target, "the checkpoint", tensor_bytes(checkpoint))
+            if full is None:
+                raise
+            log.error("%s", full)
+            raise full from None
 
 
 def mirror_checkpoint(source: Path, target: Path) -> None:
@@ -122,6 +147,8 @@ class ResumeCheckpointer(Callback):
     due; after a preemption save every rank records the agreed stop on its flag and raises PreemptedStop. Saves
     happen only on accumulation boundaries, so no partial gradient is ever lost. A save that would land on an
     epoch's last batch is deferred by one step (Lightning 2.6 restores wrong epoch counters from such a checkpoint).
+    The same agreement carries whether any rank's loss or gradients were non-finite: then every rank raises
+    NonFiniteTraining at that step, before anything is saved.
     """
 
     def __init__(
@@ -139,6 +166,8 @@ class ResumeCheckpointer(Callback):
         self._last_save = time.monotonic()
         self._rerun_validation = False
         self._resumed_before_validation = False
+        self._nonfinite = False
+        self._nonfinite_loss = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -148,11 +177,19 @@ class ResumeCheckpointer(Callback):
         if hasattr(loader, "record_progress"):
             loader.record_progress(batch_idx + 1)
 
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self._nonfinite = self._nonfinite or not gradients_are_finite(pl_module)
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if not loss_is_finite(outputs):
+            self._nonfinite = self._nonfinite_loss = True
+            log.error("rank %d: non-finite loss at step %d; %s", trainer.global_rank, step, suspect_ids(batch))
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            if self._agree([float(self._nonfinite)])[2]:
+                self._stop_nonfinite(trainer, step)
             loader = trainer.train_dataloader
             if hasattr(loader, "record_epoch_done"):
                 loader.record_epoch_done()
@@ -161,7 +198,9 @@ class ResumeCheckpointer(Callback):
             return
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        requeue, terminated, time_due = self._agree([time_due])
+        requeue, terminated, time_due, nonfinite = self._agree([time_due, float(self._nonfinite)])
+        if nonfinite:
+            self._stop_nonfinite(trainer, step)
         if not (requeue or terminated or time_due or steps_due):
             return
         trainer.save_checkpoint(self.path)
@@ -216,9 +255,31 @@ class ResumeCheckpointer(Callback):
         """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
         return agree_on_stop(self.flag, extra, self._flag_group)
 
+    def _stop_nonfinite(self, trainer: Trainer, step: int) -> NoReturn:
+        """Every rank: name the ranks whose own loss was not finite (a collective) and raise NonFiniteTraining."""
+        mine = [0.0] * trainer.world_size
+        mine[trainer.global_rank] = float(self._nonfinite_loss)
+        ranks = [rank for rank, seen in enumerate(all_reduce_max(mine, self._flag_group)) if seen]
+        newest = newest_valid_checkpoint(self.path.parent)
+        message = nonfinite_message(step, trainer.current_epoch, ranks, newest.name if newest else None)
+        if trainer.is_global_zero:
+            log.error(message)
+        raise NonFiniteTraining(message)
+
     def _stop(self, terminated: float, step: int, what: str) -> NoReturn:
         assert self.flag is not None
         stop_all_ranks(self.flag, terminated, step, f"{what} ({self.path.name})")
+
+
+def tensor_bytes(state: Any) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: about what its file needs."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(value) for value in state)
+    return 0
 
 
 def mark_validation_not_run(checkpoint: dict[str, Any]) -> None:

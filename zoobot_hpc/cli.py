@@ -217,7 +217,10 @@ def inspect(
 
 
 def _fail(error: Exception) -> None:
-    raise click.ClickException(str(error)) from error
+    """End a command with one line; secrets the error quotes are hidden (zoobot_hpc.redaction)."""
+    from zoobot_hpc.redaction import redact_text
+
+    raise click.ClickException(redact_text(str(error))) from error
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -288,7 +291,7 @@ def _submit_search(
     from zoobot_hpc.config import ConfigError
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.launch.preflight import PreflightError
-    from zoobot_hpc.launch.search_submit import describe_search, plan_search, submit_search
+    from zoobot_hpc.launch.search_submit import describe_search, plan_search, search_warnings, submit_search
 
     try:
         plan = plan_search(config, overrides, search_file, sweep_name)
@@ -299,7 +302,7 @@ def _submit_search(
                 [plan.config], plan.executor, plan.base_dir, allow_download=not no_download, dry_run=True
             )
             click.echo(describe_search(plan))
-            _echo_warnings(warnings)
+            _echo_warnings([*warnings, *search_warnings(plan)])
             return
         jobs = submit_search(plan, allow_download=not no_download)
     except (ConfigError, PreflightError, DatasetError) as error:
@@ -311,6 +314,7 @@ def _submit_search(
     )
     for job in jobs:
         click.echo(f"  job {job.job_id}  log: {job.paths.stdout}")
+    _echo_warnings(search_warnings(plan))
     click.echo(f"watch it: zoobot-hpc status {where}")
 
 
@@ -381,7 +385,13 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
-    run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
+    from zoobot_hpc.disk_space import OutOfSpace
+    from zoobot_hpc.nonfinite import NonFiniteTraining
+
+    try:
+        run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
+    except (OutOfSpace, NonFiniteTraining) as error:
+        _fail(error)
     click.echo(_results_text(target))
 
 
@@ -396,9 +406,13 @@ def status(path: str) -> None:
     from zoobot_hpc.launch.status import collect_status
 
     if is_search_dir(Path(path)):
+        from zoobot_hpc.config import ConfigError
         from zoobot_hpc.launch.search_status import status_lines
 
-        click.echo("\n".join(status_lines(Path(path))))
+        try:
+            click.echo("\n".join(status_lines(Path(path))))
+        except ConfigError as error:  # e.g. a storage URL whose password search.json does not record
+            _fail(error)
         return
     rows = collect_status(Path(path))
     if not rows:
@@ -529,11 +543,15 @@ def embed(**options) -> None:
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--push", "repo_id", default=None, metavar="OWNER/REPO", help="Upload to this Hugging Face model repo.")
-@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
-def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) -> None:
-    """Write CHECKPOINT's encoder and head to OUT_DIR in the timm / Hugging Face layout, with a model card."""
+@click.option("--public", is_flag=True, help="Create the Hub repository as public (default: private).")
+@click.option("--private", is_flag=True, hidden=True, help="Create the Hub repository as private (the default).")
+def export(checkpoint: str, out_dir: str, repo_id: str | None, public: bool, private: bool) -> None:
+    """Write CHECKPOINT's encoder and head to OUT_DIR in the timm / Hugging Face layout, with a model card
+    (the run's model, data and trainer config, redacted); --push uploads it to a private Hub repository."""
     from zoobot_hpc.export import ExportError, export_checkpoint, push_export
 
+    if public and private:
+        _fail(ValueError("--public and --private: choose one"))
     try:
         exported = export_checkpoint(checkpoint, out_dir, repo_id)
     except ExportError as error:
@@ -541,7 +559,11 @@ def export(checkpoint: str, out_dir: str, repo_id: str | None, private: bool) ->
     click.echo(f"wrote {out_dir}: {', '.join(exported.files)}")
     click.echo(f'load the encoder: timm.create_model("local-dir:{out_dir}", pretrained=True)')
     if repo_id is not None:
-        click.echo(f"pushed: {push_export(out_dir, repo_id, private=private)}")
+        try:
+            url = push_export(out_dir, repo_id, private=not public)
+        except ExportError as error:
+            _fail(error)
+        click.echo(f"pushed ({'public' if public else 'private'}): {url}")
 
 
 @main.command()

@@ -6,14 +6,16 @@ Login-node code loads configs, so this module (and what it imports) never import
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zoobot_hpc.data.augment_config import AugmentConfig
 from zoobot_hpc.model.schemas import resolve_schema
+from zoobot_hpc.redaction import REDACTED, looks_secret, redact_text, redact_value
 
 
 class ConfigError(ValueError):
@@ -108,6 +110,33 @@ class TrainerSettings(_Section):
     callbacks: list[CallbackSpec] = Field(default_factory=list)
 
 
+# What SLURM accepts where a config value becomes an `#SBATCH` line. A value that breaks the line (a newline from
+# a YAML `|` block) would end the directives there: sbatch ignores every `#SBATCH` after the first other line.
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$")  # partition, account, qos (comma lists)
+SLURM_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.:=,&|*\[\]()!+-]+$")  # features with & | * [ ] ( ) operators
+SBATCH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$")  # `mail-type`, `exclusive`, `gres`
+
+
+def _control_character(value: str) -> str | None:
+    """A description of the first character that does not belong in one printable line, or None."""
+    for index, char in enumerate(value):
+        if char != " " and not char.isprintable():
+            return f"{char!a} at position {index}"
+    return None
+
+
+def _check_slurm_value(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+    if value is None:
+        return value
+    bad = _control_character(value)
+    if bad:
+        raise ValueError(f"control character {bad} (it would end the #SBATCH line)")
+    if not pattern.fullmatch(value):
+        shown = REDACTED if redact_text(value) != value else repr(value)
+        raise ValueError(f"{shown} is not {what}")
+    return value
+
+
 class ResourceSettings(_Section):
     executor: Literal["auto", "slurm", "local"] = "auto"
     nodes: int = Field(1, gt=0)
@@ -125,6 +154,32 @@ class ResourceSettings(_Section):
     array_parallelism: int = Field(64, gt=0)
     sbatch_extra: dict[str, Any] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _slurm_name(cls, value: str | None) -> str | None:
+        what = "a SLURM name (letters, digits, _ . + -; several separated by commas)"
+        return _check_slurm_value(value, SLURM_NAME, what)
+
+    @field_validator("constraint")
+    @classmethod
+    def _slurm_constraint(cls, value: str | None) -> str | None:
+        what = "a SLURM constraint (feature names joined by & | , * [ ] ( ))"
+        return _check_slurm_value(value, SLURM_CONSTRAINT, what)
+
+    @field_validator("sbatch_extra")
+    @classmethod
+    def _sbatch_options(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        for name, value in extra.items():
+            if not isinstance(name, str) or not SBATCH_OPTION.fullmatch(name):
+                shown = REDACTED if redact_text(str(name)) != str(name) else repr(name)
+                raise ValueError(f"key {shown} is not an sbatch option name (such as mail-type)")
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(f"{name}: expected a string, number or true (got a {type(value).__name__})")
+            bad = _control_character(str(value))
+            if bad:
+                raise ValueError(f"{name}: control character {bad} (it would end the #SBATCH line)")
+        return extra
 
 
 class TrackingSettings(_Section):
@@ -173,7 +228,7 @@ def split_override(text: str) -> tuple[str, str]:
     """Split `a.b.c=value` into ('a.b.c', 'value'), with a one-line error for anything else."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.learning_rate=3e-4")
+        raise ConfigError(f"override {redact_text(text)!r}: expected KEY=VALUE, e.g. model.learning_rate=3e-4")
     return key, raw
 
 
@@ -249,6 +304,8 @@ def _describe(exc: ValidationError) -> str:
     if err["type"] == "value_error":
         return f"{key}: {err['ctx']['error']!s}" if key else str(err["ctx"]["error"])
     value = err.get("input")
+    last = str(err["loc"][-1]) if err["loc"] else ""
+    value = REDACTED if looks_secret(last) and value is not None else redact_value(value)
     shown = f" (got {value!r})" if not isinstance(value, dict) else ""
     return f"{key}: {err['msg']}{shown}" if key else f"{err['msg']}"
 

@@ -3,6 +3,11 @@
 OUT_DIR holds `config.json` + `model.safetensors` (the encoder, as `timm.models.save_for_hf` writes it, so that
 `timm.create_model("local-dir:OUT_DIR")` or `"hf_hub:OWNER/REPO"` rebuilds it with pooled output), `head.safetensors`
 (the finetuned head, described under `zoobot_hpc` in config.json) and `README.md` (the model card).
+
+An export is meant to be published, so it carries only what describes the model: the card's config is the run's
+`model`, `data` and `trainer` sections with every secret redacted (`zoobot_hpc.redaction`) and the dataset named by
+its folder, not its path; an export that still holds a token-looking string anywhere is refused, and `push_export`
+creates private Hub repositories unless asked otherwise.
 torch and timm are imported inside the functions: the CLI imports this module on the login node.
 """
 
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from typing import Any
 import yaml
 
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.redaction import redact_text, redact_value
 
 HEAD_FILE = "head.safetensors"
 CARD_FILE = "README.md"
@@ -30,6 +38,7 @@ TASK_KEYS = (
     "question_answer_pairs",
     "dependencies",
 )
+CARD_SECTIONS = ("model", "data", "trainer")  # what of the run's config describes the model; not resources/tracking
 
 
 class ExportError(ValueError):
@@ -57,14 +66,54 @@ def _run_context(checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, Any
         if manifest.is_file():
             raw = json.loads(manifest.read_text())
             data = {
-                "dataset_dir": str(manifest.parent),
+                "dataset_dir": manifest.parent.name,
                 "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-                "source": raw.get("source"),
+                "source": _without_directories(raw.get("source")),
                 "image_shape": raw.get("image_shape"),
                 "counts": {split: sum(s["count"] for s in shards) for split, shards in raw["splits"].items()},
                 "provenance": raw.get("provenance", {}),
             }
-    return config, summary, data
+    return card_config(config), summary, data
+
+
+def _without_directories(source: Any) -> Any:
+    """A catalog named by its file name, not the absolute path of the machine it was sharded on."""
+    return Path(source).name if isinstance(source, str) and os.path.isabs(source) else source
+
+
+def card_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a run's config an export publishes: its model, data and trainer sections, redacted, with the
+    dataset named by its folder instead of its path."""
+    if config is None:
+        return None
+    kept = {key: config[key] for key in CARD_SECTIONS if key in config}
+    if isinstance(kept.get("data"), dict) and kept["data"].get("dataset_dir"):
+        kept["data"] = {**kept["data"], "dataset_dir": Path(str(kept["data"]["dataset_dir"])).name}
+    return redact_value(kept)
+
+
+def secret_looking_files(folder: str | Path) -> list[str]:
+    """Files of an export folder that hold a token-looking string (safetensors files: their JSON header)."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".safetensors" and len(data) >= 8:
+            data = data[8 : 8 + int.from_bytes(data[:8], "little")]
+        text = data.decode("utf-8", errors="replace")
+        if redact_text(text) != text:
+            found.append(str(path.relative_to(folder)))
+    return found
+
+
+def _refuse_secrets(folder: Path, what: str) -> None:
+    found = secret_looking_files(folder)
+    if found:
+        raise ExportError(
+            f"{what}: {', '.join(found)} holds a token-looking string (a key, token or password); "
+            "remove it from the run's config or checkpoint hyper-parameters and export again"
+        )
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, repo_id: str | None = None) -> Exported:
@@ -85,7 +134,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, repo_id: str 
         raise ExportError(str(error)) from None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"out_dir={out_dir} exists and is not empty")
-    model = MODEL_CLASSES[kind].load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    model = MODEL_CLASSES[kind].load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     config, summary, data = _run_context(checkpoint)
     description = {
         "task": kind,
@@ -100,9 +149,20 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, repo_id: str 
         "training_data": data,
         "metrics": (summary or {}).get("metrics"),
     }
-    save_for_hf(model.encoder, str(out_dir), model_config={CONFIG_KEY: description}, safe_serialization=True)
-    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out_dir / HEAD_FILE))
-    (out_dir / CARD_FILE).write_text(model_card(description, config, repo_id), encoding="utf-8")
+    # Written next to OUT_DIR first: it becomes OUT_DIR only when nothing in it looks like a secret.
+    staging = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        save_for_hf(model.encoder, str(staging), model_config={CONFIG_KEY: description}, safe_serialization=True)
+        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(staging / HEAD_FILE))
+        (staging / CARD_FILE).write_text(model_card(description, config, repo_id), encoding="utf-8")
+        _refuse_secrets(staging, f"export of {checkpoint.name} refused")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return Exported(out_dir, tuple(sorted(p.name for p in out_dir.iterdir())), description)
 
 
@@ -177,8 +237,10 @@ def load_export(out_dir: str | Path):
     return model.eval()
 
 
-def push_export(out_dir: str | Path, repo_id: str, private: bool = False, api: Any = None) -> str:
-    """Create the Hub model repository `repo_id` (if needed) and upload the export folder; returns the commit URL."""
+def push_export(out_dir: str | Path, repo_id: str, private: bool = True, api: Any = None) -> str:
+    """Create the Hub model repository `repo_id` (if needed; private unless `private=False`) and upload the export
+    folder; returns the commit URL. A folder holding a token-looking string is refused before anything is sent."""
+    _refuse_secrets(Path(out_dir), f"push of {out_dir} refused")
     if api is None:
         from huggingface_hub import HfApi
 

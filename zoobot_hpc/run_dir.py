@@ -11,7 +11,11 @@ RUN_DIR/summary.json        final metrics, written when training ends
 RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
+RUN_DIR/job_result.json     how the submitted job ended (success, or its error's last line), for `status`
 ```
+
+`config.yaml` keeps the config's secrets (the run's only file that does, with the sbatch script): it is written
+owner-only (0600), and so is every rewrite. A search directory has one too, the base config of its trials.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ METRICS = "metrics"
 WANDB = "wandb"
 WANDB_RUN_ID = "wandb_run_id"
 SWEEP = "sweep.json"
+SEARCH = "search.json"  # a search directory: its config.yaml is the base config of its trials, not a run
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -73,7 +78,7 @@ def read_segments(run_dir: Path) -> list[dict[str, Any]]:
 def find_run_dirs(path: Path) -> list[Path]:
     """A run directory itself, or every run directory of a sweep directory, in name order."""
     path = Path(path)
-    if (path / CONFIG).exists():
+    if (path / CONFIG).exists() and not (path / SEARCH).exists():
         return [path]
     return sorted(p.parent for p in path.glob(f"*/{CONFIG}"))
 

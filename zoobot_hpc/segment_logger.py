@@ -32,8 +32,12 @@ class SegmentWandbLogger(WandbLogger):
     def log_metrics(self, *args: Any, **kwargs: Any) -> None:
         self._guarded(super().log_metrics, *args, **kwargs)
 
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        self._guarded(super().log_hyperparams, *args, **kwargs)
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The model's hyper-parameters, redacted like the run config (`timm_kwargs` may hold a URL password)."""
+        from zoobot_hpc.redaction import redact_value
+
+        params = redact_value(dict(params) if isinstance(params, dict) else dict(vars(params)))
+        self._guarded(super().log_hyperparams, params, *args, **kwargs)
 
     def after_save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         self._guarded(super().after_save_checkpoint, *args, **kwargs)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import RunConfig
-from zoobot_hpc.redaction import redact_config
+from zoobot_hpc.redaction import redact_argv, redact_config, redact_value
 
 if TYPE_CHECKING:
     from zoobot_hpc.segment_logger import SegmentWandbLogger
@@ -56,6 +57,9 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
     save_dir = Path(run_dir) / layout.WANDB
     save_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
+    # W&B records this process's command line as run metadata (`args`, from sys.argv when the run starts):
+    # `zoobot-hpc train CONFIG 'resources.setup=[...]'` must not put a secret there.
+    sys.argv[1:] = redact_argv(sys.argv[1:])
     return SegmentWandbLogger(
         project=tracking.project,
         entity=tracking.entity,
@@ -63,7 +67,7 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         name=config.name,
         group=group,
         job_type=task,
-        tags=list(tracking.tags),
+        tags=redact_value(list(tracking.tags)),
         save_dir=str(save_dir),
         mode=tracking.mode,
         config=redact_config(config).model_dump(mode="json"),

@@ -279,7 +279,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int
     it has had."""
     (run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     if write_config:
-        atomic.write_text(run_dir / layout.CONFIG, dump_config(config))
+        atomic.write_text(run_dir / layout.CONFIG, dump_config(config), mode=atomic.OWNER_ONLY)
     return len(layout.read_segments(run_dir))
 
 
@@ -334,7 +334,8 @@ def fit_segment(
 ) -> bool:
     """Fit from `resume_from` until training ends or a stop signal's checkpoint is written; True when stopped."""
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        ckpt_path = str(resume_from) if resume_from else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         preempted = False
     except PreemptedStop:
         preempted = True

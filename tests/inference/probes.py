@@ -9,10 +9,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class SlowPredictBatches(Callback):
-    """Sleeps after every prediction batch, so that a test can signal a job between two part files."""
+    """Sleeps after every prediction batch (of one rank only, with `rank`), so that a test can signal a job between
+    two part files."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, rank: int | None = None) -> None:
         self.seconds = seconds
+        self.rank = rank
 
     def on_predict_batch_end(
         self,
@@ -23,4 +25,5 @@ class SlowPredictBatches(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        time.sleep(self.seconds)
+        if self.rank is None or trainer.global_rank == self.rank:
+            time.sleep(self.seconds)

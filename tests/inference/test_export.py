@@ -81,10 +81,10 @@ def test_push_creates_the_repo_then_uploads_the_export_folder(tree_checkpoint, t
     out = tmp_path / "export"
     result = CliRunner().invoke(main, ["export", str(tree_checkpoint), str(out), "--push", "astro-lab/rings"])
     assert result.exit_code == 0, result.output
-    assert "pushed: https://huggingface.co/astro-lab/rings/commit/abc" in result.output
+    assert "pushed (private): https://huggingface.co/astro-lab/rings/commit/abc" in result.output
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     create, upload = api.calls[0][1], api.calls[1][1]
-    assert create == {"repo_id": "astro-lab/rings", "repo_type": "model", "private": False, "exist_ok": True}
+    assert create == {"repo_id": "astro-lab/rings", "repo_type": "model", "private": True, "exist_ok": True}
     assert upload["folder_path"] == str(out) and upload["repo_id"] == "astro-lab/rings"
     assert upload["files"] == ["README.md", "config.json", "head.safetensors", "model.safetensors"]
     assert 'timm.create_model("hf_hub:astro-lab/rings", pretrained=True)' in (out / "README.md").read_text()

@@ -1,5 +1,5 @@
-"""A prediction job preempted by SLURM's SIGTERM (a `high` job needs its node): requeued by SLURM, it finishes
-with the output of an uninterrupted run."""
+"""A prediction job of 2 nodes x 2 tasks preempted by SLURM's SIGTERM (a `high` job needs one of its nodes):
+requeued by SLURM, it finishes with the output of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -31,15 +31,18 @@ def test_predict_preempted_by_sigterm_is_requeued_by_slurm_and_writes_the_uninte
     overrides = [
         "resources.executor=slurm",
         "resources.partition=low",
+        "resources.nodes=2",
         "resources.tasks_per_node=2",
+        "resources.sbatch_extra={exclude: n3}",
         "data.num_workers=1",
         f"trainer.callbacks={SLOW_BATCHES}",
     ]
     config, trained = inference_config(request, overrides=overrides)
     job, _ = submit_inference(request, config, trained, executor="slurm")
     wait_for(lambda: len(list(request.parts_dir.glob("*.h5"))) >= 2, 240, "2 of the 12 part files")
-    node = slurm_cluster.run("squeue", "-h", "-o", "%N", "-j", job.job_id).stdout.strip()
-    slurm_cluster.preempt_low_jobs_on(node)
+    node_list = slurm_cluster.run("squeue", "-h", "-o", "%N", "-j", job.job_id).stdout.strip()
+    first_node = slurm_cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()[0]
+    slurm_cluster.preempt_low_jobs_on(first_node)
     slurm_cluster.wait_for_state(job.job_id, ["COMPLETED"], timeout=240)
 
     runs = slurm_cluster.settled_accounting(job.job_id)

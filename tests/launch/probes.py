@@ -75,22 +75,28 @@ def weights_digest(pl_module: LightningModule) -> str:
 class StepDigests(Callback):
     """Rank 0 appends `{"step", "digest"}` after every optimiser step (redone steps again), and at the end of training
     writes the final weights to `final.pt`: exact resume means every step's digest equals an uninterrupted run's.
-    `step_sleep_s` slows the steps after `sleep_from_step` down, in every start of the job or, with
-    `first_start_only`, in its first start (which then meets a short time limit near the end of training, and the
-    requeued start finishes well inside it)."""
+    `step_sleep_s` slows the steps after `sleep_from_step` down: in every start of the job, only in its first start
+    (`first_start_only`), or while the file `sleep_while_exists` exists (a test removes it to let the run finish)."""
 
     def __init__(
-        self, out_dir: str, step_sleep_s: float = 0.0, first_start_only: bool = False, sleep_from_step: int = 0
+        self,
+        out_dir: str,
+        step_sleep_s: float = 0.0,
+        first_start_only: bool = False,
+        sleep_from_step: int = 0,
+        sleep_while_exists: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
         self.step_sleep_s = 0.0 if first_start_only and restarted else step_sleep_s
         self.sleep_from_step = sleep_from_step
+        self.sleep_while_exists = Path(sleep_while_exists) if sleep_while_exists else None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.step_sleep_s and trainer.global_step >= self.sleep_from_step:
+        slowed = self.sleep_while_exists is None or self.sleep_while_exists.exists()
+        if self.step_sleep_s and slowed and trainer.global_step >= self.sleep_from_step:
             time.sleep(self.step_sleep_s)
         if trainer.global_rank != 0:
             return
@@ -157,3 +163,30 @@ class SignalDuringValidation(Callback):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             self.marker.touch()
             os.kill(os.getpid(), self.signum)
+
+
+class FillDiskAtStep(Callback):
+    """At one training step, fills the filesystem holding `filler` (a small tmpfs the test mounted) up to
+    `leave_bytes`, as another job or a quota would; once per `marker` (a file elsewhere)."""
+
+    def __init__(self, step: int, filler: str, marker: str, leave_bytes: int = 200_000) -> None:
+        self.step = step
+        self.filler = Path(filler)
+        self.marker = Path(marker)
+        self.leave_bytes = leave_bytes
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step != self.step or self.marker.exists():
+            return
+        self.marker.touch()
+        with open(self.filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+        size = self.filler.stat().st_size
+        os.truncate(self.filler, max(0, size - self.leave_bytes))

@@ -17,6 +17,8 @@ from tests.launch.conftest import (
     write_test_config,
 )
 from tests.wandb_records import offline_run_files, read_offline_run
+from zoobot_hpc import run_dir as layout
+from zoobot_hpc.checkpointing import stored_step
 from zoobot_hpc.cli import main
 from zoobot_hpc.launch.submit import plan_runs, submit_plan
 
@@ -83,3 +85,30 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     command = sync.output.split()
     assert command[:4] == ["wandb", "sync", "--id", runs[0].run_id]
     assert command[-3:] == [str(path.parent) for path in offline_run_files(run_dir)]
+
+
+@pytest.mark.timeout(300)
+def test_cancel_of_a_local_job_saves_its_progress(tmp_path, demo_dataset):
+    slow_steps = {
+        "class_path": "tests.launch.probes.StepDigests",
+        "init_args": {"out_dir": str(tmp_path / "probe"), "step_sleep_s": 0.5},
+    }
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="cancelled",
+        resources__executor="local",
+        data__num_workers=0,
+        tracking__mode="disabled",
+        trainer__callbacks=[slow_steps],
+    )
+    job = submit_plan(plan_runs(config)).jobs[0]
+    run_dir = tmp_path / "runs" / "cancelled"
+    wait_for(_log_mentions(job, r"epoch 1/2 batch"), 180, "the first training batch")
+    assert CliRunner().invoke(main, ["cancel", str(run_dir)]).exit_code == 0
+    wait_for(lambda: job.done(), 60, "the cancelled job to end")
+    log_text = job.paths.stdout.read_text()
+    assert "preemption signal (SIGTERM): saved (resume.ckpt)" in log_text, log_text[-2000:]
+    [start] = segments(run_dir)
+    assert start["stop"] == "SIGTERM" and start["stop_step"] >= 1, start
+    assert stored_step(run_dir / layout.CHECKPOINTS / "resume.ckpt") == start["stop_step"]

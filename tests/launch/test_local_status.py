@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -12,8 +14,9 @@ from zoobot_hpc.launch.status import cancel_runs, collect_status, process_start_
 
 @pytest.fixture
 def unrelated_process():
-    """A live process that is not a zoobot-hpc job."""
-    process = subprocess.Popen(["sleep", "60"])
+    """A live process that is not a zoobot-hpc job; it ignores SIGINT, as every process started from a background
+    shell (`&`, nohup) does."""
+    process = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     yield process
     process.kill()
     process.wait()
@@ -41,10 +44,19 @@ def test_a_pid_now_held_by_another_process_is_neither_running_nor_cancelled(tmp_
     assert unrelated_process.poll() is None, "cancel signalled a process that is not the job"
 
 
-def test_the_process_submit_recorded_is_running_and_cancelled(tmp_path, unrelated_process):
-    run_dir = local_run_dir(tmp_path, unrelated_process.pid, process_start_ticks(unrelated_process.pid))
+@pytest.fixture
+def controller_process():
+    """A live process whose command line is a submitit local controller's (`-m submitit.local._local FOLDER`)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "submitit.local._local"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_the_process_submit_recorded_is_running_and_cancelled(tmp_path, controller_process):
+    run_dir = local_run_dir(tmp_path, controller_process.pid, process_start_ticks(controller_process.pid))
 
     [status] = collect_status(run_dir)
     assert status.state == "RUNNING"
-    assert cancel_runs(run_dir) == [str(unrelated_process.pid)]
-    assert unrelated_process.wait(timeout=10) != 0
+    assert cancel_runs(run_dir) == [str(controller_process.pid)]
+    assert controller_process.wait(timeout=10) != 0

@@ -67,7 +67,8 @@ def test_a_secret_in_a_setup_line_reaches_only_the_runs_config_yaml(tmp_path, de
     assert predicted.exit_code == 0, predicted.output
     [prediction] = run_dir.glob("predict-*.h5")
 
-    assert set(files_holding_secrets(tmp_path)) == {run_dir / layout.CONFIG, config}
+    local_script = run_dir / "submitit" / "local_submission.sh"  # the local job's sbatch script, 0600
+    assert set(files_holding_secrets(tmp_path)) == {run_dir / layout.CONFIG, config, local_script}
     kept = yaml.safe_load((run_dir / layout.CONFIG).read_text())["resources"]
     assert kept["setup"][0] == f"export HF_TOKEN={SETUP_SECRET}"
 

@@ -35,7 +35,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
     group: str | None = None
 
     def __call__(self) -> dict[str, float]:
-        return run_preemptible(self._train, submitted=True).metrics
+        from zoobot_hpc.compute.job_result import record_outcome
+
+        rank = submitit.JobEnvironment().global_rank
+        return record_outcome(self.run_dir, lambda: run_preemptible(self._train, submitted=True).metrics, rank)
 
     def _train(self, flag: PreemptionFlag) -> Any:
         start_loader_forkserver(self.config)
@@ -47,8 +50,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
         startup = StartupLog()
         startup.phase("interpreter, imports")
+        from zoobot_hpc import run_dir as layout
+        from zoobot_hpc.compute.kept_config import with_kept_values
+
+        config = with_kept_values(self.config, Path(self.run_dir) / layout.CONFIG)
         return run_training(
-            RunConfig.model_validate(self.config),
+            RunConfig.model_validate(config),
             Path(self.run_dir),
             flag=flag,
             cluster_environment=SubmititEnvironment(),

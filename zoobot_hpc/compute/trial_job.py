@@ -144,7 +144,10 @@ class TrialJob(submitit.helpers.Checkpointable):
         environment = SubmititEnvironment()
         rank = environment.global_rank()
         sweep_dir = Path(self.sweep_dir)
-        max_epochs = int(self.base["trainer"]["max_epochs"])
+        from zoobot_hpc.compute.kept_config import with_kept_values
+
+        base = with_kept_values(self.base, sweep_dir / layout.CONFIG)
+        max_epochs = int(base["trainer"]["max_epochs"])
         study, spec, record = load_study(sweep_dir, self.task_index, max_epochs)
         trial = _this_tasks_trial(study, spec, sweep_dir, self.task_index, rank)
         if trial.state.is_finished():
@@ -159,7 +162,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         heartbeat = Heartbeat(sweep_dir, trial.number, spec.heartbeat_s).start() if rank == 0 else None
         try:
             outcome = run_training(
-                trial_config(self.base, trial.params, name),
+                trial_config(base, trial.params, name),
                 run_dir,
                 flag=flag,
                 cluster_environment=environment,

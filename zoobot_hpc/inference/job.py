@@ -15,6 +15,7 @@ from typing import Any
 
 import submitit
 
+from zoobot_hpc import atomic
 from zoobot_hpc.compute.node import compute_node_environment, configure_job_logging
 from zoobot_hpc.compute.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
 from zoobot_hpc.config import RunConfig
@@ -26,7 +27,7 @@ from zoobot_hpc.inference.request import (
     prepare_inference,
     wait_for_plan,
 )
-from zoobot_hpc.launch.executor import make_executor
+from zoobot_hpc.launch.executor import make_executor, protect_submission_files
 from zoobot_hpc.redaction import redact_config
 
 log = logging.getLogger("zoobot_hpc")
@@ -65,8 +66,10 @@ def submit_inference(
     """Check and plan the request here, then submit it with `executor` ('slurm' or 'local'); does not wait."""
     plan = prepare_inference(request, config, trained)
     job_name = f"{request.mode}-{config.name}"
-    submitter = make_executor(config, request.work_dir / SUBMITIT_DIR, executor, job_name)
+    folder = atomic.private_directory(request.work_dir / SUBMITIT_DIR)
+    submitter = make_executor(config, folder, executor, job_name)
     job = submitter.submit(InferenceJob(request, redact_config(config).model_dump(mode="json")))
+    protect_submission_files(folder)
     log.info("submitted %s job %s writing %s", request.mode, job.job_id, Path(request.out))
     return job, plan
 

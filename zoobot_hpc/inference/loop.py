@@ -119,6 +119,8 @@ class InferenceModule(L.LightningModule):
 
     def __init__(self, model: FinetuneableZoobotAbstract, mode: str, mc_samples: int | None, seed: int) -> None:
         super().__init__()
+        # a requeued rank may have written all its parts already: it predicts nothing but still joins the others
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         self.model = model
         self.mode = mode
         self.mc_samples = mc_samples
@@ -199,7 +201,7 @@ class InferenceOutcome:
 
 def load_model(plan: InferencePlan) -> FinetuneableZoobotAbstract:
     """The finetuned model of the plan's checkpoint (offline: no pretrained weights are fetched)."""
-    return MODEL_CLASSES[plan.kind].load_from_checkpoint(plan.checkpoint, map_location="cpu")
+    return MODEL_CLASSES[plan.kind].load_from_checkpoint(plan.checkpoint, map_location="cpu", weights_only=True)
 
 
 def output_columns(model: FinetuneableZoobotAbstract, plan: InferencePlan) -> dict[str, list[str]]:

@@ -26,6 +26,7 @@ Login-node module: Optuna is imported inside functions (it is the optional `sear
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, load_yaml
 from zoobot_hpc.launch.sweep import run_name
 
-SEARCH = "search.json"
+SEARCH = layout.SEARCH
+STORAGE_ENV = "ZOOBOT_HPC_SEARCH_STORAGE"  # the storage URL as given, for tasks and `status` (search.json: redacted)
 JOURNAL = "study.journal"
 HEARTBEATS = "heartbeats"
 TASKS = "tasks"
@@ -220,9 +222,22 @@ def make_pruner(spec: SearchSpec, max_epochs: int) -> Any:
 
 
 def open_storage(sweep_dir: Path, storage: str | None = None) -> Any:
-    """An Optuna storage URL as given, else journal file storage in the sweep dir (O_EXCL lock file: NFSv3+)."""
+    """An Optuna storage URL as given, else journal file storage in the sweep dir (O_EXCL lock file: NFSv3+).
+
+    A URL read back from `search.json` has its password redacted: the real one comes from `ZOOBOT_HPC_SEARCH_STORAGE`
+    (the array tasks get it from their sbatch script's set-up; export it yourself for `status`)."""
     optuna = require_optuna()
     if storage:
+        from zoobot_hpc.redaction import REDACTED, URL_PASSWORD, redact_text
+
+        given = os.environ.get(STORAGE_ENV)
+        if given and redact_text(given) == redact_text(storage):
+            return given
+        if f":{URL_PASSWORD}@" in storage or REDACTED in storage:
+            raise ConfigError(
+                f"storage {redact_text(storage)}: its password is not recorded; export {STORAGE_ENV}=URL "
+                "(or keep the password in the database's own file, e.g. ~/.pgpass)"
+            )
         return storage
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zoobot_hpc.launch.search import fail_stale_trials, load_study, require_optuna
-from zoobot_hpc.launch.status import slurm_states
+from zoobot_hpc.launch.status import LOCAL_CANCEL_SIGNAL, slurm_states
 from zoobot_hpc.launch.sweep import run_name
 
 
@@ -120,6 +119,6 @@ def cancel_search(sweep_dir: Path) -> list[str]:
     cancelled = []
     for job in jobs:
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(job), signal.SIGINT)
+            os.kill(int(job), LOCAL_CANCEL_SIGNAL)
             cancelled.append(job)
     return cancelled

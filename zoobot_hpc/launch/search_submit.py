@@ -4,15 +4,25 @@ job array of `trials` tasks, `parallel` at a time; each task asks the study for 
 from __future__ import annotations
 
 import copy
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zoobot_hpc import atomic
 from zoobot_hpc import run_dir as layout
 from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, dump_config, load_yaml
-from zoobot_hpc.launch.search import SEARCH, SearchSpec, create_study, load_search, require_optuna
+from zoobot_hpc.launch.search import (
+    SEARCH,
+    STORAGE_ENV,
+    SearchSpec,
+    create_study,
+    load_search,
+    require_optuna,
+)
 from zoobot_hpc.launch.sweep import parse_overrides
+from zoobot_hpc.redaction import literal_secret, redact_config, redact_text, redact_value
 
 
 @dataclass
@@ -74,6 +84,7 @@ def describe_search(plan: SearchPlan) -> str:
     from zoobot_hpc.launch.executor import sbatch_script
 
     spec = plan.spec
+    hidden = redact_config(plan.config)
     lines = [
         f"# search {plan.sweep_name}: {spec.trials} trials, {spec.parallel} at a time, sampler {spec.sampler}, "
         f"pruner {spec.pruner} (min_epochs {spec.min_epochs}), executor {plan.executor}",
@@ -81,17 +92,37 @@ def describe_search(plan: SearchPlan) -> str:
         f"# one job array: sbatch --array=0-{spec.trials - 1}%{spec.parallel}",
     ]
     lines += [f"#   {p.key}: {p.kind} {p.values}" for p in spec.parameters]
-    lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(plan.config)}")
+    lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(hidden)}")
     if plan.executor == "slurm" or plan.config.resources.executor != "local":
-        script = sbatch_script(plan.config, plan.submitit_dir, plan.sweep_name, spec.trials)
+        script = sbatch_script(hidden, plan.submitit_dir, plan.sweep_name, spec.trials, storage_setup(spec))
         lines.append("# --- sbatch script\n" + script)
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))
+
+
+def storage_setup(spec: SearchSpec) -> list[str]:
+    """The set-up line that hands a `storage:` URL to the array tasks through their environment: the URL (and
+    any password in it) stays in the sbatch script, while `search.json` and the pickled tasks hold it redacted."""
+    return [f"export {STORAGE_ENV}={shlex.quote(spec.storage)}"] if spec.storage else []
+
+
+def search_warnings(plan: SearchPlan) -> list[str]:
+    """One-line warnings of a search submit: secrets written out in setup lines or in the storage URL."""
+    from zoobot_hpc.launch.submit import secret_warnings
+
+    warnings = secret_warnings(plan.config)
+    if plan.spec.storage and literal_secret(plan.spec.storage):
+        warnings.append(
+            f"{plan.spec.source}: storage holds a password: search.json records it as ***; keep it out of files "
+            f"with the database's own password file (~/.pgpass, ~/.my.cnf) or export {STORAGE_ENV}=URL before "
+            "submitting and running status"
+        )
+    return warnings
 
 
 def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     """Check everything, create the study, submit the job array; returns the submitit jobs."""
     from zoobot_hpc.compute.trial_job import TrialJob
-    from zoobot_hpc.launch.executor import make_executor
+    from zoobot_hpc.launch.executor import make_executor, protect_submission_files
     from zoobot_hpc.launch.preflight import preflight
 
     preflight([plan.config], plan.executor, plan.base_dir, allow_download=allow_download)
@@ -99,21 +130,28 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
         raise ConfigError(f"{plan.base_dir}: a search of that name exists; choose another --sweep-name")
     plan.base_dir.mkdir(parents=True, exist_ok=True)
     create_study(plan.base_dir, plan.spec, plan.sweep_name, direction="minimize")
+    # The base config with its secrets, owner-only, as a run's config.yaml; every other record is redacted.
+    atomic.write_text(plan.base_dir / layout.CONFIG, dump_config(plan.config), mode=atomic.OWNER_ONLY)
+    base = redact_config(plan.config).model_dump(mode="json")
     record = {
         "study": plan.sweep_name,
-        "spec": plan.spec.raw,
+        "spec": redact_value(plan.spec.raw),
         "source": plan.source,
         "search_file": plan.spec.source,
-        "overrides": plan.overrides,
+        "overrides": [redact_text(text) for text in plan.overrides],
         "executor": plan.executor,
-        "config": plan.config.model_dump(mode="json"),
+        "config": base,
     }
     layout.write_json(plan.base_dir / SEARCH, record)
-    executor = make_executor(plan.config, plan.submitit_dir, plan.executor, plan.sweep_name)
+    atomic.private_directory(plan.submitit_dir)
+    executor = make_executor(
+        plan.config, plan.submitit_dir, plan.executor, plan.sweep_name, extra_setup=storage_setup(plan.spec)
+    )
     sweep_dir = str(plan.base_dir.resolve())
-    calls = [TrialJob(plan.config.model_dump(mode="json"), sweep_dir, index) for index in range(plan.spec.trials)]
+    calls = [TrialJob(base, sweep_dir, index) for index in range(plan.spec.trials)]
     with executor.batch():
         jobs = [executor.submit(call) for call in calls]
+    protect_submission_files(plan.submitit_dir)
     record.update(
         submitted=time.time(),
         submitit_folder=str(plan.submitit_dir.resolve()),

@@ -1,9 +1,13 @@
-"""`zoobot-hpc status` and `cancel`: the scheduler's view of runs joined with what their run dirs say."""
+"""`zoobot-hpc status` and `cancel`: the scheduler's view of runs joined with what their run dirs say.
+
+Nothing here unpickles: a job's state comes from the scheduler (sacct, squeue), a local job's from its process
+and the JSON it writes when it ends (`zoobot_hpc.compute.job_result`), never from submitit's result pickles,
+which run code when read and sit in a folder the run directory names.
+"""
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoobot_hpc import run_dir as layout
+from zoobot_hpc.compute.job_result import JOB_RESULT, read_result
 
 
 @dataclass
@@ -87,43 +92,48 @@ def process_start_ticks(pid: int | str) -> int | None:
 def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) -> bool:
     """Whether PID is still the local job's controller and not a process that reused its PID: it started when
     `submit` recorded (`started`), or, for submissions without that record, its command line names the job's
-    submitit folder."""
+    submitit folder. Either way it must be a submitit local controller: `cancel` signals it, and a planted
+    `submission.json` may name any process of the user."""
     ticks = process_start_ticks(pid)
     if ticks is None:
         return False
-    if started is not None:
-        return ticks == started
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
+    if LOCAL_CONTROLLER not in cmdline:
+        return False
+    if started is not None:
+        return ticks == started
     return str(submitit_folder).encode() in cmdline
 
 
-def local_state(job_id: str, submitit_folder: Path, started: int | None = None) -> str:
-    """State of a submitit local job: its controller process, else the result it pickled."""
+LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every submitit local job's controller
+
+
+def local_state(job_id: str, submitit_folder: Path, started: int | None = None, run_dir: Path | None = None) -> str:
+    """State of a submitit local job: its controller process, else the outcome the job wrote in its run dir."""
     if is_job_process(job_id, submitit_folder, started):
         return "RUNNING"
-    result = Path(submitit_folder) / f"{job_id}_0_result.pkl"
-    if not result.exists():
+    result = read_result(run_dir, job_id) if run_dir is not None else None
+    if result is None:
         return "ENDED"
-    with open(result, "rb") as handle:
-        outcome = pickle.load(handle)[0]
-    return "COMPLETED" if outcome == "success" else "FAILED"
+    return "COMPLETED" if result.get("outcome") == "success" else "FAILED"
 
 
-def job_error(submitit_folder: Path, job_id: str) -> str | None:
-    """The last line of the error a submitit job ended with (rank 0's result file), if it wrote one."""
-    path = Path(submitit_folder) / f"{job_id}_0_result.pkl"
-    try:
-        with open(path, "rb") as handle:
-            outcome, detail = pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+def job_error(run_dir: Path, job_id: str) -> str | None:
+    """The last line of the error a job ended with, as it recorded it in its run dir (redacted), if it did."""
+    result = read_result(run_dir, job_id)
+    if result is None or result.get("outcome") == "success":
         return None
-    if outcome == "success":
-        return None
-    lines = [line.strip() for line in str(detail).splitlines() if line.strip()]
-    return lines[-1] if lines else str(outcome)
+    return result.get("error") or str(result.get("outcome"))
+
+
+def unread_pickle_note(submitit_folder: Path, job_id: str) -> str:
+    """Why status says nothing of a result pickle it could see: it never unpickles."""
+    if (Path(submitit_folder) / f"{job_id}_0_result.pkl").exists():
+        return f"no {JOB_RESULT} from the job; its submitit result pickle is not read (unpickling runs code)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -197,9 +207,11 @@ def _stop_reason(run: Path, state: str, submission: dict, segments: list[dict]) 
     if state == "CANCELLED":
         return f"cancelled; saved after {stop}; {resume_hint}" if stop else f"cancelled; {resume_hint}"
     if state in {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "ENDED"}:
-        error = job_error(Path(submission.get("submitit_folder", ".")), str(submission.get("job_id")))
+        error = job_error(run, str(submission.get("job_id")))
         if error and "timed-out too many times" in error:
             return f"time-limit requeues exhausted (resources.max_time_limit_requeues); {resume_hint}"
+        if error is None and state == "ENDED":
+            error = unread_pickle_note(Path(submission.get("submitit_folder", ".")), str(submission.get("job_id")))
         return f"{error}; {resume_hint}" if error else resume_hint
     if stop and state != "COMPLETED":
         return f"last stop: {stop}"
@@ -228,7 +240,7 @@ def collect_status(path: Path) -> list[RunStatus]:
         if sub.get("executor") == "slurm":
             state = states.get(job_id, "UNKNOWN")
         elif sub.get("executor") == "local":
-            state = local_state(job_id, Path(sub["submitit_folder"]), sub.get("process_start"))
+            state = local_state(job_id, Path(sub["submitit_folder"]), sub.get("process_start"), run)
         else:
             state = "FINISHED" if summary else "NOT-SUBMITTED"
         epoch = f"{progress['epoch']}/{progress['max_epochs']}" if progress else "-"
@@ -250,6 +262,12 @@ def collect_status(path: Path) -> list[RunStatus]:
     return result
 
 
+# What `cancel` sends a local job's submitit controller: SIGTERM, as `scancel` does. The controller forwards it to
+# the tasks, which save and stop. SIGINT would make the controller kill the tasks within a second without a save,
+# and a controller started from a background shell (`&`, nohup) ignores SIGINT altogether.
+LOCAL_CANCEL_SIGNAL = signal.SIGTERM
+
+
 def cancel_runs(path: Path) -> list[str]:
     """Cancel the jobs of every run under `path`; returns the job ids signalled."""
     cancelled = []
@@ -262,7 +280,7 @@ def cancel_runs(path: Path) -> list[str]:
             if not is_job_process(sub["job_id"], Path(sub["submitit_folder"]), sub.get("process_start")):
                 continue
             try:
-                os.kill(int(sub["job_id"]), signal.SIGINT)
+                os.kill(int(sub["job_id"]), LOCAL_CANCEL_SIGNAL)
                 cancelled.append(sub["job_id"])
             except ProcessLookupError:
                 pass

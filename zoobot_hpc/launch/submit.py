@@ -21,12 +21,12 @@ from zoobot_hpc.config import (
     load_config,
     load_yaml,
 )
-from zoobot_hpc.launch.executor import make_executor, sbatch_script
+from zoobot_hpc.launch.executor import make_executor, protect_submission_files, sbatch_script
 from zoobot_hpc.launch.partition import preemption_warnings, read_partition, save_time_needed
 from zoobot_hpc.launch.preflight import check_run_dir, preflight, resolve_executor
 from zoobot_hpc.launch.status import process_start_ticks
 from zoobot_hpc.launch.sweep import Point, expand_points, load_grid, parse_overrides, run_name
-from zoobot_hpc.redaction import redact_config, redact_text
+from zoobot_hpc.redaction import literal_secret, redact_config, redact_text, redact_value
 
 
 @dataclass
@@ -161,16 +161,34 @@ def describe_plan(plan: Plan) -> str:
             "# --- sbatch script\n"
             + sbatch_script(redact_config(plan.runs[0].config), plan.submitit_dir, job_name, len(plan.runs))
         )
-    return "\n".join(parts)
+    return redact_text("\n".join(parts))
+
+
+def secret_warnings(config: RunConfig) -> list[str]:
+    """One line when setup lines or sbatch_extra write a secret out literally, saying how to keep it out of files."""
+    where = [f"resources.setup[{i}]" for i, line in enumerate(config.resources.setup) if literal_secret(line)]
+    where += [
+        f"resources.sbatch_extra.{name}"
+        for name, value in config.resources.sbatch_extra.items()
+        if isinstance(value, str) and (literal_secret(f"{name}={value}") or literal_secret(value))
+    ]
+    if not where:
+        return []
+    return [
+        f"{', '.join(where)} holds a literal secret: it stays only in the run's config.yaml and the sbatch script "
+        "(both 0600), but keep it out of files: export it before submitting (the job inherits your environment) "
+        "or read it from a file in your home directory (export HF_TOKEN=$(cat ~/.hf_token))"
+    ]
 
 
 def submit_warnings(plan: Plan) -> list[str]:
-    """Login-node warnings that do not stop a submit: whether a checkpoint fits in the signal delay and in the
-    SLURM partition's preemption grace time, and whether a preempted run comes back by itself."""
+    """Login-node warnings that do not stop a submit: a secret written out in a setup line, whether a checkpoint
+    fits in the signal delay and in the SLURM partition's preemption grace time, and whether a preempted run comes
+    back by itself."""
     config = plan.runs[0].config
     partition = read_partition(config.resources.partition) if plan.executor == "slurm" else None
     need, source = save_time_needed([run.run_dir for run in plan.runs])
-    return preemption_warnings(partition, config, need, source, plan.base_dir)
+    return secret_warnings(config) + preemption_warnings(partition, config, need, source, plan.base_dir)
 
 
 @dataclass
@@ -197,8 +215,9 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
     check_plan(plan, allow_download)
     for run in plan.runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run.run_dir / layout.CONFIG, dump_config(run.config))
+        atomic.write_text(run.run_dir / layout.CONFIG, dump_config(run.config), mode=atomic.OWNER_ONLY)
     job_name = plan.sweep_name or plan.runs[0].config.name
+    atomic.private_directory(plan.submitit_dir)
     executor = make_executor(plan.runs[0].config, plan.submitit_dir, plan.executor, job_name)
     calls = [
         TrainingJob(redact_config(run.config).model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
@@ -209,6 +228,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
     else:
         with executor.batch():
             jobs = [executor.submit(call) for call in calls]
+    protect_submission_files(plan.submitit_dir)
     submitted = time.time()
     for run, job in zip(plan.runs, jobs, strict=True):
         layout.write_json(
@@ -220,7 +240,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "stdout": str(job.paths.stdout),
                 "stderr": str(job.paths.stderr),
                 "process_start": process_start_ticks(job.job_id) if plan.executor == "local" else None,
-                "point": run.point,
+                "point": redact_value(run.point),
                 "sweep": plan.sweep_name,
                 "submitted": submitted,
             },
@@ -236,7 +256,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "executor": plan.executor,
                 "submitted": submitted,
                 "runs": [
-                    {"name": r.name, "point": r.point, "run_dir": str(r.run_dir), "job_id": j.job_id}
+                    {"name": r.name, "point": redact_value(r.point), "run_dir": str(r.run_dir), "job_id": j.job_id}
                     for r, j in zip(plan.runs, jobs, strict=True)
                 ],
             },
