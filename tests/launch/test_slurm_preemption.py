@@ -56,11 +56,12 @@ LONG_LIMIT = "10:00"  # what time limits are submitted with, and lengthened back
 DRIVER_TIMEOUT_S = 840  # how long a test waits for its scenario's driver, which waits on events with their own limits
 ABORT = threading.Event()  # set when the module's runs are torn down: every driver still waiting gives up
 STEP_SLEEP_S = 2.0  # a stopped run's steps, while its driver still has stops to make (< KillWait, the save follows)
-LAYOUTS = {  # the 1 x 4 runs read in the main process, the 2 x 2 ones through a loader worker: the same batches
+LAYOUTS = {  # the runs read in their main processes (28 ranks with a loader each would not fit in 24 GB); the
+    # preempted one reads through a loader worker: the batches are the same
     "2x2": {
         "resources__nodes": 2,
         "resources__tasks_per_node": 2,
-        "data__num_workers": 1,
+        "data__num_workers": 0,
         "sbatch_extra": {"nodelist": "n[1-2]"},
     },
     "1x4": {
@@ -255,9 +256,13 @@ def trained_past_newest_checkpoint(run_dir: Path):
     return check
 
 
-def drive_lost_node(run_dir: Path, slurm_cluster) -> int:
-    """Its second node stops answering once it trained past a periodic checkpoint; after SLURM requeued it, the node
-    comes back: the step of the newest checkpoint when the node was lost."""
+def drive_lost_node(submit: Callable[[], Path], baselines: list[Path], slurm_cluster) -> int:
+    """Submitted once the baselines are done (at most 24 ranks at once: each needs ~0.5 GB); its second node stops
+    answering once it trained past a periodic checkpoint; after SLURM requeued it, the node comes back: the step of
+    the newest checkpoint when the node was lost."""
+    for baseline in baselines:
+        slurm_cluster.wait_for_state(job_of(baseline), ["COMPLETED"], timeout=600)
+    run_dir = submit()
     job = job_of(run_dir)
     try:
         wait_for(lambda: newest_saved_step(run_dir) >= PERIODIC_STEPS, 420, "a periodic checkpoint")
@@ -351,6 +356,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         "2x2",
         probe=probe_spec(root / "preempted" / "probe", step_sleep_s=0.5),
         resources__partition="low",
+        data__num_workers=1,
         extra_callbacks=[validation_stop],
     )
     slow_files = {name: root / name / "slow" for name in ("four-ranks", "time-limit")}
@@ -395,16 +401,17 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
     def read_own_script_log(_run_dir: Path) -> str:
         return own_script_log.read_text() if own_script_log.exists() else ""
 
-    lost_node = submit_run(
-        root / "lost-node",
-        demo_dataset,
-        "lost-node",
-        "2x2",
-        probe=probe_spec(root / "lost-node" / "probe", step_sleep_s=0.3),
-        resources__sbatch_extra={"nodelist": LOST_NODES},
-        trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
-        trainer__heartbeat_every_s=2.0,
-    )
+    def submit_lost_node() -> Path:
+        return submit_run(
+            root / "lost-node",
+            demo_dataset,
+            "lost-node",
+            "2x2",
+            probe=probe_spec(root / "lost-node" / "probe", step_sleep_s=0.3),
+            resources__sbatch_extra={"nodelist": LOST_NODES},
+            trainer__checkpoint_every_n_steps=PERIODIC_STEPS,
+            trainer__heartbeat_every_s=2.0,
+        )
 
     pool = ThreadPoolExecutor(max_workers=5, thread_name_prefix="driver")
     drivers: dict[str, Future] = {
@@ -412,7 +419,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         "four-ranks": pool.submit(drive_four_ranks, four_ranks, slow_files["four-ranks"], slurm_cluster),
         "time-limit": pool.submit(drive_time_limit, time_limited, slow_files["time-limit"], slurm_cluster),
         "own-script": pool.submit(drive_own_script, own_script_dir, own_script_job, read_own_script_log, slurm_cluster),
-        "lost-node": pool.submit(drive_lost_node, lost_node, slurm_cluster),
+        "lost-node": pool.submit(drive_lost_node, submit_lost_node, [baseline, baseline_1x4], slurm_cluster),
     }
     yield {
         "root": root,
@@ -425,7 +432,7 @@ def runs(tmp_path_factory, demo_dataset, slurm_cluster):
         "time-limit": time_limited,
         "own-script": (own_script_dir, own_script_job),
         "own-script-log": read_own_script_log,
-        "lost-node": lost_node,
+        "lost-node": root / "lost-node" / "runs" / "lost-node",
     }
     ABORT.set()
     pool.shutdown(wait=True, cancel_futures=True)
@@ -536,8 +543,8 @@ def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues
 @pytest.mark.timeout(900)
 def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_checkpoint(runs, slurm_cluster):
     run_dir = runs["lost-node"]
-    job = job_of(run_dir)
     saved_before = outcome_of(runs, "lost-node")
+    job = job_of(run_dir)
     states = [r["State"] for r in slurm_cluster.settled_accounting(job)]
     assert states == ["NODE_FAIL", "COMPLETED"], states
     lost, resumed = segments(run_dir)
