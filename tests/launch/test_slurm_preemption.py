@@ -448,6 +448,13 @@ def finished_baseline(runs, slurm_cluster, name: str) -> Path:
     return runs["root"] / name / "probe"
 
 
+def assert_ends_like_its_baseline(runs, slurm_cluster, scenario: str, baseline_name: str = "baseline") -> None:
+    """Every step the scenario trained, and its final weights, equal the uninterrupted run's of its layout."""
+    baseline = finished_baseline(runs, slurm_cluster, baseline_name)
+    assert assert_steps_match(runs["root"] / scenario / "probe", baseline) == MAX_EPOCHS * 13
+    assert_same_final_weights(runs["root"] / scenario / "probe", baseline)
+
+
 @pytest.mark.timeout(900)
 def test_uninterrupted_runs_of_four_ranks_are_bit_identical_whatever_their_layout(runs, slurm_cluster):
     """A determinism regression fails here (and a resume regression does not): 2 x 2 and 1 x 4 train the same."""
@@ -477,9 +484,7 @@ def test_preempted_2x2_stopped_in_validation_preempted_cancelled_and_resumed_end
     assert "Traceback" not in logs
     assert re.search(r"preemption signal \(SIGUSR2\): saved the training position, validation to rerun", logs)
 
-    baseline = finished_baseline(runs, slurm_cluster, "baseline")
-    assert assert_steps_match(runs["root"] / "preempted" / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(runs["root"] / "preempted" / "probe", baseline)
+    assert_ends_like_its_baseline(runs, slurm_cluster, "preempted")
 
 
 @pytest.mark.timeout(900)
@@ -494,9 +499,7 @@ def test_1x4_preempted_then_stopped_twice_by_its_real_time_limit_ends_with_unint
     assert states == ["PREEMPTED", "REQUEUED", "REQUEUED", "COMPLETED"], states
     assert "Traceback" not in log_of(run_dir)
 
-    baseline = finished_baseline(runs, slurm_cluster, "baseline-1x4")
-    assert assert_steps_match(runs["root"] / "four-ranks" / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(runs["root"] / "four-ranks" / "probe", baseline)
+    assert_ends_like_its_baseline(runs, slurm_cluster, "four-ranks", "baseline-1x4")
 
 
 @pytest.mark.timeout(900)
@@ -518,9 +521,7 @@ def test_real_time_limit_stops_2x2_twice_then_status_says_why_and_the_resumed_ru
     assert len(wandb_runs) == 3
     assert {run.run_id for run in wandb_runs} == {f"time-limit-{job}"}
 
-    baseline = finished_baseline(runs, slurm_cluster, "baseline")
-    assert assert_steps_match(runs["root"] / "time-limit" / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(runs["root"] / "time-limit" / "probe", baseline)
+    assert_ends_like_its_baseline(runs, slurm_cluster, "time-limit")
 
 
 @pytest.mark.timeout(900)
@@ -535,9 +536,7 @@ def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues
     log = runs["own-script-log"](run_dir)
     assert "the SIGTERM was SLURM's time limit" in log, log[-3000:]
 
-    baseline = finished_baseline(runs, slurm_cluster, "baseline")
-    assert assert_steps_match(runs["root"] / "own-script" / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(runs["root"] / "own-script" / "probe", baseline)
+    assert_ends_like_its_baseline(runs, slurm_cluster, "own-script")
 
 
 @pytest.mark.timeout(900)
@@ -559,6 +558,4 @@ def test_lost_node_of_2x2_mid_epoch_requeues_and_resumes_from_the_periodic_check
     assert expected in status.stdout, status.stdout
     assert "requeues=1" in status.stdout, status.stdout
 
-    baseline = finished_baseline(runs, slurm_cluster, "baseline")
-    assert assert_steps_match(runs["root"] / "lost-node" / "probe", baseline) == MAX_EPOCHS * 13
-    assert_same_final_weights(runs["root"] / "lost-node" / "probe", baseline)
+    assert_ends_like_its_baseline(runs, slurm_cluster, "lost-node")
