@@ -8,6 +8,7 @@ together), and its own atomic save moves a temp file across filesystems, which i
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import shutil
@@ -28,9 +29,9 @@ from zoobot_hpc.compute.preemption import PreemptionFlag, stop_all_ranks
 from zoobot_hpc.compute.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
 from zoobot_hpc.disk_space import out_of_space
 from zoobot_hpc.nonfinite import (
+    FINITE_CHECK_EVERY_N_STEPS,
+    FiniteWatch,
     NonFiniteTraining,
-    gradients_are_finite,
-    loss_is_finite,
     nonfinite_message,
     suspect_ids,
 )
@@ -147,8 +148,9 @@ class ResumeCheckpointer(Callback):
     due; after a preemption save every rank records the agreed stop on its flag and raises PreemptedStop. Saves
     happen only on accumulation boundaries, so no partial gradient is ever lost. A save that would land on an
     epoch's last batch is deferred by one step (Lightning 2.6 restores wrong epoch counters from such a checkpoint).
-    The same agreement carries whether any rank's loss or gradients were non-finite: then every rank raises
-    NonFiniteTraining at that step, before anything is saved.
+    Whether each step's loss and gradients were finite is recorded on the device and checked (one host sync and
+    one all-reduce) every FINITE_CHECK_EVERY_N_STEPS steps, before every save and at each epoch's end: on a
+    non-finite step every rank raises NonFiniteTraining before anything from it on is saved.
     """
 
     def __init__(
@@ -166,8 +168,7 @@ class ResumeCheckpointer(Callback):
         self._last_save = time.monotonic()
         self._rerun_validation = False
         self._resumed_before_validation = False
-        self._nonfinite = False
-        self._nonfinite_loss = False
+        self._finite_watch = FiniteWatch()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._flag_group = host_flag_group()
@@ -178,18 +179,15 @@ class ResumeCheckpointer(Callback):
             loader.record_progress(batch_idx + 1)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        self._nonfinite = self._nonfinite or not gradients_are_finite(pl_module)
+        self._finite_watch.record_gradients(pl_module)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if not loss_is_finite(outputs):
-            self._nonfinite = self._nonfinite_loss = True
-            log.error("rank %d: non-finite loss at step %d; %s", trainer.global_rank, step, suspect_ids(batch))
+        self._finite_watch.record_step(step, outputs, batch)
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            if self._agree([float(self._nonfinite)])[2]:
-                self._stop_nonfinite(trainer, step)
+            self._check_finite(trainer, step)
             loader = trainer.train_dataloader
             if hasattr(loader, "record_epoch_done"):
                 loader.record_epoch_done()
@@ -198,10 +196,11 @@ class ResumeCheckpointer(Callback):
             return
         time_due = float(self.every_s is not None and time.monotonic() - self._last_save >= self.every_s)
         steps_due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        requeue, terminated, time_due, nonfinite = self._agree([time_due, float(self._nonfinite)])
-        if nonfinite:
-            self._stop_nonfinite(trainer, step)
-        if not (requeue or terminated or time_due or steps_due):
+        requeue, terminated, time_due = self._agree([time_due])
+        saving = requeue or terminated or time_due or steps_due
+        if saving or step % FINITE_CHECK_EVERY_N_STEPS == 0:
+            self._check_finite(trainer, step)
+        if not saving:
             return
         trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
@@ -255,13 +254,24 @@ class ResumeCheckpointer(Callback):
         """[requeue signal, SIGTERM, *extra], each the max over all ranks."""
         return agree_on_stop(self.flag, extra, self._flag_group)
 
-    def _stop_nonfinite(self, trainer: Trainer, step: int) -> NoReturn:
-        """Every rank: name the ranks whose own loss was not finite (a collective) and raise NonFiniteTraining."""
-        mine = [0.0] * trainer.world_size
-        mine[trainer.global_rank] = float(self._nonfinite_loss)
-        ranks = [rank for rank, seen in enumerate(all_reduce_max(mine, self._flag_group)) if seen]
+    def _check_finite(self, trainer: Trainer, step: int) -> None:
+        """Every rank together (one all-reduce): if any step since the last check was not finite, name the ranks
+        whose own loss was not, log the suspects of each, and raise NonFiniteTraining on every rank."""
+        bad_step, loss_bad, labels = self._finite_watch.first_bad()
+        world = trainer.world_size
+        mine = [0.0] * (world + 2)
+        mine[trainer.global_rank] = float(loss_bad)
+        mine[world] = float(bad_step is not None)
+        mine[world + 1] = -float(bad_step) if bad_step is not None else -math.inf
+        agreed = all_reduce_max(mine, self._flag_group)
+        if not agreed[world]:
+            return
+        if loss_bad:
+            log.error("rank %d: non-finite loss at step %d; %s", trainer.global_rank, bad_step, suspect_ids(labels))
+        ranks = [rank for rank in range(world) if agreed[rank]]
         newest = newest_valid_checkpoint(self.path.parent)
-        message = nonfinite_message(step, trainer.current_epoch, ranks, newest.name if newest else None)
+        first = int(-agreed[world + 1])
+        message = nonfinite_message(first, step, trainer.current_epoch, ranks, newest.name if newest else None)
         if trainer.is_global_zero:
             log.error(message)
         raise NonFiniteTraining(message)

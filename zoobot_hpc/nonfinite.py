@@ -1,7 +1,9 @@
 """Non-finite training: how a step's loss and gradients are checked, and the one line a run stops with.
 
-`ResumeCheckpointer` folds the check into its per-step agreement of the ranks, so every rank stops at the same
-step; nothing of a non-finite step is ever saved, and the newest checkpoint (finite) stays the one to resume from.
+`ResumeCheckpointer` records every step on the device (no host sync) and reads the record every
+FINITE_CHECK_EVERY_N_STEPS steps, before every save and at each epoch's end, in one all-reduce of the ranks: every
+rank stops at the same step, nothing from the first non-finite step on is ever saved, and the newest checkpoint
+(finite) stays the one to resume from.
 """
 
 from __future__ import annotations
@@ -16,20 +18,50 @@ class NonFiniteTraining(RuntimeError):
     """Raised on every rank at the same step once any rank's loss or gradients were NaN or infinite."""
 
 
-def loss_is_finite(outputs: Any) -> bool:
-    """Whether a training step's output (a loss tensor, or a mapping holding one under "loss") is finite."""
+FINITE_CHECK_EVERY_N_STEPS = 10  # and before every save and at each epoch's end: one host sync per check
+
+
+def _loss_of(outputs: Any) -> torch.Tensor | None:
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-    if not isinstance(loss, torch.Tensor):
-        return True
-    return bool(torch.isfinite(loss.detach()).all())
+    return loss.detach() if isinstance(loss, torch.Tensor) else None
 
 
-def gradients_are_finite(module: torch.nn.Module) -> bool:
-    """Whether every gradient of `module` is finite (DDP has already averaged them: equal on every rank)."""
-    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+class FiniteWatch:
+    """Whether each training step's loss and gradients were finite, recorded on the device without a host sync;
+    `first_bad()` reads the steps since the last call at once. Keeps each step's ids and labels (not its images)
+    so that the step which went wrong can be named."""
+
+    def __init__(self) -> None:
+        self._grads_ok: torch.Tensor | None = None
+        self._steps: list[tuple[int, torch.Tensor, torch.Tensor, dict[str, Any]]] = []
+
+    def record_gradients(self, module: torch.nn.Module) -> None:
+        """Before the optimiser step: are the (already all-reduced, equal on every rank) gradients finite."""
+        grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+        if grads:
+            self._grads_ok = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+
+    def record_step(self, step: int, outputs: Any, batch: Any) -> None:
+        loss, grads_ok = _loss_of(outputs), self._grads_ok
+        device = loss.device if loss is not None else grads_ok.device if grads_ok is not None else torch.device("cpu")
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        loss_ok = torch.isfinite(loss).all() if loss is not None else finite
+        grads_ok = grads_ok.to(device) if grads_ok is not None else finite
+        labels = {k: v for k, v in batch.items() if k != "image"} if isinstance(batch, Mapping) else {}
+        self._steps.append((step, loss_ok, grads_ok, labels))
+        self._grads_ok = None
+
+    def first_bad(self) -> tuple[int | None, bool, dict[str, Any]]:
+        """The first step recorded since the last call whose loss or gradients were not finite (None: all were),
+        whether its loss was, and its ids and labels; forgets the steps."""
+        steps, self._steps = self._steps, []
+        if not steps:
+            return None, False, {}
+        flags = torch.stack([torch.stack([loss_ok, grads_ok]) for _, loss_ok, grads_ok, _ in steps]).tolist()
+        for (step, *_, labels), (loss_ok, grads_ok) in zip(steps, flags, strict=True):
+            if not (loss_ok and grads_ok):
+                return step, not loss_ok, labels
+        return None, False, {}
 
 
 def suspect_ids(batch: Any, limit: int = 8) -> str:
@@ -48,13 +80,13 @@ def suspect_ids(batch: Any, limit: int = 8) -> str:
     return f"batch ids {ids[:limit]}"
 
 
-def nonfinite_message(step: int, epoch: int, ranks: Sequence[int], resume_from: str | None) -> str:
-    """The one line a run stops with after a non-finite step; `ranks`: those whose own loss was not finite (none:
-    the gradients overflowed, on every rank alike)."""
+def nonfinite_message(step: int, found_at: int, epoch: int, ranks: Sequence[int], resume_from: str | None) -> str:
+    """The one line a run stops with after a non-finite step (found at step `found_at`); `ranks`: those whose own
+    loss was not finite (none: the gradients overflowed, on every rank alike)."""
     where = f"rank {', '.join(str(rank) for rank in ranks)}" if ranks else "every rank (gradients only)"
     newest = f"the newest checkpoint ({resume_from}) is finite" if resume_from else "no checkpoint was saved yet"
     return (
         f"non-finite loss or gradients at step {step} (epoch {epoch}) on {where}: stopped without saving this "
-        f"step; {newest}. Check the labels of the batch named in that rank's log (NaN or negative values), "
-        "or lower model.learning_rate"
+        f"step or any after it (found at step {found_at}); {newest}. Check the labels of the batch named in that "
+        "rank's log (NaN or negative values), or lower model.learning_rate"
     )
