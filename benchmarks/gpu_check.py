@@ -28,11 +28,11 @@ from head_only_cache import fit as fit_epochs
 from loader_throughput import shard_loader_rate
 from training_throughput import run_pipeline, run_synthetic
 
-from zoobot_hpc.config import RunConfig, build_config
+from zoobot_hpc.core.config import RunConfig, build_config
 from zoobot_hpc.data.demo import write_demo_dataset
-from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
 from zoobot_hpc.data.shard_format import read_manifest
-from zoobot_hpc.train import build_datamodule, build_model, run_training
+from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule
+from zoobot_hpc.training.run import build_datamodule, build_model, run_training
 
 GPU_SIZES = {"encoder": "convnext_nano", "size": 224, "images": 10000, "batch_size": 128, "workers": 8}
 SMOKE_SIZES = {"encoder": "test_convnext", "size": 32, "images": 240, "batch_size": 16, "workers": 2}

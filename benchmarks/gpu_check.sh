@@ -11,11 +11,11 @@ export PYTHONUNBUFFERED=1 HDF5_USE_FILE_LOCKING=FALSE WANDB_MODE=disabled HF_HUB
 PYTHON=${PYTHON:-python3}
 
 # Install the project (and what it needs) unless it already imports; with no network, use the checkout as is.
-if ! "$PYTHON" -c "import zoobot_hpc.train, zoobot_hpc.inference.loop" 2>/dev/null; then
+if ! "$PYTHON" -c "import zoobot_hpc.training.run, zoobot_hpc.inference.loop" 2>/dev/null; then
     "$PYTHON" -m pip install -q -e . || echo "gpu_check: 'pip install -e .' failed; trying the checkout as is" >&2
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -c "import zoobot_hpc.train, zoobot_hpc.inference.loop" || {
+"$PYTHON" -c "import zoobot_hpc.training.run, zoobot_hpc.inference.loop" || {
     echo "gpu_check: zoobot_hpc does not import here (a dependency is missing; see the error above)" >&2
     exit 1
 }

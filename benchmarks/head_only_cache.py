@@ -23,10 +23,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from zoobot_hpc.config import build_config
+from zoobot_hpc.core.config import build_config
 from zoobot_hpc.data.demo import write_demo_dataset
-from zoobot_hpc.data.embedding_cache import EmbeddingCacheDataModule
-from zoobot_hpc.train import build_datamodule, build_model
+from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule
+from zoobot_hpc.training.run import build_datamodule, build_model
 
 
 def parse_args() -> argparse.Namespace:

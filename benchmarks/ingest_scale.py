@@ -111,8 +111,8 @@ result = {{"wall_s": time.perf_counter() - start, "code": code}}
 """
 
 PREFLIGHT_OLD = """
-from zoobot_hpc.launch.preflight import check_run_dir, preflight
-from zoobot_hpc.launch.submit import plan_runs
+from zoobot_hpc.login.preflight import check_run_dir, preflight
+from zoobot_hpc.login.submit import plan_runs
 plan = plan_runs({config!r})
 preflight([run.config for run in plan.runs], plan.executor, plan.base_dir)
 result = {{"wall_s": time.perf_counter() - start}}

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from zoobot_hpc import run_dir as layout
+from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.data.demo import write_demo_dataset
-from zoobot_hpc.launch.submit import plan_runs, submit_plan
+from zoobot_hpc.login.submit import plan_runs, submit_plan
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from zoobot_hpc import run_dir as layout
+from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.data.demo import write_demo_dataset
-from zoobot_hpc.launch.search import load_study
-from zoobot_hpc.report import collect_runs, write_report
+from zoobot_hpc.login.report import collect_runs, write_report
+from zoobot_hpc.search.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNING_RATES = [3.0e-4, 3.0e-3, 3.0e-2]

@@ -1,4 +1,4 @@
-"""Shared test setup: the loopback SLURM cluster plugin (tests/slurm_cluster.py) and one torch thread per test."""
+"""Shared test setup: plugins (the loopback SLURM cluster, job and trained-run fixtures), one torch thread per test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
-pytest_plugins = ["tests.slurm_cluster"]
+pytest_plugins = ["tests.cluster.slurm_cluster", "tests.support.jobs", "tests.support.trained_runs"]
 
 
 @pytest.fixture(autouse=True)

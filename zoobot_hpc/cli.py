@@ -9,7 +9,7 @@ import re
 
 import click
 
-from zoobot_hpc.model.kinds import MODEL_KINDS
+from zoobot_hpc.core.model_kinds import MODEL_KINDS
 
 _BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -121,7 +121,7 @@ def shard(
 
     try:
         if schema is not None:
-            from zoobot_hpc.model.schemas import answer_column, preset_schema
+            from zoobot_hpc.core.label_schemas import answer_column, preset_schema
 
             pairs, _ = preset_schema(schema)
             label_cols = (*label_cols, *(answer_column(q, a) for q, answers in pairs.items() for a in answers))
@@ -217,8 +217,8 @@ def inspect(
 
 
 def _fail(error: Exception) -> None:
-    """End a command with one line; secrets the error quotes are hidden (zoobot_hpc.redaction)."""
-    from zoobot_hpc.redaction import redact_text
+    """End a command with one line; secrets the error quotes are hidden (zoobot_hpc.core.redaction)."""
+    from zoobot_hpc.core.redaction import redact_text
 
     raise click.ClickException(redact_text(str(error))) from error
 
@@ -247,11 +247,11 @@ def submit(
     no_download: bool,
 ) -> None:
     """Submit CONFIG (with KEY=VALUE overrides; KEY=a,b,c sweeps) as one job or one job array."""
-    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.core.config import ConfigError
     from zoobot_hpc.data.shard_format import DatasetError
-    from zoobot_hpc.launch.preflight import PreflightError
-    from zoobot_hpc.launch.status import follow as follow_logs
-    from zoobot_hpc.launch.submit import check_plan, describe_plan, plan_runs, submit_plan, submit_warnings
+    from zoobot_hpc.login.preflight import PreflightError
+    from zoobot_hpc.login.status import follow as follow_logs
+    from zoobot_hpc.login.submit import check_plan, describe_plan, plan_runs, submit_plan, submit_warnings
 
     if search_file:
         if grid_file:
@@ -288,15 +288,15 @@ def _echo_warnings(lines: list[str]) -> None:
 def _submit_search(
     config: str, overrides: tuple[str, ...], search_file: str, sweep_name: str | None, dry_run: bool, no_download: bool
 ) -> None:
-    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.core.config import ConfigError
     from zoobot_hpc.data.shard_format import DatasetError
-    from zoobot_hpc.launch.preflight import PreflightError
-    from zoobot_hpc.launch.search_submit import describe_search, plan_search, search_warnings, submit_search
+    from zoobot_hpc.login.preflight import PreflightError
+    from zoobot_hpc.search.submit import describe_search, plan_search, search_warnings, submit_search
 
     try:
         plan = plan_search(config, overrides, search_file, sweep_name)
         if dry_run:
-            from zoobot_hpc.launch.preflight import preflight
+            from zoobot_hpc.login.preflight import preflight
 
             warnings = preflight(
                 [plan.config], plan.executor, plan.base_dir, allow_download=not no_download, dry_run=True
@@ -324,11 +324,11 @@ def _submit_search(
 def resume(run_dir: str, follow: bool) -> None:
     """Submit a stopped run again (cancelled, out of time-limit requeues, preempted where preemption cancels):
     it continues from the newest checkpoint in RUN_DIR."""
-    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.core.config import ConfigError
     from zoobot_hpc.data.shard_format import DatasetError
-    from zoobot_hpc.launch.preflight import PreflightError
-    from zoobot_hpc.launch.status import follow as follow_logs
-    from zoobot_hpc.launch.submit import plan_resume, submit_plan
+    from zoobot_hpc.login.preflight import PreflightError
+    from zoobot_hpc.login.status import follow as follow_logs
+    from zoobot_hpc.login.submit import plan_resume, submit_plan
 
     try:
         plan = plan_resume(run_dir)
@@ -343,8 +343,8 @@ def resume(run_dir: str, follow: bool) -> None:
 
 
 def _results_text(run_dir) -> str:
-    from zoobot_hpc import run_dir as layout
-    from zoobot_hpc.tracking import offline_segments
+    from zoobot_hpc.core import run_dir as layout
+    from zoobot_hpc.training.tracking import offline_segments
 
     summary = layout.read_json(run_dir / layout.SUMMARY)
     if summary is None:
@@ -369,11 +369,11 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     """Run CONFIG in this process or allocation (salloc, workstation, your own sbatch script)."""
     from pathlib import Path
 
-    from zoobot_hpc.compute.node import configure_job_logging
-    from zoobot_hpc.compute.preemption import run_preemptible
-    from zoobot_hpc.config import ConfigError, load_config
-    from zoobot_hpc.launch.preflight import PreflightError, check_run_dir
-    from zoobot_hpc.train import run_training
+    from zoobot_hpc.core.config import ConfigError, load_config
+    from zoobot_hpc.login.preflight import PreflightError, check_run_dir
+    from zoobot_hpc.runtime.node import configure_job_logging
+    from zoobot_hpc.runtime.preemption import run_preemptible
+    from zoobot_hpc.training.run import run_training
 
     try:
         run_config = load_config(config, overrides)
@@ -385,8 +385,8 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
-    from zoobot_hpc.disk_space import OutOfSpace
-    from zoobot_hpc.nonfinite import NonFiniteTraining
+    from zoobot_hpc.core.disk_space import OutOfSpace
+    from zoobot_hpc.training.nonfinite import NonFiniteTraining
 
     try:
         run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
@@ -402,12 +402,12 @@ def status(path: str) -> None:
     search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
     from pathlib import Path
 
-    from zoobot_hpc.launch.search import is_search_dir
-    from zoobot_hpc.launch.status import collect_status
+    from zoobot_hpc.login.status import collect_status
+    from zoobot_hpc.search.study import is_search_dir
 
     if is_search_dir(Path(path)):
-        from zoobot_hpc.config import ConfigError
-        from zoobot_hpc.launch.search_status import status_lines
+        from zoobot_hpc.core.config import ConfigError
+        from zoobot_hpc.search.status import status_lines
 
         try:
             click.echo("\n".join(status_lines(Path(path))))
@@ -427,11 +427,11 @@ def cancel(path: str) -> None:
     """Cancel the jobs of a sweep, search or run directory."""
     from pathlib import Path
 
-    from zoobot_hpc.launch.search import is_search_dir
-    from zoobot_hpc.launch.status import cancel_runs
+    from zoobot_hpc.login.status import cancel_runs
+    from zoobot_hpc.search.study import is_search_dir
 
     if is_search_dir(Path(path)):
-        from zoobot_hpc.launch.search_status import cancel_search
+        from zoobot_hpc.search.status import cancel_search
 
         cancelled = cancel_search(Path(path))
     else:
@@ -447,9 +447,9 @@ def sync(path: str, dry_run: bool) -> None:
     import shlex
     from pathlib import Path
 
-    from zoobot_hpc import run_dir as layout
-    from zoobot_hpc.config import load_config
-    from zoobot_hpc.tracking import sync_command, sync_run
+    from zoobot_hpc.core import run_dir as layout
+    from zoobot_hpc.core.config import load_config
+    from zoobot_hpc.training.tracking import sync_command, sync_run
 
     failures = 0
     for run in layout.find_run_dirs(Path(path)):
@@ -492,7 +492,7 @@ def _inference_options(function):
 def _infer(mode: str, options: dict) -> None:
     from pathlib import Path
 
-    from zoobot_hpc.config import ConfigError
+    from zoobot_hpc.core.config import ConfigError
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.inference.job import run_request_here, submit_request
     from zoobot_hpc.inference.request import InferenceError, InferenceRequest, default_output
@@ -572,7 +572,7 @@ def export(checkpoint: str, out_dir: str, repo_id: str | None, public: bool, pri
 def report(sweep_dir: str, out_dir: str | None) -> None:
     """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s); for a
     search, also its optimisation history, parameter importances and metric against each parameter."""
-    from zoobot_hpc.report import write_report
+    from zoobot_hpc.login.report import write_report
 
     try:
         table, written = write_report(sweep_dir, out_dir)

@@ -5,7 +5,7 @@ OUT_DIR holds `config.json` + `model.safetensors` (the encoder, as `timm.models.
 (the finetuned head, described under `zoobot_hpc` in config.json) and `README.md` (the model card).
 
 An export is meant to be published, so it carries only what describes the model: the card's config is the run's
-`model`, `data` and `trainer` sections with every secret redacted (`zoobot_hpc.redaction`) and the dataset named by
+`model`, `data` and `trainer` sections with every secret redacted (`zoobot_hpc.core.redaction`) and the dataset named by
 its folder, not its path; an export that still holds a token-looking string anywhere is refused, and `push_export`
 creates private Hub repositories unless asked otherwise.
 torch and timm are imported inside the functions: the CLI imports this module on the login node.
@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from zoobot_hpc import run_dir as layout
-from zoobot_hpc.redaction import redact_text, redact_value
+from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.redaction import redact_text, redact_value
 
 HEAD_FILE = "head.safetensors"
 CARD_FILE = "README.md"

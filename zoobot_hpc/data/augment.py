@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from zoobot_hpc.data.augment_config import AugmentConfig
+from zoobot_hpc.core.augment_config import AugmentConfig
 
 __all__ = ["AugmentConfig", "augment_batch", "random_affine", "uniform_draws"]
 

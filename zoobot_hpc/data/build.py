@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from zoobot_hpc.atomic import write_text
+from zoobot_hpc.core.atomic import write_text
 from zoobot_hpc.data.build_planning import plan_build
 from zoobot_hpc.data.build_state import (
     PLAN_ATTR,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from zoobot_hpc.atomic import write_text
+from zoobot_hpc.core.atomic import write_text
 from zoobot_hpc.data.catalog_scan import ID, PATH
 from zoobot_hpc.data.shard_format import FORMAT_VERSION, STATE_DIR, ShardInfo
 

@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoobot_hpc.atomic import commit, write_text
+from zoobot_hpc.core.atomic import commit, write_text
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -231,7 +231,7 @@ def open_shard(path: str | os.PathLike, locking: bool | None = None) -> h5py.Fil
 
 
 def write_manifest(dataset_dir: str | os.PathLike, manifest: Manifest) -> None:
-    """Write `manifest.json` atomically and durably (`zoobot_hpc.atomic`)."""
+    """Write `manifest.json` atomically and durably (`zoobot_hpc.core.atomic`)."""
     write_text(Path(dataset_dir) / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoobot_hpc.atomic import write_text
+from zoobot_hpc.core.atomic import write_text
 from zoobot_hpc.data.id_hashing import fast_hash64, repeated_hashes
 from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.compute.preemption import stop_signals
+from zoobot_hpc.runtime.preemption import stop_signals
 
 log = logging.getLogger("zoobot_hpc")
 FORKSERVER_PRELOAD = ["torch", "h5py", "zoobot_hpc.data.dataset"]

@@ -1,6 +1,6 @@
 """The submitit job of an inference run (SLURM or local executor): preempted, it requeues and skips finished parts.
 
-Preemption follows the training job (`zoobot_hpc.compute.preemption.run_preemptible`): a signal only sets a flag; every
+Preemption follows the training job (`zoobot_hpc.runtime.preemption.run_preemptible`): a signal only sets a flag; every
 rank stops at its next batch (its finished part files are safe on disk), then the job ends as the signal asks
 (requeue signal: submitit requeues it; SIGTERM: it waits for SLURM to requeue or cancel it).
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import submitit
 
-from zoobot_hpc import atomic
-from zoobot_hpc.compute.node import compute_node_environment, configure_job_logging
-from zoobot_hpc.compute.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
-from zoobot_hpc.config import RunConfig
+from zoobot_hpc.backends.executor import make_executor, protect_submission_files
+from zoobot_hpc.core import atomic
+from zoobot_hpc.core.config import RunConfig
+from zoobot_hpc.core.redaction import redact_config
 from zoobot_hpc.inference.request import (
     InferencePlan,
     InferenceRequest,
@@ -27,8 +27,8 @@ from zoobot_hpc.inference.request import (
     prepare_inference,
     wait_for_plan,
 )
-from zoobot_hpc.launch.executor import make_executor, protect_submission_files
-from zoobot_hpc.redaction import redact_config
+from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging
+from zoobot_hpc.runtime.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
 
 log = logging.getLogger("zoobot_hpc")
 SUBMITIT_DIR = "submitit"
@@ -48,8 +48,8 @@ class InferenceJob(submitit.helpers.Checkpointable):
     def _infer(self, flag: PreemptionFlag) -> Any:
         configure_job_logging()
         compute_node_environment()
-        from zoobot_hpc.compute.environment import SubmititEnvironment
         from zoobot_hpc.inference.loop import run_inference
+        from zoobot_hpc.runtime.environment import SubmititEnvironment
 
         return run_inference(
             self.request, RunConfig.model_validate(self.config), flag=flag, cluster_environment=SubmititEnvironment()
@@ -78,7 +78,7 @@ def submit_request(
     request: InferenceRequest, config_path: Path | None = None, overrides: tuple[str, ...] = ()
 ) -> tuple[submitit.Job, InferencePlan]:
     """`zoobot-hpc predict/embed`: the run's config with overrides, its executor (SLURM or local), submitted."""
-    from zoobot_hpc.launch.preflight import resolve_executor
+    from zoobot_hpc.login.preflight import resolve_executor
 
     config, trained = inference_config(request, config_path, overrides)
     return submit_inference(request, config, trained, resolve_executor(config))

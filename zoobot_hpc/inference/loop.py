@@ -25,10 +25,7 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
-from zoobot_hpc.checkpointing import keep_own_signal_handlers
-from zoobot_hpc.compute.preemption import PreemptedStop, PreemptionFlag, StopRecord
-from zoobot_hpc.compute.rank_agreement import host_flag_group
-from zoobot_hpc.config import RunConfig
+from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ManifestOrderDataset, collate_samples
@@ -43,6 +40,9 @@ from zoobot_hpc.inference.request import (
     read_plan,
 )
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
+from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag, StopRecord
+from zoobot_hpc.runtime.rank_agreement import host_flag_group
+from zoobot_hpc.training.checkpointing import keep_own_signal_handlers
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -275,7 +275,7 @@ def run_inference(
     interactive: bool = False,
 ) -> InferenceOutcome:
     """Run this rank's share of a prepared request (see `prepare_inference`); rank 0 then merges and exports."""
-    from zoobot_hpc.train import build_extra_callbacks, make_trainer
+    from zoobot_hpc.training.run import build_extra_callbacks, make_trainer
 
     plan = read_plan(request.work_dir)
     if plan is None:

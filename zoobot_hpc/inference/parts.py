@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zoobot_hpc.atomic import atomic_path
+from zoobot_hpc.core.atomic import atomic_path
 from zoobot_hpc.inference.request import InferenceError, InferencePlan
 
 POSITIONS_KEY = "positions"

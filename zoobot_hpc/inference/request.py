@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from zoobot_hpc import run_dir as layout
-from zoobot_hpc.config import ConfigError, RunConfig, apply_override, build_config, load_yaml, parse_override
+from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.config import ConfigError, RunConfig, apply_override, build_config, load_yaml, parse_override
+from zoobot_hpc.core.model_kinds import MODEL_KINDS, stored_kind
+from zoobot_hpc.core.redaction import redact_config
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, file_sha256, read_manifest
-from zoobot_hpc.model.kinds import MODEL_KINDS, stored_kind
-from zoobot_hpc.redaction import redact_config
 
 MODES = ("predict", "embed")
 EXPORT_FORMATS = ("csv", "parquet", "zoobot-csv")

@@ -1,6 +1,6 @@
 """Finetuneable Zoobot models: encoders, layer-decayed AdamW groups, timm schedulers, decision-tree loss.
 
-The names below load on first use (PEP 562), so that `zoobot_hpc.model.tree_schema` — which the login node's
+The names below load on first use (PEP 562), so that `zoobot_hpc.core.tree_schema` — which the login node's
 config imports — does not pull in torch, Lightning and timm through this package's `__init__`.
 """
 
@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from zoobot_hpc.core.tree_schema import TreeSchema
     from zoobot_hpc.model.encoders import (
         EncoderWeightsError,
         create_encoder,
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
         FinetuneableZoobotRegressor,
         FinetuneableZoobotTree,
     )
-    from zoobot_hpc.model.tree_schema import TreeSchema
 
 _HOMES = {
     "EncoderWeightsError": "encoders",

@@ -17,13 +17,14 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import MeanSquaredError
 
+from zoobot_hpc.core.label_schemas import resolve_schema
+from zoobot_hpc.core.model_kinds import CHECKPOINT_KIND_KEY
 from zoobot_hpc.model.encoders import (
     create_encoder,
     encoder_architecture,
     encoder_from_architecture,
     encoder_from_checkpoint,
 )
-from zoobot_hpc.model.kinds import CHECKPOINT_KIND_KEY
 from zoobot_hpc.model.param_groups import apply_lr_scale, finetuning_param_groups
 from zoobot_hpc.model.schedulers import (
     create_scheduler,
@@ -31,7 +32,6 @@ from zoobot_hpc.model.schedulers import (
     steps_on_epochs,
     validate_scheduler_kwargs,
 )
-from zoobot_hpc.model.schemas import resolve_schema
 from zoobot_hpc.model.tree import DirichletConcentrations, TreeSchema, tree_loss, vote_fractions
 
 STAGES = ("train", "validation", "test")

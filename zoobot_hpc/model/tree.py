@@ -5,7 +5,7 @@ The schema itself (`TreeSchema`) is plain data in `tree_schema.py`, so that the 
 
 import torch
 
-from zoobot_hpc.model.tree_schema import TreeSchema, answer_column
+from zoobot_hpc.core.tree_schema import TreeSchema, answer_column
 
 __all__ = [
     "DirichletConcentrations",

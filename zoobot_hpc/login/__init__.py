@@ -1,0 +1,1 @@
+"""The login node: plan, check, submit, watch, report."""

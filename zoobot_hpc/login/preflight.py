@@ -1,0 +1,315 @@
+"""Checks run on the login node before anything is queued; each failure is one line naming what is wrong.
+
+Each check imports what it needs (torch, timm, the training module) only when it has something to check, so a
+`submit` whose config needs none of them stays free of those imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.config import ConfigError, RunConfig, build_config, load_yaml
+from zoobot_hpc.core.tree_schema import TreeSchema
+
+
+class PreflightError(RuntimeError):
+    """A problem found before submission; nothing was submitted."""
+
+
+def required_label_columns(config: RunConfig) -> list[str]:
+    """The dataset columns the configured model trains on."""
+    model = config.model
+    if model.kind == "tree":
+        return TreeSchema(model.question_answer_pairs, model.dependencies).label_cols
+    return [model.label_col]
+
+
+def slurm_reachable() -> bool:
+    """True when SLURM's clients are installed and its controller answers."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    return probe.returncode == 0
+
+
+def resolve_executor(config: RunConfig) -> str:
+    """The executor a config asks for; `auto` is SLURM when a controller answers, else submitit's local one."""
+    choice = config.resources.executor
+    if choice == "auto":
+        return "slurm" if slurm_reachable() else "local"
+    return choice
+
+
+def local_gpu_count() -> int:
+    """GPUs this machine has (imports torch: asked only when a local job wants GPUs)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_resources(config: RunConfig, executor: str) -> None:
+    res = config.resources
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise PreflightError("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
+    if executor == "local" and res.nodes > 1:
+        raise PreflightError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
+    if executor == "local" and res.gpus_per_node and res.gpus_per_node > local_gpu_count():
+        raise PreflightError(
+            f"resources.gpus_per_node={res.gpus_per_node}: this machine has {local_gpu_count()} GPU(s) "
+            "for the local executor"
+        )
+    if res.signal_delay_s >= res.time_min * 60:
+        raise PreflightError(
+            f"resources.signal_delay_s={res.signal_delay_s} is not shorter than resources.time_min={res.time_min} "
+            "minutes: the job would be told to stop as soon as it starts"
+        )
+
+
+def check_dataset(config: RunConfig) -> None:
+    """The dataset validates and holds what the model needs: label columns, channels, a train and val split."""
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.data.validate import validate_dataset
+
+    try:
+        summary = validate_dataset(
+            config.data.dataset_dir,
+            required_label_cols=required_label_columns(config),
+            locking=config.data.hdf5_locking,
+        )
+    except DatasetError as exc:
+        raise PreflightError(f"data.dataset_dir: {exc}") from None
+    for split in ("train", "val"):
+        if summary.split_counts.get(split, 0) == 0:
+            raise PreflightError(f"data.dataset_dir={config.data.dataset_dir}: no '{split}' split to train on")
+    channels = summary.image_shape[2]
+    if channels == 1 and not config.model.greyscale:
+        raise PreflightError(
+            f"data.dataset_dir={config.data.dataset_dir} has 1-channel images; set model.greyscale=true"
+        )
+    train_count = summary.split_counts["train"]
+    if train_count < config.world_size:
+        raise PreflightError(
+            f"the train split has {train_count} images, fewer than the {config.world_size} ranks of the job"
+        )
+
+
+def check_encoder(config: RunConfig, allow_download: bool) -> None:
+    """Pretrained weights are in the local cache now (fetched here when allowed), not on the compute node. Checked
+    in a child process (timm resolves the files) and remembered while the files it found exist."""
+    model = config.model
+    if not model.pretrained or model.zoobot_checkpoint_loc is not None:
+        if model.zoobot_checkpoint_loc is not None and not Path(model.zoobot_checkpoint_loc).is_file():
+            raise PreflightError(f"model.zoobot_checkpoint_loc={model.zoobot_checkpoint_loc}: file not found")
+        return
+    _run_cached([("encoder", {"name": model.name, "allow_download": bool(allow_download)})])
+
+
+def encoder_problem(name: str, allow_download: bool) -> tuple[str | None, list[str]]:
+    """What is missing of encoder `name`'s pretrained weights (downloaded first when allowed), and the local files
+    that make it complete. Imports torch and timm: run by `check_cache` in a child process."""
+    from zoobot_hpc.model.encoders import ensure_encoder_weights, required_encoder_files
+
+    try:
+        ensure_encoder_weights(name, allow_download=allow_download)
+        files = [path for _, path in required_encoder_files(name) if path]
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"model.name={name}: {exc}", []
+    return None, files
+
+
+def scheduler_problem(scheduler_kwargs: dict | None) -> str | None:
+    """What is wrong with `model.scheduler_kwargs` (timm builds the scheduler against a dummy optimiser, as the
+    job will); None when nothing is. Imports torch and timm: run by `check_cache` in a child process."""
+    if not scheduler_kwargs:
+        return None
+    from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
+
+    try:
+        validate_scheduler_kwargs(scheduler_kwargs)
+    except ValueError as exc:
+        return f"model.{exc}"
+    return None
+
+
+def architecture_problem(name: str, timm_kwargs: dict | None, greyscale: bool) -> str | None:
+    """What is wrong with `model.timm_kwargs` for encoder `name` (its architecture is built on the meta device,
+    without weights: no memory, no download); None when nothing is. Imports torch and timm."""
+    if not timm_kwargs:
+        return None
+    import timm
+    import torch
+
+    from zoobot_hpc.model.encoders import encoder_timm_kwargs
+
+    try:
+        kwargs = encoder_timm_kwargs(timm_kwargs, greyscale)
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        key = f"model.timm_kwargs.{unexpected.group(1)}" if unexpected else "model.timm_kwargs"
+        return f"{key}: not a keyword of encoder {name!r} ({exc})"
+    except OSError as exc:
+        return f"model.name={name}: cannot read its architecture to check timm_kwargs ({exc})"
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        return f"model.timm_kwargs={timm_kwargs}: encoder {name!r} rejects them ({exc})"
+    return None
+
+
+def heavy_checks(config: RunConfig) -> list[tuple[str, dict]]:
+    """The checks of `config` that need torch/timm, as (kind, payload) for `check_cache.run_checks`."""
+    model = config.model
+    checks = []
+    if model.scheduler_kwargs:
+        checks.append(("scheduler", {"scheduler_kwargs": dict(model.scheduler_kwargs)}))
+    if model.timm_kwargs and model.zoobot_checkpoint_loc is None:
+        payload = {"name": model.name, "timm_kwargs": dict(model.timm_kwargs), "greyscale": bool(model.greyscale)}
+        checks.append(("architecture", payload))
+    return checks
+
+
+def _run_cached(requests: list[tuple[str, dict]]) -> None:
+    from zoobot_hpc.login.check_cache import run_checks
+
+    unique = list({json.dumps(check, sort_keys=True, default=str): check for check in requests}.values())
+    for problem in run_checks(unique):
+        if problem is not None:
+            raise PreflightError(problem)
+
+
+def run_heavy_checks(configs: list[RunConfig]) -> None:
+    """Every distinct torch/timm check of `configs`, cached (`check_cache`); raises on the first problem."""
+    _run_cached([check for config in configs for check in heavy_checks(config)])
+
+
+def check_scheduler_kwargs(config: RunConfig) -> None:
+    """`model.scheduler_kwargs` builds timm's scheduler, as the job will (cached, in a child process)."""
+    _run_cached([check for check in heavy_checks(config) if check[0] == "scheduler"])
+
+
+def check_timm_kwargs(config: RunConfig) -> None:
+    """`model.timm_kwargs` build the encoder's architecture, so a keyword the model does not take fails here,
+    naming the key (cached, in a child process)."""
+    _run_cached([check for check in heavy_checks(config) if check[0] == "architecture"])
+
+
+def check_callbacks(config: RunConfig) -> None:
+    """Every extra callback's class imports here (the job imports it the same way)."""
+    if not config.trainer.callbacks:
+        return
+    from zoobot_hpc.training.run import import_callback_class
+
+    for spec in config.trainer.callbacks:
+        try:
+            import_callback_class(spec.class_path)
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
+
+
+# What a resumed run takes from its checkpoint: changing these under an existing run dir would be silently ignored.
+RESUME_BOUND_KEYS = (
+    "model",
+    "data.dataset_dir",
+    "data.batch_size",
+    "data.augment",
+    "trainer.seed",
+    "trainer.accumulate_grad_batches",
+)
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """A run dir that already holds checkpoints resumes; refuse when the new config changes what it resumes."""
+    previous_path = Path(run_dir) / layout.CONFIG
+    if not previous_path.exists() or not any((Path(run_dir) / layout.CHECKPOINTS).glob("*.ckpt")):
+        return
+    try:
+        previous = _flatten(build_config(load_yaml(previous_path), str(previous_path)).model_dump(mode="json"))
+    except ConfigError as exc:
+        raise PreflightError(f"{run_dir} already holds a run whose config does not load ({exc})") from None
+    current = _flatten(config.model_dump(mode="json"))
+    for key in sorted(set(previous) | set(current)):
+        if key.startswith(RESUME_BOUND_KEYS) and previous.get(key) != current.get(key):
+            raise PreflightError(
+                f"{run_dir} already holds a run with {key}={previous.get(key)!r} (now {current.get(key)!r}); "
+                "it would resume with the old value: choose another name= or remove the run dir"
+            )
+
+
+def check_writable(directory: Path, what: str = "output_dir", create: bool = True) -> None:
+    """A directory the job writes to (the output dir, the embedding cache) can be created and written to;
+    `create=False` (a dry run) creates nothing: the nearest existing folder must be writable."""
+    if not create:
+        existing = Path(directory)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise PreflightError(f"{what}={directory}: not writable ({existing} is not a writable folder)")
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise PreflightError(f"{what}={directory}: not writable ({exc.strerror or exc})") from None
+    if not os.access(directory, os.W_OK):
+        raise PreflightError(f"{what}={directory}: not writable")
+
+
+def preflight(
+    configs: list[RunConfig],
+    executor: str,
+    output_dir: Path,
+    allow_download: bool = True,
+    dry_run: bool = False,
+) -> list[str]:
+    """Run every check once per distinct dataset / encoder among `configs`; raises PreflightError.
+
+    A dry run runs them all too, but creates no directory, and a missing `sbatch` (it would submit) is
+    returned as a warning instead of failing. Returns the warnings."""
+    warnings = []
+    seen_datasets: set[tuple] = set()
+    seen_encoders: set[tuple] = set()
+    for config in configs:
+        try:
+            check_resources(config, executor)
+        except PreflightError as exc:
+            if not (dry_run and "`sbatch` is not on PATH" in str(exc)):
+                raise
+            warnings.append(str(exc))
+        check_callbacks(config)
+        key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
+        if key not in seen_datasets:
+            check_dataset(config)
+            if config.data.embedding_cache:
+                from zoobot_hpc.training.embedding_cache import CACHE_DIR_NAME
+
+                check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache", create=not dry_run)
+            seen_datasets.add(key)
+        encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
+        if encoder_key not in seen_encoders:
+            check_encoder(config, allow_download)
+            seen_encoders.add(encoder_key)
+    run_heavy_checks(configs)
+    check_writable(output_dir, create=not dry_run)
+    return warnings

@@ -1,0 +1,1 @@
+"""The compute-node runtime: job start, the stop protocol, the ranks' agreement."""

@@ -1,0 +1,1 @@
+"""One training run: trainer, checkpointing, callbacks, W&B logger, embedding cache, the training job."""

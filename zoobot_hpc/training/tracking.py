@@ -1,0 +1,100 @@
+"""Weights & Biases: a run identity that survives requeues, the logger for a job, and syncing offline runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zoobot_hpc.core import atomic
+from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.config import RunConfig
+from zoobot_hpc.core.redaction import redact_argv, redact_config, redact_value
+
+if TYPE_CHECKING:
+    from zoobot_hpc.training.segment_logger import SegmentWandbLogger
+
+
+def scheduler_job_key() -> str:
+    """The scheduler's id for this job, the same in every requeue of it: SLURM array job + task, SLURM job, or
+    submitit's local job; a random key outside any scheduler."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    if env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return f"local{env['SUBMITIT_LOCAL_JOB_ID']}"
+    return f"run{uuid.uuid4().hex[:8]}"  # never all digits: not mistaken for a SLURM job id
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of a run directory: derived from the job id at its first start, then kept in the run dir.
+
+    A requeued job keeps its SLURM job id, so its id is the same; keeping it in the run dir also makes a later
+    `zoobot-hpc train` of the same directory continue the same W&B run.
+    """
+    path = Path(run_dir) / layout.WANDB_RUN_ID
+    if path.exists():
+        return path.read_text().strip()
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{Path(run_dir).name[:40]}-{scheduler_job_key()}")
+    atomic.write_text(path, run_id + "\n")
+    return run_id
+
+
+def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> SegmentWandbLogger | None:
+    """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only."""
+    from zoobot_hpc.training.segment_logger import SegmentWandbLogger  # here: `sync` and `status` run on the login node
+
+    tracking = config.tracking
+    if tracking.mode == "disabled":
+        return None
+    save_dir = Path(run_dir) / layout.WANDB
+    save_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # W&B records this process's command line as run metadata (`args`, from sys.argv when the run starts):
+    # `zoobot-hpc train CONFIG 'resources.setup=[...]'` must not put a secret there.
+    sys.argv[1:] = redact_argv(sys.argv[1:])
+    return SegmentWandbLogger(
+        project=tracking.project,
+        entity=tracking.entity,
+        id=wandb_run_id(run_dir),
+        name=config.name,
+        group=group,
+        job_type=task,
+        tags=redact_value(list(tracking.tags)),
+        save_dir=str(save_dir),
+        mode=tracking.mode,
+        config=redact_config(config).model_dump(mode="json"),
+    )
+
+
+def offline_segments(run_dir: Path) -> list[Path]:
+    """The offline W&B run folders of one run, oldest first (one per job start)."""
+    return sorted((Path(run_dir) / layout.WANDB / "wandb").glob("offline-run-*"))
+
+
+def sync_command(run_dir: Path, config: RunConfig) -> list[str] | None:
+    """`wandb sync` joining every offline segment of a run into its one W&B run (None if nothing to sync)."""
+    segments = offline_segments(run_dir)
+    if not segments:
+        return None
+    command = ["wandb", "sync", "--id", wandb_run_id(run_dir), "--project", config.tracking.project]
+    if config.tracking.entity:
+        command += ["--entity", config.tracking.entity]
+    return command + [str(s) for s in segments]
+
+
+def sync_run(run_dir: Path, config: RunConfig) -> int:
+    """Upload a run's offline segments; returns wandb's exit code (0 when there was nothing to do)."""
+    command = sync_command(run_dir, config)
+    if command is None:
+        return 0
+    if shutil.which(command[0]) is None:
+        raise RuntimeError("the `wandb` command is not on PATH")
+    return subprocess.run(command, check=False).returncode
