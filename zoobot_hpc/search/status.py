@@ -107,6 +107,7 @@ def status_lines(sweep_dir: Path) -> list[str]:
 def cancel_search(sweep_dir: Path) -> list[str]:
     """Cancel the job array of a search (its running trials are failed by the next `status`); returns the ids."""
     from zoobot_hpc.core import run_dir as layout
+
     record = layout.read_json(Path(sweep_dir) / "search.json") or {}
     jobs = [job["job_id"] for job in record.get("jobs", [])]
     if not jobs:
