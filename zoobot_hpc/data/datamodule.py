@@ -34,11 +34,13 @@ _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "pr
 class SplitLoaders(L.LightningDataModule):
     """Train / val / test loaders over per-split datasets, the same way for every datamodule of the package.
 
-    Train: a resumable, (seed, epoch)-shuffled sampler, equal length on every rank. Val/test: in order, padded so
+    Train: a resumable, (seed, epoch)-block-shuffled sampler (``shuffle_window`` shards at a time when the dataset
+    has ``shard_sizes``), the same order at every world size, equal length on every rank. Val/test: in order, padded so
     that every rank runs the same number of batches. Subclasses provide `_dataset(split)` and `_loader_kwargs()`.
     """
 
     seed: int
+    shuffle_window: int = 4
     _restored_train_position: dict[str, int] | None = None
 
     def _dataset(self, split: str) -> Dataset:
@@ -56,8 +58,17 @@ class SplitLoaders(L.LightningDataModule):
     def _new_train_loader(self) -> ResumableDataLoader:
         world_size, rank = self._replicas()
         dataset = self._dataset("train")
-        sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-        return ResumableDataLoader(dataset, sampler=sampler, **self._loader_kwargs())
+        settings = self._loader_kwargs()
+        sampler = ResumableDistributedSampler(
+            dataset,
+            num_replicas=world_size,
+            rank=rank,
+            seed=self.seed,
+            batch_size=settings["batch_size"],
+            shard_sizes=getattr(dataset, "shard_sizes", None),
+            window=self.shuffle_window,
+        )
+        return ResumableDataLoader(dataset, sampler=sampler, **settings)
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled by (seed, epoch), equal length on every rank, resumable mid-epoch."""
@@ -125,6 +136,8 @@ class ShardDataModule(SplitLoaders):
         persistent_workers: bool | None = None,
         predict_split: str = "test",
         batch_pool: bool = False,
+        shuffle_window: int = 4,
+        max_open_files: int = 16,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -143,6 +156,10 @@ class ShardDataModule(SplitLoaders):
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
         self.predict_split = predict_split
         self.batch_pool = batch_pool
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        self.shuffle_window = shuffle_window
+        self.max_open_files = max_open_files
         self.datasets: dict[str, ShardDataset] = {}
 
     def setup(self, stage: str) -> None:
@@ -159,7 +176,12 @@ class ShardDataModule(SplitLoaders):
     def _dataset(self, split: str) -> ShardDataset:
         if split not in self.datasets:
             self.datasets[split] = ShardDataset(
-                self.dataset_dir, split, self.label_cols, self.locking, batch_pool=self.batch_pool
+                self.dataset_dir,
+                split,
+                self.label_cols,
+                self.locking,
+                batch_pool=self.batch_pool,
+                max_open_files=self.max_open_files,
             )
         return self.datasets[split]
 

@@ -1,10 +1,12 @@
 """ShardDataset: a map-style dataset over one split of an HDF5 shard dataset (uint8 samples).
 
 HDF5 files are opened lazily by the process that reads them and reopened after a fork (h5py
-handles must never cross a process boundary), at most ``max_open_files`` at a time. Batches are
-read shard by shard in sorted order through ``__getitems__`` (used by ``DataLoader`` when
-batching): images by direct chunk reads (one image per uncompressed chunk), labels and ids with
-one sorted selection per shard. A worker keeps no per-sample Python objects, so its memory does
+handles must never cross a process boundary), at most ``max_open_files`` at a time (``data.max_open_shards``;
+each costs a few MB of HDF5 metadata and the shard's label columns). Batches are read shard by shard in sorted
+order through ``__getitems__`` (used by ``DataLoader`` when batching): images by direct chunk reads (one image per
+uncompressed chunk). A shard's ids and the label columns the dataset was asked for are read once, whole, when the
+shard is opened (they are small), and batches take their rows from memory: with the block-shuffled training
+order (:mod:`zoobot_hpc.data.block_order`) a worker opens each shard about once per epoch. A worker keeps no per-sample Python objects, so its memory does
 not grow with the dataset's size.
 """
 
@@ -42,8 +44,8 @@ _ALIGN_BYTES = 8
 class _OpenShard:
     file: h5py.File
     images: h5py.Dataset
-    ids: h5py.Dataset
-    labels: dict[str, h5py.Dataset]
+    ids: np.ndarray
+    labels: dict[str, np.ndarray]
     direct_chunks: bool
 
 
@@ -118,7 +120,7 @@ class ShardDataset(torch.utils.data.Dataset):
         label_cols: Sequence[str] | None = None,
         locking: bool | None = False,
         *,
-        max_open_files: int = 64,
+        max_open_files: int = 16,
         batch_pool: bool = False,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
@@ -153,6 +155,16 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return int(self.shard_starts[-1])
+
+    @property
+    def shard_sizes(self) -> tuple[int, ...]:
+        """Samples per shard, in the split's order (what the training order shuffles in blocks of)."""
+        return tuple(np.diff(self.shard_starts).tolist())
+
+    @property
+    def opens(self) -> int:
+        """How many shard files this process has opened (for the loader benchmark)."""
+        return self._opens
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])[0]
@@ -202,17 +214,15 @@ class ShardDataset(torch.utils.data.Dataset):
         labels: dict[str, torch.Tensor],
     ) -> None:
         shard = self._open(shard_index)
-        unique_local, inverse = np.unique(local, return_inverse=True)
         image_bytes = images.numpy().reshape(images.shape[0], -1)
         for row, position in zip(rows.tolist(), local.tolist(), strict=True):
             if shard.direct_chunks:
                 shard.images.id.read_direct_chunk((position, 0, 0, 0), out=image_bytes[row])
             else:
                 shard.images.read_direct(images[row].numpy(), np.s_[position])
-        ids[rows] = shard.ids.asstr()[unique_local][inverse]
+        ids[rows] = [value.decode() for value in shard.ids[local]]
         for name, values in labels.items():
-            column = torch.from_numpy(shard.labels[name][unique_local][inverse])
-            values[torch.from_numpy(rows)] = column.to(values.dtype)
+            values[torch.from_numpy(rows)] = torch.from_numpy(shard.labels[name][local]).to(values.dtype)
 
     def _open(self, shard_index: int) -> _OpenShard:
         if os.getpid() != self._pid:
@@ -233,8 +243,8 @@ class ShardDataset(torch.utils.data.Dataset):
             shard = _OpenShard(
                 file=handle,
                 images=images,
-                ids=handle[IDS_KEY],
-                labels={name: handle[LABELS_GROUP][name] for name in self.label_cols},
+                ids=handle[IDS_KEY][()],
+                labels={name: handle[LABELS_GROUP][name][()] for name in self.label_cols},
                 direct_chunks=_reads_whole_chunks(images),
             )
         except KeyError as error:
@@ -244,12 +254,14 @@ class ShardDataset(torch.utils.data.Dataset):
             handle.close()
             raise
         self._handles[shard_index] = shard
+        self._opens += 1
         return shard
 
     def _reset_handles(self) -> None:
         """Forget handles (inherited ones belong to another process) and remember who owns the new ones."""
         self._handles: OrderedDict[int, _OpenShard] = OrderedDict()
         self._pid = os.getpid()
+        self._opens = 0
 
     def close(self) -> None:
         """Close the files this process opened."""
