@@ -381,7 +381,7 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
         _fail(error)
     target = Path(run_dir) if run_dir else run_config.output_dir / run_config.name
     try:
-        check_run_dir(run_config, target)
+        run_config = check_run_dir(run_config, target)
     except PreflightError as error:
         _fail(error)
     configure_job_logging()

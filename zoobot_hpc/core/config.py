@@ -32,6 +32,8 @@ class DataSettings(_Section):
     num_workers: int = Field(4, ge=0)
     hdf5_locking: bool = False
     batch_pool: bool = Field(False, description="loader workers reuse shared-memory batch blocks (opt-in)")
+    shuffle_window_shards: int = Field(4, ge=1, description="training order: shards whose samples shuffle together")
+    max_open_shards: int = Field(16, ge=1, description="HDF5 handles each loader process keeps open")
     augment: AugmentConfig = AugmentConfig()
     embedding_cache: bool = Field(False, description="head_only: train the head on cached encoder embeddings")
     embedding_cache_views: int = Field(0, ge=0, description="augmented views to cache (0: the evaluation view)")

@@ -6,8 +6,8 @@ each costs a few MB of HDF5 metadata and the shard's label columns). Batches are
 order through ``__getitems__`` (used by ``DataLoader`` when batching): images by direct chunk reads (one image per
 uncompressed chunk). A shard's ids and the label columns the dataset was asked for are read once, whole, when the
 shard is opened (they are small), and batches take their rows from memory: with the block-shuffled training
-order (:mod:`zoobot_hpc.data.block_order`) a worker opens each shard about once per epoch. A worker keeps no per-sample Python objects, so its memory does
-not grow with the dataset's size.
+order (:mod:`zoobot_hpc.data.block_order`) a worker opens each shard about once per epoch. A worker's memory is
+bounded by its open shards, not by the dataset's size.
 """
 
 from __future__ import annotations

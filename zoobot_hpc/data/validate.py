@@ -23,6 +23,8 @@ import h5py
 import numpy as np
 
 from zoobot_hpc.core.atomic import write_text
+from zoobot_hpc.core.config import DataSettings
+from zoobot_hpc.data.handle_budget import thrash_warning
 from zoobot_hpc.data.id_hashing import fast_hash64, repeated_hashes
 from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,
@@ -209,6 +211,17 @@ class DatasetSummary:
         """True when no problem was found."""
         return not self.problems
 
+    def handle_warning(self) -> str | None:
+        """One line when the train shards would thrash the loader's HDF5 handle cache with the default `data.*`
+        settings (`submit` checks the run's own)."""
+        if "train" not in self.shard_counts:
+            return None
+        defaults = {name: spec.default for name, spec in DataSettings.model_fields.items()}
+        sizes = list(self.shard_counts["train"].values())
+        return thrash_warning(
+            sizes, defaults["batch_size"], defaults["shuffle_window_shards"], defaults["max_open_shards"]
+        )
+
     def format(self) -> str:
         """Human-readable multi-line report for `zoobot-hpc inspect`."""
         height, width, channels = self.image_shape
@@ -233,6 +246,9 @@ class DatasetSummary:
             lines.append("checksums verified")
         else:
             lines.append("checksums not verified (run with --checksums)")
+        warning = self.handle_warning()
+        if warning:
+            lines.append(f"warning: {warning}")
         if self.problems:
             lines.append(f"INVALID: {len(self.problems)} problem(s)")
             lines.extend(f"  {problem}" for problem in self.problems)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import ConfigError, RunConfig, build_config, load_yaml
+from zoobot_hpc.core.global_batch import GlobalBatchError, accumulation_for
 from zoobot_hpc.core.tree_schema import TreeSchema
 
 
@@ -75,8 +76,10 @@ def check_resources(config: RunConfig, executor: str) -> None:
         )
 
 
-def check_dataset(config: RunConfig) -> None:
-    """The dataset validates and holds what the model needs: label columns, channels, a train and val split."""
+def check_dataset(config: RunConfig) -> list[str]:
+    """The dataset validates and holds what the model needs: label columns, channels, a train and val split.
+    Returns a warning when its train shards would thrash the loader's HDF5 handle cache."""
+    from zoobot_hpc.data.handle_budget import thrash_warning
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import validate_dataset
 
@@ -101,6 +104,10 @@ def check_dataset(config: RunConfig) -> None:
         raise PreflightError(
             f"the train split has {train_count} images, fewer than the {config.world_size} ranks of the job"
         )
+    data = config.data
+    sizes = list(summary.shard_counts["train"].values())
+    warning = thrash_warning(sizes, data.batch_size, data.shuffle_window_shards, data.max_open_shards)
+    return [warning] if warning and not data.embedding_cache else []
 
 
 def check_encoder(config: RunConfig, allow_download: bool) -> None:
@@ -238,15 +245,20 @@ def _flatten(raw: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def check_run_dir(config: RunConfig, run_dir: Path) -> None:
-    """A run dir that already holds checkpoints resumes; refuse when the new config changes what it resumes."""
+def check_run_dir(config: RunConfig, run_dir: Path) -> RunConfig:
+    """A run dir that already holds checkpoints resumes; refuse when the new config changes what it resumes.
+
+    Returns the config to run: on another world size than the run's (other `resources`), with the accumulation
+    that keeps the run's global batch (refused in one line when no whole number does)."""
     previous_path = Path(run_dir) / layout.CONFIG
     if not previous_path.exists() or not any((Path(run_dir) / layout.CHECKPOINTS).glob("*.ckpt")):
-        return
+        return config
     try:
-        previous = _flatten(build_config(load_yaml(previous_path), str(previous_path)).model_dump(mode="json"))
+        previous_config = build_config(load_yaml(previous_path), str(previous_path))
     except ConfigError as exc:
         raise PreflightError(f"{run_dir} already holds a run whose config does not load ({exc})") from None
+    config = keep_global_batch(previous_config, config, run_dir)
+    previous = _flatten(previous_config.model_dump(mode="json"))
     current = _flatten(config.model_dump(mode="json"))
     for key in sorted(set(previous) | set(current)):
         if key.startswith(RESUME_BOUND_KEYS) and previous.get(key) != current.get(key):
@@ -254,6 +266,21 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
                 f"{run_dir} already holds a run with {key}={previous.get(key)!r} (now {current.get(key)!r}); "
                 "it would resume with the old value: choose another name= or remove the run dir"
             )
+    return config
+
+
+def keep_global_batch(previous: RunConfig, config: RunConfig, run_dir: Path) -> RunConfig:
+    """`config` with the accumulation that keeps `previous`'s global batch (per-rank batch x ranks x accumulation)
+    on `config`'s world size; unchanged at the same world size or another per-rank batch (refused as a bound key)."""
+    if previous.world_size == config.world_size or previous.data.batch_size != config.data.batch_size:
+        return config
+    global_batch = previous.data.batch_size * previous.world_size * previous.trainer.accumulate_grad_batches
+    try:
+        accumulation = accumulation_for(global_batch, config.data.batch_size, config.world_size)
+    except GlobalBatchError as exc:
+        raise PreflightError(f"{run_dir}: {exc}") from None
+    trainer = config.trainer.model_copy(update={"accumulate_grad_batches": accumulation})
+    return config.model_copy(update={"trainer": trainer})
 
 
 def check_writable(directory: Path, what: str = "output_dir", create: bool = True) -> None:
@@ -300,7 +327,7 @@ def preflight(
         check_callbacks(config)
         key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
         if key not in seen_datasets:
-            check_dataset(config)
+            warnings += check_dataset(config)
             if config.data.embedding_cache:
                 from zoobot_hpc.training.embedding_cache import CACHE_DIR_NAME
 

@@ -206,7 +206,7 @@ def check_plan(plan: Plan, allow_download: bool = True, dry_run: bool = False) -
     configs = [run.config for run in plan.runs]
     warnings = preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download, dry_run=dry_run)
     for run in plan.runs:
-        check_run_dir(run.config, run.run_dir)
+        run.config = check_run_dir(run.config, run.run_dir)
     return warnings
 
 

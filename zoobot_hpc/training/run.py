@@ -107,6 +107,8 @@ def build_datamodule(
         locking=data.hdf5_locking,
         pin_memory=config.resources.gpus_per_node > 0,
         batch_pool=data.batch_pool,
+        shuffle_window=data.shuffle_window_shards,
+        max_open_files=data.max_open_shards,
     )
 
 

@@ -150,14 +150,37 @@ def test_trainer_predict_covers_the_split_in_order(dataset_dir: tuple[Path, dict
 
 
 class TwoRankDataModule(ShardDataModule):
-    """The datamodule as rank `rank` of two sees it (no process group needed to build loaders)."""
+    """The datamodule as rank `rank` of `world_size` sees it (no process group needed to build loaders)."""
 
-    def __init__(self, root: Path, rank: int) -> None:
-        super().__init__(root, batch_size=4, num_workers=0, augment=AUGMENT)
-        self.rank = rank
+    def __init__(self, root: Path, rank: int, world_size: int = 2, num_workers: int = 0) -> None:
+        super().__init__(root, batch_size=4, num_workers=num_workers, augment=AUGMENT, shuffle_window=1)
+        self.rank, self.world_size = rank, world_size
 
     def _replicas(self) -> tuple[int, int]:
-        return 2, self.rank
+        return self.world_size, self.rank
+
+
+def epoch_order(root: Path, world_size: int, num_workers: int, epoch: int) -> list[int]:
+    """The indices of one training epoch step by step (each step: the ranks' batches in rank order)."""
+    per_rank = []
+    for rank in range(world_size):
+        loader = TwoRankDataModule(root, rank, world_size, num_workers).train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        per_rank.append([batch["index"].tolist() for batch in loader])
+    return [i for step in zip(*per_rank, strict=True) for batch in step for i in batch]
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_the_epoch_order_does_not_depend_on_world_size_or_workers(dataset_dir: tuple[Path, dict], epoch: int) -> None:
+    root, _ = dataset_dir
+    single = epoch_order(root, 1, 0, epoch)
+    assert sorted(single) == list(range(34))
+    assert sorted(single[:20]) == list(range(20)) or sorted(single[:14]) == list(range(20, 34))  # window 1
+    layouts = [(2, 0), (4, 0), (1, 1), (2, 2)] if epoch == 0 else [(4, 1), (1, 2)]
+    for world_size, num_workers in layouts:
+        order = epoch_order(root, world_size, num_workers, epoch)
+        assert order[:34] == single, (world_size, num_workers)
+        assert order[34:] == single[: len(order) - 34]  # every image once, plus the padding
 
 
 def test_ranks_get_equal_batches_and_disjoint_training_samples(dataset_dir: tuple[Path, dict]) -> None:

@@ -68,17 +68,18 @@ def test_ranks_take_contiguous_runs_of_each_step() -> None:
 
 def test_a_position_resumes_at_another_world_size() -> None:
     shard_sizes, size = [13, 9, 20, 5, 11], 58
-    two = [ResumableDistributedSampler(range(size), 2, r, seed=7, batch_size=4, shard_sizes=shard_sizes) for r in (0, 1)]
+    settings = {"seed": 7, "batch_size": 4, "shard_sizes": shard_sizes}
+    two = [ResumableDistributedSampler(range(size), 2, r, **settings) for r in (0, 1)]
     done = [list(sampler)[:8] for sampler in two]  # two steps on each rank
     for sampler in two:
         sampler.consumed = 8
-    one = ResumableDistributedSampler(range(size), 1, 0, seed=7, batch_size=4, shard_sizes=shard_sizes)
+    one = ResumableDistributedSampler(range(size), 1, 0, **settings)
     one.load_state_dict(two[0].state_dict())
     assert one.consumed == 16
     assert sorted(done[0] + done[1] + list(one)) == list(range(size))
-    four = [ResumableDistributedSampler(range(size), 4, r, seed=7, batch_size=4, shard_sizes=shard_sizes) for r in range(4)]
+    four = ResumableDistributedSampler(range(size), 4, 0, **settings)
     with pytest.raises(ValueError, match="not a whole number of steps of 4 x 4"):
-        four[0].load_state_dict({"epoch": 0, "consumed": 4, "world_size": 2})
+        four.load_state_dict({"epoch": 0, "consumed": 4, "world_size": 2})
 
 
 def test_shuffle_is_seeded_per_epoch() -> None:
