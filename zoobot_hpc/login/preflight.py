@@ -260,7 +260,10 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> RunConfig:
     config = keep_global_batch(previous_config, config, run_dir)
     previous = _flatten(previous_config.model_dump(mode="json"))
     current = _flatten(config.model_dump(mode="json"))
+    elastic = previous_config.world_size != config.world_size  # the accumulation keeps the global batch
     for key in sorted(set(previous) | set(current)):
+        if elastic and key == "trainer.accumulate_grad_batches":
+            continue
         if key.startswith(RESUME_BOUND_KEYS) and previous.get(key) != current.get(key):
             raise PreflightError(
                 f"{run_dir} already holds a run with {key}={previous.get(key)!r} (now {current.get(key)!r}); "

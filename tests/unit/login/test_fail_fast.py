@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tests.support.jobs import write_test_config
 from zoobot_hpc.cli import main
-from zoobot_hpc.core.config import load_config
+from zoobot_hpc.core.config import dump_config, load_config
 from zoobot_hpc.login.preflight import check_scheduler_kwargs, check_timm_kwargs
 
 
@@ -211,3 +211,28 @@ def test_torch_checks_are_cached_by_versions_and_kwargs(tmp_path, demo_dataset):
     finally:
         del os.environ["XDG_CACHE_HOME"]
     assert not (tmp_path / "runs").exists()
+
+
+def _run_dir_stopped_on(tmp_path: Path, config: Path, tasks_per_node: int) -> Path:
+    run_dir = tmp_path / "runs" / "elastic"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    previous = load_config(config, [f"resources.tasks_per_node={tasks_per_node}"])
+    (run_dir / "config.yaml").write_text(dump_config(previous))
+    torch.save({"global_step": 3}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir
+
+
+def test_a_resume_on_fewer_ranks_keeps_the_global_batch_by_accumulating(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", name="elastic")
+    _run_dir_stopped_on(tmp_path, config, tasks_per_node=2)
+    result = run_submit(config, "resources.tasks_per_node=1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "accumulate_grad_batches: 2" in result.output
+
+
+def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(tmp_path, demo_dataset):
+    config = write_test_config(tmp_path, demo_dataset, resources__executor="local", name="elastic")
+    run_dir = _run_dir_stopped_on(tmp_path, config, tasks_per_node=2)
+    result = run_submit(config, "resources.tasks_per_node=3")
+    assert_one_line_error(result, str(run_dir), "global batch of 16", "data.batch_size=8", "3 rank(s)")
+    assert_nothing_submitted(tmp_path)
