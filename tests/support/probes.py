@@ -190,3 +190,27 @@ class FillDiskAtStep(Callback):
                 pass
         size = self.filler.stat().st_size
         os.truncate(self.filler, max(0, size - self.leave_bytes))
+
+
+class EpochIndices(Callback):
+    """Every rank appends `{"epoch", "world_size", "indices"}` for each training batch it starts, to a file of its
+    own process (`out_dir/rank{R}-{pid}.jsonl`), so that the starts of an interrupted run add up."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = {"epoch": trainer.current_epoch, "world_size": trainer.world_size, "indices": batch["index"].tolist()}
+        with open(self.out_dir / f"rank{trainer.global_rank}-{os.getpid()}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def epoch_indices(out_dir: Path) -> dict[int, list[int]]:
+    """Epoch -> every index trained in it, over all ranks and starts (what `EpochIndices` wrote)."""
+    epochs: dict[int, list[int]] = {}
+    for path in Path(out_dir).glob("rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            epochs.setdefault(record["epoch"], []).extend(record["indices"])
+    return epochs

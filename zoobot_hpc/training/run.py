@@ -38,6 +38,7 @@ from zoobot_hpc.training.checkpointing import (
     newest_valid_checkpoint,
 )
 from zoobot_hpc.training.ddp_strategy import ddp_strategy
+from zoobot_hpc.training.elastic import ElasticResume
 from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
 from zoobot_hpc.training.monitoring import (
     LogLineProgress,
@@ -222,6 +223,7 @@ def build_callbacks(
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
     callbacks: list[Callback] = [
         RNGStateCallback(),
+        ElasticResume(),
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS,
             filename="best",
