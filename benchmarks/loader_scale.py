@@ -176,22 +176,21 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def shuffle_quality(dataset: Path, batch_size: int, window: int, batches: int = 2000) -> dict[str, dict[str, float]]:
-    """Per-batch mean of the drifting label and class mix (terciles of it) over the first ``batches`` batches."""
-    manifest = read_manifest(dataset)
-    shards = manifest.splits["train"]
-    sizes = [shard.count for shard in shards]
-    drift = np.concatenate([_column(dataset / shard.file) for shard in shards])
-    edges = np.quantile(drift, [1 / 3, 2 / 3])
-    classes = np.searchsorted(edges, drift)
-    result = {}
-    for name, w in (("block", window), ("uniform", len(sizes))):
-        order = pad_order(block_shuffled_order(sizes, seed=42, epoch=0, window=w), batches * batch_size)
-        picked = order[: batches * batch_size].reshape(batches, batch_size)
-        means = drift[picked].mean(axis=1)
-        majority = np.stack([(classes[picked] == c).mean(axis=1) for c in range(3)]).max(axis=0)
-        result[name] = {"mean_std": float(means.std()), "majority": float(majority.mean())}
-    return result
+def drift_labels(dataset: Path) -> tuple[list[int], np.ndarray]:
+    """The train shards' sizes and the drifting label of every train image."""
+    shards = read_manifest(dataset).splits["train"]
+    return [shard.count for shard in shards], np.concatenate([_column(dataset / shard.file) for shard in shards])
+
+
+def shuffle_quality(sizes: list[int], drift: np.ndarray, batch_size: int, window: int, batches: int = 2000) -> str:
+    """The spread of the per-batch mean of the drifting label, and the largest class share (terciles of it) per
+    batch, over the first ``batches`` batches of the order of ``window``."""
+    classes = np.searchsorted(np.quantile(drift, [1 / 3, 2 / 3]), drift)
+    order = pad_order(block_shuffled_order(sizes, seed=42, epoch=0, window=window), batches * batch_size)
+    picked = order[: batches * batch_size].reshape(batches, batch_size)
+    means = drift[picked].mean(axis=1)
+    majority = np.stack([(classes[picked] == c).mean(axis=1) for c in range(3)]).max(axis=0)
+    return f"per-batch mean std {means.std():.4f}, largest class share {majority.mean():.3f}"
 
 
 def _column(path: Path) -> np.ndarray:
@@ -233,24 +232,20 @@ def main() -> None:
             rss = worker_rss_mb(dataset, max(args.columns), args.batch_size, args.window, args.max_open, args.seconds)
             print(f"{n:>6} shards  {rss:>7.0f}", flush=True)
         largest = views[max(views)]
-        print(f"\nrate against the window at {max(views)} shards ({max(args.columns)} columns; handles 2 x window + 2)")
-        for window in (1, 2, 4, 8, 16):
-            handles = max(args.max_open, 2 * window + 2)
-            result = measure(largest, max(args.columns), args.batch_size, window, handles, args.seconds / 2)
-            print(
-                f"  window {window:>2}  {result['rate']:>7,.0f} images/s  {result['opens_per_batch']:.3f} opens/batch"
-            )
-        quality = shuffle_quality(largest, args.batch_size, args.window)
-        expected_std = statistics.pstdev(_column(full / read_manifest(full).splits["train"][0].file)) / math.sqrt(
-            args.batch_size
+        sizes, drift = drift_labels(largest)
+        print(
+            f"\nrate and shuffle quality against the window at {max(views)} shards ({max(args.columns)} columns; "
+            "handles 2 x window + 2); quality: a label drifting along the catalogue, terciles as classes "
+            "(1/3 = perfectly mixed)"
         )
-        print(f"\nshuffle quality over 2000 batches of {args.batch_size} (label drifting along the catalogue)")
-        for name, figures in quality.items():
-            print(
-                f"  {name:>7}: std of the per-batch mean {figures['mean_std']:.4f}, "
-                f"largest class share per batch {figures['majority']:.3f} (1/3 = perfectly mixed)"
-            )
-        print(f"  (within-shard noise alone would give a std of ~{expected_std:.4f})")
+        for window in sorted({w for w in (1, 2, 4, 8, 16) if w < len(sizes)} | {len(sizes)}):
+            handles = max(args.max_open, 2 * window + 2) if window < len(sizes) else 64
+            result = measure(largest, max(args.columns), args.batch_size, window, handles, args.seconds / 2)
+            quality = shuffle_quality(sizes, drift, args.batch_size, window)
+            name = f"window {window:>3}" if window < len(sizes) else "uniform   "
+            print(f"  {name}  {result['rate']:>7,.0f} images/s  {result['opens_per_batch']:.3f} opens/batch  {quality}")
+        within = statistics.pstdev(drift[: sizes[0]].tolist()) / math.sqrt(args.batch_size)
+        print(f"  (a shard's own spread alone: per-batch mean std ~{within:.4f})")
         print(f"\nthis machine: {os.cpu_count()} CPUs")
 
 
