@@ -40,12 +40,13 @@ def rescale_batch_progress(checkpoint: dict[str, Any], saved_world_size: int, wo
     if progress is None:
         return
     done = progress["current"]["ready"]
-    if (done * saved_world_size) % world_size:
+    moved, partial = divmod(done * saved_world_size, world_size)
+    if partial and not progress.get("is_last_batch"):
         raise ValueError(
             f"cannot resume on {world_size} rank(s): {done} batches of each of {saved_world_size} ranks are not a "
             f"whole number of batches of {world_size}"
         )
-    shift = done * saved_world_size // world_size - done
+    shift = moved + bool(partial) - done  # a finished epoch stays finished
     for counters in (progress["current"], progress["total"]):
         for name in ("ready", "started", "processed", "completed"):
             counters[name] += shift
