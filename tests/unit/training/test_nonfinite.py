@@ -18,11 +18,18 @@ from click.testing import CliRunner
 from tests.support.jobs import write_test_config
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.data.block_order import block_shuffled_order
 from zoobot_hpc.data.shard_format import IDS_KEY, LABELS_GROUP, MANIFEST_NAME
 from zoobot_hpc.login.submit import plan_runs, submit_plan
 from zoobot_hpc.training.checkpointing import newest_valid_checkpoint, stored_step
 
-BAD_ROW = 37  # of the train shard's rows
+BAD_STEP = 5  # the NaN label is trained at this step (0-based), after the checkpoint of step 2
+
+
+def bad_row(shard_count: int) -> int:
+    """The train shard's row that the first sample of step BAD_STEP reads (2 ranks x batches of 8, seed 42)."""
+    order = block_shuffled_order([shard_count], seed=42, epoch=0, window=4)
+    return int(order[BAD_STEP * 2 * 8])
 
 
 def dataset_with_a_nan_label(demo_dataset: Path, tmp_path: Path) -> tuple[Path, str]:
@@ -35,8 +42,9 @@ def dataset_with_a_nan_label(demo_dataset: Path, tmp_path: Path) -> tuple[Path, 
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     [shard] = sorted(copy.glob("train-*.h5"))
     with h5py.File(shard, "r+") as handle:
-        handle[f"{LABELS_GROUP}/axis_ratio"][BAD_ROW] = np.nan
-        bad_id = handle[IDS_KEY].asstr()[BAD_ROW]
+        row = bad_row(len(handle[IDS_KEY]))
+        handle[f"{LABELS_GROUP}/axis_ratio"][row] = np.nan
+        bad_id = handle[IDS_KEY].asstr()[row]
     return copy, bad_id
 
 
