@@ -59,14 +59,14 @@ def test_last_checkpoint_is_the_final_state_when_the_best_epoch_is_earlier(tmp_p
         trainer__max_epochs=2,
         trainer__limit_train_batches=4,
         data__num_workers=0,
-        model__learning_rate=0.03,
+        model__learning_rate=0.05,
         model__scheduler_kwargs=None,
     )
     result = CliRunner().invoke(main, ["train", str(config)])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "worse"
     best = torch.load(run_dir / layout.CHECKPOINTS / "best.ckpt", weights_only=True)
-    assert best["global_step"] == 4, "this seed's validation loss is best after the first epoch"
+    assert best["global_step"] == 4, "this seed and rate's validation loss is best after the first epoch"
     final_weights(run_dir)
     assert newest_valid_checkpoint(run_dir / layout.CHECKPOINTS).name == "last.ckpt"
 
