@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from zoobot_hpc.core import atomic
@@ -39,6 +39,7 @@ from zoobot_hpc.training.checkpointing import (
 )
 from zoobot_hpc.training.ddp_strategy import ddp_strategy
 from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
+from zoobot_hpc.training.learning_rates import NamedLearningRates
 from zoobot_hpc.training.monitoring import (
     LogLineProgress,
     ProgressFile,
@@ -49,6 +50,7 @@ from zoobot_hpc.training.monitoring import (
 )
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
+from zoobot_hpc.training.wandb_figures import ValidationFigures
 
 log = logging.getLogger("zoobot_hpc")
 
@@ -231,7 +233,8 @@ def build_callbacks(
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
-        LearningRateMonitor(logging_interval="step"),
+        NamedLearningRates(),
+        ValidationFigures(model.monitor_metric, model.monitor_mode),
     ]
     callbacks += build_extra_callbacks(config)
     if not interactive:
@@ -291,6 +294,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "start": time.time(),
             "job": scheduler_job_key(),
             "host": socket.gethostname(),
+            "nodes": os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
             "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),

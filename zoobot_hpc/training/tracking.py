@@ -9,7 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
@@ -47,6 +47,13 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
+def swept_parameters(run_dir: Path) -> dict[str, Any]:
+    """A sweep run's swept values as top-level config keys (`model.learning_rate`: 0.001), for W&B's
+    parallel-coordinates and parameter-importance panels: the `point` its submission recorded (redacted there)."""
+    submission = layout.read_json(Path(run_dir) / layout.SUBMISSION) or {}
+    return dict(submission.get("point") or {}) if submission.get("sweep") else {}
+
+
 def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> SegmentWandbLogger | None:
     """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only."""
     from zoobot_hpc.training.segment_logger import SegmentWandbLogger  # here: `sync` and `status` run on the login node
@@ -70,7 +77,8 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         tags=redact_value(list(tracking.tags)),
         save_dir=str(save_dir),
         mode=tracking.mode,
-        config=redact_config(config).model_dump(mode="json"),
+        config={**redact_config(config).model_dump(mode="json"), **swept_parameters(run_dir)},
+        run_dir=run_dir,
     )
 
 
