@@ -21,7 +21,14 @@ def named_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 class NamedLearningRates(Callback):
     """Logs `named_learning_rates` of the first optimiser before each logged training step, as Lightning's
     `LearningRateMonitor` does (plain floats, so the logged values are the optimiser's exactly), and puts them in
-    `callback_metrics` for the run's summary."""
+    `callback_metrics` for the run's summary. The layers' names in depth order are the run's `lr_layers`
+    hyper-parameter (dashboards sort keys by name)."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_rank == 0 and trainer.optimizers:
+            layers = [key.removeprefix("lr/") for key in named_learning_rates(trainer.optimizers[0])]
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"lr_layers": layers})
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
         if not trainer._logger_connector.should_update_logs or not trainer.optimizers:

@@ -98,6 +98,26 @@ def sync_command(run_dir: Path, config: RunConfig) -> list[str] | None:
     return command + [str(s) for s in segments]
 
 
+def sync_plan(run_dir: Path) -> list[str]:
+    """What `sync` uploads for a run, in upload order: each segment's folder and the W&B step range of its history,
+    flagged where a segment's steps do not all come after the earlier ones' (they would overwrite them)."""
+    from zoobot_hpc.training.wandb_history import history_steps, run_file
+
+    lines, last = [], -1
+    segments = offline_segments(run_dir)
+    for number, folder in enumerate(segments, start=1):
+        path = run_file(folder)
+        steps = history_steps(path) if path is not None else None
+        if steps is None or steps.first is None:
+            lines.append(f"# segment {number}/{len(segments)}: {folder} (no history)")
+            continue
+        overlap = "  OVERLAPS AN EARLIER SEGMENT" if steps.first <= last else ""
+        where = f"{folder} steps {steps.first}-{steps.last} ({steps.rows} rows)"
+        lines.append(f"# segment {number}/{len(segments)}: {where}{overlap}")
+        last = max(last, steps.last)
+    return lines
+
+
 def sync_run(run_dir: Path, config: RunConfig) -> int:
     """Upload a run's offline segments; returns wandb's exit code (0 when there was nothing to do)."""
     command = sync_command(run_dir, config)
