@@ -129,6 +129,7 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         # What the last validation pass computed beyond scalars (a confusion matrix, predicted and true values),
         # over the whole split and on every rank, for the training code's W&B figures.
         self.validation_figures: dict[str, torch.Tensor] = {}
+        self.last_validation_outputs: torch.Tensor | None = None
 
         if encoder is not None:
             self.encoder = create_encoder(encoder)
@@ -252,8 +253,14 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         """Named predictions from head outputs."""
         raise NotImplementedError
 
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The loss of each galaxy of a batch (B,), unweighted."""
+        raise NotImplementedError
+
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         outputs = self.batch_outputs(batch)
+        if stage == "validation":
+            self.last_validation_outputs = outputs.detach()  # for the training code's galaxy table
         loss = self.compute_loss(outputs, batch)
         batch_size = outputs.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
@@ -426,6 +433,9 @@ class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
             label_smoothing=self.hparams.label_smoothing,
         )
 
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(outputs, batch[self.hparams.label_col].long(), reduction="none")
+
     def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
         predicted, target = outputs.argmax(dim=1), batch[self.hparams.label_col].long()
         self.log_stage_metric(stage, "accuracy", predicted, target)
@@ -469,6 +479,10 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
 
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.LOSSES[self.hparams.loss](outputs, batch[self.hparams.label_col].to(outputs.dtype))
+
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        target = batch[self.hparams.label_col].to(outputs.dtype)
+        return self.LOSSES[self.hparams.loss](outputs, target, reduction="none")
 
     def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
         target = batch[self.hparams.label_col].to(outputs.dtype)
@@ -520,6 +534,9 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
     @property
     def label_cols(self) -> list[str]:
         return self.schema.label_cols
+
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return tree_loss(self.vote_counts(batch), outputs, self.schema)
 
     def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
         """Validation: each question's loss (over all galaxies) and vote-fraction MAE (where it was asked)."""

@@ -39,6 +39,7 @@ from zoobot_hpc.training.checkpointing import (
 )
 from zoobot_hpc.training.ddp_strategy import ddp_strategy
 from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
+from zoobot_hpc.training.galaxy_table import GalaxyTable
 from zoobot_hpc.training.learning_rates import NamedLearningRates
 from zoobot_hpc.training.monitoring import (
     LogLineProgress,
@@ -236,6 +237,9 @@ def build_callbacks(
         NamedLearningRates(),
         ValidationFigures(model.monitor_metric, model.monitor_mode),
     ]
+    tracking = config.tracking
+    if tracking.mode != "disabled" and tracking.galaxy_table:
+        callbacks.append(GalaxyTable(tracking.galaxy_table, tracking.galaxy_table_worst, tracking.galaxy_table_every))
     callbacks += build_extra_callbacks(config)
     if not interactive:
         callbacks.append(LogLineProgress())
