@@ -64,6 +64,9 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
     save_dir = Path(run_dir) / layout.WANDB
     save_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
+    # W&B stages the files of logged tables (the galaxy thumbnails) under its data dir, by default in the home
+    # directory: keep them with the run's offline segments, which `zoobot-hpc sync` uploads.
+    os.environ["WANDB_DATA_DIR"] = str(save_dir)
     # W&B records this process's command line as run metadata (`args`, from sys.argv when the run starts):
     # `zoobot-hpc train CONFIG 'resources.setup=[...]'` must not put a secret there.
     sys.argv[1:] = redact_argv(sys.argv[1:])

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from tests.support.trained_runs import run_config, train_data  # noqa: F401 (a fixture)
-from tests.support.wandb_records import offline_run_files, read_offline_run
+from tests.support.wandb_records import logged_tables, offline_run_files, read_offline_run
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.model import MODEL_CLASSES
 from zoobot_hpc.model.encoders import create_encoder
@@ -153,3 +154,37 @@ def test_a_restart_that_redoes_work_logs_after_every_step_already_logged(train_d
         "lost node, hang or kill (no save)",
         "finished",
     ]
+
+
+@pytest.mark.parametrize("kind", ["classifier", "tree", "regressor"])
+def test_galaxy_table_shows_the_same_sample_every_pass_and_the_worst_predicted(runs, kind):
+    tables = logged_tables(runs[kind])
+    assert len(tables) == 2, "one table per validation pass"
+    for table in tables:
+        assert table["columns"] == ["kind", "index", "thumbnail", "truth", "prediction", "loss"]
+    samples = [[row[1] for row in table["data"] if row[0] == "sample"] for table in tables]
+    assert samples[0] and samples[0] == samples[1] == sorted(samples[0])
+    worst = [row for row in tables[-1]["data"] if row[0] == "worst"]
+    losses = [row[5] for row in worst]
+    assert worst and losses == sorted(losses, reverse=True)
+    assert losses[0] >= max(row[5] for row in tables[-1]["data"])
+    staged = [Image.open(path) for path in (runs[kind] / "wandb" / "artifacts" / "staging").iterdir() if is_image(path)]
+    rows = sum(len(table["data"]) for table in tables)
+    assert len(staged) >= len({row[1] for table in tables for row in table["data"]}), (len(staged), rows)
+    assert all(max(image.size) <= 64 for image in staged), "thumbnails, kept in the run dir for `sync`"
+
+
+def is_image(path: Path) -> bool:
+    try:
+        with Image.open(path):
+            return True
+    except OSError:
+        return False
+
+
+def test_galaxy_table_is_off_with_one_key(train_data, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "no-table"
+    config = run_config(train_data, tmp_path, "classifier", tracking={**OFFLINE, "galaxy_table": 0})
+    run_training(config, run_dir, interactive=False)
+    assert logged_tables(run_dir) == []
+    assert read_offline_run(offline_run_files(run_dir)[0]).metric("validation/loss")
