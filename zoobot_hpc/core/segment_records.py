@@ -55,3 +55,13 @@ def segment_totals(records: list[dict[str, Any]]) -> dict[str, float]:
         if record["redone_steps_after"] and steps > 0:
             lost += record["device_hours"] * min(1.0, record["redone_steps_after"] / steps)
     return {"gpu_hours/used": round(used, 6), "gpu_hours/lost": round(lost, 6), "segments": len(records)}
+
+
+def segments_note(segments: list[dict[str, Any]], finished: bool) -> str:
+    """`status`'s line of a requeued run's segments: how each stopped and the device-hours used and lost."""
+    if len(segments) < 2:
+        return ""
+    records = segment_records(segments, finished)
+    totals = segment_totals(records)
+    stops = ", ".join(f"{n}: {r['stopped_because']}" for n, r in enumerate(records, start=1))
+    return f"segments {stops}; GPU-h used {totals['gpu_hours/used']:.3f}, lost {totals['gpu_hours/lost']:.3f}"

@@ -88,7 +88,8 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
         assert min(later) > max(earlier), "a later segment's history lands after the earlier one's last step"
     flat = [step for segment in steps for step in segment]
     assert flat == sorted(set(flat)), "W&B steps strictly increase across segments: none logged twice"
-    assert runs[-1].metric("trainer/global_step")[-1] == layout.read_json(run_dir / layout.SUMMARY)["global_step"]
+    final_step = layout.read_json(run_dir / layout.SUMMARY)["global_step"]
+    assert runs[-1].metric("trainer/global_step")[-1] == final_step - 1, "the last segment ends the history"
 
     records = runs[-1].config["segments"]
     assert [r["job"] for r in records] == [s["job"] for s in starts]
@@ -98,6 +99,9 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert all(r["redone_steps_after"] == 0 for r in records)
     assert runs[-1].summary["gpu_hours/used"] == pytest.approx(sum(r["device_hours"] for r in records))
     assert runs[-1].summary["gpu_hours/lost"] == 0 and runs[-1].summary["segments"] == 3
+
+    status = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert "segments 1: preemption or time limit, 2: preemption or time limit, 3: finished; GPU-h used" in status.output
 
     sync = CliRunner().invoke(main, ["sync", "--dry-run", str(run_dir)])
     assert sync.exit_code == 0, sync.output
