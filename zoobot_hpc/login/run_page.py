@@ -78,7 +78,7 @@ def plot_run_page(run_dir: Path, path: Path) -> Path:
         ax.barh(range(len(per_task)), list(per_task.values()), color="C1")
         ax.set_yticks(range(len(per_task)), [k.removeprefix("validation/") for k in per_task], fontsize="x-small")
         ax.invert_yaxis()
-    ax.set(title="last validation pass, per class / question")
+    ax.set(title="last validation pass")
 
     images = thumbnails(run_dir)[-MAX_THUMBNAILS:]
     sub = grid[1, :].subgridspec(2, MAX_THUMBNAILS // 2)
@@ -88,5 +88,5 @@ def plot_run_page(run_dir: Path, path: Path) -> Path:
         cell.set_axis_off()
     fig.suptitle(f"{run_dir.name}: what its W&B page holds (validation/galaxies: {len(images)} thumbnails shown)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     return path
