@@ -81,8 +81,6 @@ class FinetuneableZoobotAbstract(L.LightningModule):
     """
 
     kind: ClassVar[str]  # one of MODEL_KINDS, recorded in every checkpoint
-    monitor_metric: ClassVar[str] = "validation/loss"
-    monitor_mode: ClassVar[str] = "min"
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class TrialReporter(Callback):

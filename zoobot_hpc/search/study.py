@@ -37,6 +37,7 @@ from zoobot_hpc.core.config import ConfigError, load_yaml
 from zoobot_hpc.login.sweep import run_name
 
 SEARCH = layout.SEARCH
+DIRECTIONS = {"min": "minimize", "max": "maximize"}  # a metric's mode -> Optuna's study direction
 STORAGE_ENV = "ZOOBOT_HPC_SEARCH_STORAGE"  # the storage URL as given, for tasks and `status` (search.json: redacted)
 JOURNAL = "study.journal"
 HEARTBEATS = "heartbeats"
@@ -104,6 +105,8 @@ class SearchSpec:
     min_epochs: int = 1
     reduction_factor: int = 3
     storage: str | None = None
+    metric: str | None = None  # the validation metric to optimise (None: the model kind's monitored one)
+    direction: str | None = None  # minimize | maximize; must agree with the metric's own direction
     heartbeat_s: float = 60.0
     stale_after_s: float = 600.0
     source: str = "search"
@@ -142,7 +145,18 @@ def _parameter(source: str, key: str, spec: Any) -> Parameter:
 
 def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
     """Validate a search file's mapping; every problem is a one-line ConfigError naming the key."""
-    allowed = {"trials", "parallel", "sampler", "seed", "pruner", "parameters", "storage", "heartbeat"}
+    allowed = {
+        "trials",
+        "parallel",
+        "sampler",
+        "seed",
+        "pruner",
+        "parameters",
+        "storage",
+        "heartbeat",
+        "metric",
+        "direction",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
@@ -163,6 +177,12 @@ def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
     unknown_pruner = sorted(set(pruner) - {"kind", "min_epochs", "reduction_factor"})
     if unknown_pruner:
         raise ConfigError(f"{source}: unknown key 'pruner.{unknown_pruner[0]}'")
+    direction = raw.get("direction")
+    if direction not in (None, *DIRECTIONS.values()):
+        raise ConfigError(f"{source}: direction must be one of {sorted(DIRECTIONS.values())} (got {direction!r})")
+    metric = raw.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"{source}: metric must be a logged metric's name, e.g. validation/accuracy")
     heartbeat = raw.get("heartbeat") or {}
     if not isinstance(heartbeat, dict) or set(heartbeat) - {"interval_s", "stale_after_s"}:
         raise ConfigError(f"{source}: heartbeat takes interval_s and stale_after_s (got {heartbeat!r})")
@@ -176,6 +196,8 @@ def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
         min_epochs=int(pruner.get("min_epochs", 1)),
         reduction_factor=int(pruner.get("reduction_factor", 3)),
         storage=raw.get("storage"),
+        metric=metric,
+        direction=direction,
         heartbeat_s=float(heartbeat.get("interval_s", 60)),
         stale_after_s=float(heartbeat.get("stale_after_s", 600)),
         source=source,
@@ -245,12 +267,14 @@ def open_storage(sweep_dir: Path, storage: str | None = None) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
-def create_study(sweep_dir: Path, spec: SearchSpec, name: str, direction: str) -> Any:
-    """Create the search's study (once, at submit)."""
+def create_study(sweep_dir: Path, spec: SearchSpec, name: str, direction: str, metric: str) -> Any:
+    """Create the search's study (once, at submit), optimising `metric` in `direction`."""
     optuna = require_optuna()
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=open_storage(sweep_dir, spec.storage), direction=direction, load_if_exists=False
     )
+    study.set_user_attr("metric", metric)
+    return study
 
 
 def load_study(sweep_dir: Path, task_index: int = 0, max_epochs: int = 1) -> tuple[Any, SearchSpec, dict[str, Any]]:

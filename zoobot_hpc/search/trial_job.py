@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,10 +14,12 @@ from typing import Any
 
 import submitit
 
+from zoobot_hpc.backends.registry import running_backend
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, apply_override
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging
-from zoobot_hpc.runtime.preemption import PreemptionFlag, run_preemptible
+from zoobot_hpc.runtime.preemption import run_preemptible
 from zoobot_hpc.search.study import (
     TASKS,
     acquire_trial,
@@ -27,7 +28,7 @@ from zoobot_hpc.search.study import (
     write_heartbeat,
 )
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class Heartbeat:
@@ -56,8 +57,10 @@ class Heartbeat:
 
 def _segment_token() -> str:
     """Identifies this start of the job, the same on every rank (a requeue changes it)."""
-    env = os.environ
-    return ":".join(env.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"))
+    backend = running_backend()
+    if backend is None:
+        return ""
+    return f"{backend.name}:{backend.job_key() or ''}:{backend.restart_count() or 0}"
 
 
 def _await_rank0_trial(sweep_dir: Path, task_index: int, timeout_s: float = 600) -> int:
@@ -158,11 +161,12 @@ class TrialJob(submitit.helpers.Checkpointable):
         if rank == 0:
             study._storage.set_trial_user_attr(trial._trial_id, "run_dir", name)
             log.info("task %d: trial %d %s", self.task_index, trial.number, trial.params)
-        reporter = TrialReporter(study, trial, monitor="validation/loss")
+        config = trial_config(base, trial.params, name)
+        reporter = TrialReporter(study, trial, monitor=config.monitored[0])
         heartbeat = Heartbeat(sweep_dir, trial.number, spec.heartbeat_s).start() if rank == 0 else None
         try:
             outcome = run_training(
-                trial_config(base, trial.params, name),
+                config,
                 run_dir,
                 flag=flag,
                 cluster_environment=environment,

@@ -26,7 +26,8 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 
 from zoobot_hpc.core.atomic import atomic_path
 from zoobot_hpc.core.disk_space import out_of_space
-from zoobot_hpc.runtime.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.core.stop_signals import PreemptionFlag
+from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
 from zoobot_hpc.training.nonfinite import (
     FINITE_CHECK_EVERY_N_STEPS,
@@ -51,7 +52,7 @@ RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

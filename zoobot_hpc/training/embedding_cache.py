@@ -34,12 +34,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zoobot_hpc.core.atomic import commit, writer_suffix
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manifest
 from zoobot_hpc.data.workers import loader_settings
-from zoobot_hpc.runtime.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, host_flag_group
 
 CACHE_DIR_NAME = "embedding_cache"
@@ -52,7 +53,7 @@ BATCH_SIZE_ATTR = "batch_size"  # of a partial file: a build continues with the 
 COMMIT_EVERY_S = 10.0  # a lost node costs at most this much of a build
 PROGRESS_EVERY_S = 30.0
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

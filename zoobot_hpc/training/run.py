@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import socket
 import sys
 import time
@@ -18,17 +17,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from zoobot_hpc.backends.registry import running_backend
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
     ResumeCheckpointer,
@@ -53,7 +54,7 @@ from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
 from zoobot_hpc.training.wandb_figures import ValidationFigures
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,10 +139,15 @@ def resolve_precision(precision: str) -> str:
 
 
 def default_cluster_environment() -> ClusterEnvironment | None:
-    """Under SLURM, Lightning's SLURM environment with its own requeue switched off (we own preemption)."""
-    if SLURMEnvironment.detect():
-        return SLURMEnvironment(auto_requeue=False)
-    return None
+    """In a job its scheduler started without submitit (the user's own job script), the Lightning environment the
+    scheduler's backend names (SLURM's with Lightning's own requeue switched off: we own preemption)."""
+    backend = running_backend()
+    named = backend.lightning_environment() if backend is not None else None
+    if named is None:
+        return None
+    module, _, name = named[0].rpartition(".")
+    environment = getattr(importlib.import_module(module), name)
+    return environment(**named[1]) if environment.detect() else None
 
 
 def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> list[Logger]:
@@ -221,18 +227,19 @@ def build_callbacks(
     interactive: bool,
 ) -> list[Callback]:
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
+    monitor, mode = config.monitored
     callbacks: list[Callback] = [
         RNGStateCallback(),
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS,
             filename="best",
-            monitor=model.monitor_metric,
-            mode=model.monitor_mode,
+            monitor=monitor,
+            mode=mode,
             enable_version_counter=False,
         ),
         last_state_checkpoint(run_dir / layout.CHECKPOINTS),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
-        ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
+        ProgressFile(run_dir, monitor, mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
         NamedLearningRates(),
         ValidationFigures(model.monitor_metric, model.monitor_mode),
@@ -246,8 +253,8 @@ def build_callbacks(
     if config.trainer.early_stopping_patience:
         callbacks.append(
             EarlyStopping(
-                monitor=model.monitor_metric,
-                mode=model.monitor_mode,
+                monitor=monitor,
+                mode=mode,
                 patience=config.trainer.early_stopping_patience,
             )
         )
@@ -290,6 +297,12 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int
     return len(layout.read_segments(run_dir))
 
 
+def restart_count() -> int | None:
+    """How many times the scheduler restarted this job (None where it does not say)."""
+    backend = running_backend()
+    return backend.restart_count() if backend is not None else None
+
+
 def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
     """Append this start of the job to the run dir's segments (rank 0)."""
     layout.append_segment(
@@ -301,7 +314,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "nodes": os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
-            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+            "restart_count": restart_count(),
         },
     )
     log.info("run dir %s; %s", run_dir, f"resuming from {resume_from}" if resume_from else "fresh start")
@@ -318,7 +331,8 @@ def write_summary(
         run_dir / layout.SUMMARY,
         {
             "name": config.name,
-            "monitor": trainer.lightning_module.monitor_metric,
+            "monitor": config.monitored[0],
+            "mode": config.monitored[1],
             "best": float(best_score) if best_score is not None else None,
             "best_checkpoint": outcome.best_checkpoint,
             "epochs": trainer.current_epoch,

@@ -14,7 +14,7 @@ from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.redaction import redact_value
 from zoobot_hpc.core.segment_records import segment_records, segment_totals
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class SegmentWandbLogger(WandbLogger):
