@@ -11,7 +11,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import submitit
@@ -47,7 +47,7 @@ class JobRecord:
     run_dir: Path | None = None
 
     @classmethod
-    def from_submission(cls, submission: dict, run_dir: Path | None = None) -> JobRecord:
+    def from_submission(cls, submission: dict[str, Any], run_dir: Path | None = None) -> JobRecord:
         return cls(
             job_id=str(submission.get("job_id", "")),
             submitit_folder=Path(submission.get("submitit_folder", ".")),
@@ -138,7 +138,7 @@ class SchedulerBackend(Protocol):
         """The preemption facts of a partition (None: the scheduler has no partitions or does not say)."""
         ...
 
-    def submitted_job_record(self, job_id: str) -> dict:
+    def submitted_job_record(self, job_id: str) -> dict[str, Any]:
         """Extra facts `submit` records about a job it just submitted (a local job's process start)."""
         ...
 
@@ -172,7 +172,7 @@ class SchedulerBackend(Protocol):
         """Requeue the job this process runs in (a job the user's own script started, outside submitit)."""
         ...
 
-    def lightning_environment(self) -> tuple[str, dict] | None:
+    def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         """Lightning's ClusterEnvironment for a job this scheduler started without submitit, as an import path
         and keyword arguments (None: none)."""
         ...

@@ -8,7 +8,7 @@ import shlex
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase
 from zoobot_hpc.backends.job_setup import job_setup
@@ -154,7 +154,7 @@ class LocalBackend:
     def partition(self, name: str | None) -> Partition | None:
         return None
 
-    def submitted_job_record(self, job_id: str) -> dict:
+    def submitted_job_record(self, job_id: str) -> dict[str, Any]:
         return {"process_start": process_start_ticks(job_id)}
 
     def in_job(self) -> bool:
@@ -180,5 +180,5 @@ class LocalBackend:
     def requeue_self(self) -> bool:
         return False
 
-    def lightning_environment(self) -> tuple[str, dict] | None:
+    def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         return None

@@ -24,7 +24,8 @@ def get_backend(name: str) -> SchedulerBackend:
     if name not in BACKENDS:
         raise ValueError(f"unknown scheduler backend {name!r} (known: {', '.join(BACKENDS)})")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    backend: SchedulerBackend = getattr(importlib.import_module(module), cls)()
+    return backend
 
 
 def resolve_backend(choice: str) -> str:

@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase, SchedulerMissing
 from zoobot_hpc.backends.job_setup import job_setup
@@ -101,7 +101,7 @@ class SlurmBackend:
 
         res = config.resources
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=res.max_time_limit_requeues)
-        params: dict = {
+        params: dict[str, Any] = {
             "job_name": job_name,
             "time": res.time_min,
             "nodes": res.nodes,
@@ -185,7 +185,7 @@ class SlurmBackend:
     def partition(self, name: str | None) -> Partition | None:
         return read_partition(name)
 
-    def submitted_job_record(self, job_id: str) -> dict:
+    def submitted_job_record(self, job_id: str) -> dict[str, Any]:
         return {}
 
     def in_job(self) -> bool:
@@ -226,6 +226,6 @@ class SlurmBackend:
         log.error("could not requeue SLURM job %s (%s); continue with the same command", job_id, done.stderr.strip())
         return False
 
-    def lightning_environment(self) -> tuple[str, dict] | None:
+    def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         """Lightning's SLURM environment with its own requeue switched off (we own preemption)."""
         return "lightning.fabric.plugins.environments.SLURMEnvironment", {"auto_requeue": False}

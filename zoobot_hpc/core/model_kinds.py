@@ -73,7 +73,7 @@ def stored_kind(checkpoint: Mapping[str, Any]) -> str | None:
     """The kind a checkpoint records; for checkpoints written before it was recorded, the kind their
     hyper-parameter names imply; None when neither says."""
     kind = checkpoint.get(CHECKPOINT_KIND_KEY)
-    if kind in MODEL_KINDS:
+    if isinstance(kind, str) and kind in MODEL_KINDS:
         return kind
     hyper_parameters = checkpoint.get("hyper_parameters") or {}
     if "question_answer_pairs" in hyper_parameters:

@@ -85,33 +85,10 @@ def build_datamodule(
     """The datamodule a config describes, reading only the label columns the model needs: shards, or (head_only
     with `data.embedding_cache`) the frozen encoder's embeddings, computed once and cached next to the dataset.
     A cache build stops on the run's `flag`, and the run's next job (same `run_dir`) continues it."""
-    data = config.data
-    augment = data.augment.model_copy(update={"greyscale": config.model.greyscale})
-    if data.embedding_cache:
-        return EmbeddingCacheDataModule(
-            data.dataset_dir,
-            encoder=model.encoder,
-            encoder_name=config.model.name,
-            batch_size=data.batch_size,
-            label_cols=model.label_cols,
-            seed=config.trainer.seed,
-            augment=augment,
-            views=data.embedding_cache_views,
-            locking=data.hdf5_locking,
-            flag=flag,
-            partial_tag=run_partial_tag(run_dir) if run_dir is not None else None,
-        )
-    return ShardDataModule(
-        dataset_dir=data.dataset_dir,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        label_cols=model.label_cols,
-        seed=config.trainer.seed,
-        augment=augment,
-        locking=data.hdf5_locking,
-        pin_memory=config.resources.gpus_per_node > 0,
-        batch_pool=data.batch_pool,
-    )
+    if config.data.embedding_cache:
+        partial_tag = run_partial_tag(run_dir) if run_dir is not None else None
+        return EmbeddingCacheDataModule.from_config(config, model.encoder, model.label_cols, flag, partial_tag)
+    return ShardDataModule.from_config(config, model.label_cols)
 
 
 def import_callback_class(class_path: str) -> type[Callback]:
@@ -367,7 +344,7 @@ def fit_segment(
     return preempted
 
 
-def run_training(
+def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler environment, sweep group, callbacks)
     config: RunConfig,
     run_dir: Path,
     *,
