@@ -219,7 +219,7 @@ def build_callbacks(
         ProgressFile(run_dir, monitor, mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
         NamedLearningRates(),
-        ValidationFigures(model.monitor_metric, model.monitor_mode),
+        ValidationFigures(monitor, mode),
     ]
     tracking = config.tracking
     if tracking.mode != "disabled" and tracking.galaxy_table:
@@ -288,7 +288,6 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "start": time.time(),
             "job": scheduler_job_key(),
             "host": socket.gethostname(),
-            "nodes": os.environ.get("SLURM_JOB_NODELIST") or socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
             "restart_count": restart_count(),

@@ -51,8 +51,7 @@ class SegmentWandbLogger(WandbLogger):
     def wandb_step(self, global_step: int) -> int:
         """The W&B step of a trainer step in this segment: after every step any earlier segment logged."""
         if self._step_offset is None:
-            from zoobot_hpc.training.tracking import offline_segments
-            from zoobot_hpc.training.wandb_history import last_step_before
+            from zoobot_hpc.training.wandb_history import last_step_before, offline_segments
 
             earlier = -1
             if self.run_dir is not None:

@@ -16,6 +16,7 @@ from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.core.redaction import redact_argv, redact_config, redact_value
+from zoobot_hpc.training.wandb_history import offline_segments
 
 if TYPE_CHECKING:
     from zoobot_hpc.training.segment_logger import SegmentWandbLogger
@@ -76,11 +77,6 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         config={**redact_config(config).model_dump(mode="json"), **swept_parameters(run_dir)},
         run_dir=run_dir,
     )
-
-
-def offline_segments(run_dir: Path) -> list[Path]:
-    """The offline W&B run folders of one run, oldest first (one per job start)."""
-    return sorted((Path(run_dir) / layout.WANDB / "wandb").glob("offline-run-*"))
 
 
 def sync_command(run_dir: Path, config: RunConfig) -> list[str] | None:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoobot_hpc.core import run_dir as layout
+
 HEADER_LEN = 7
 BLOCK_LEN = 32768
 CHUNK_HEADER_LEN = 7
@@ -39,6 +41,11 @@ def _payloads(data: bytes) -> Iterator[bytes]:
         elif kind == LAST:
             yield pending + payload
             pending = b""
+
+
+def offline_segments(run_dir: Path) -> list[Path]:
+    """The offline W&B run folders of one run, oldest first (one per job start)."""
+    return sorted((Path(run_dir) / layout.WANDB / "wandb").glob("offline-run-*"))
 
 
 @dataclass(frozen=True)
