@@ -550,7 +550,7 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
         """`validation/loss/<question>` (their sum is `validation/loss`) and `validation/vote_fraction_mae/<q>`."""
         report = {}
         for prefix, key in (("loss", "validation_question_loss"), ("vote_fraction_mae", "validation_fraction_mae")):
-            values = self.metrics[key].compute()
+            values = self.metrics[key].compute().reshape(-1)  # torchmetrics squeezes a one-question tree's
             report.update(
                 {f"validation/{prefix}/{q}": float(v) for q, v in zip(self.schema.questions, values, strict=True)}
             )

@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,9 +127,11 @@ def default_cluster_environment() -> ClusterEnvironment | None:
     return environment(**named[1]) if environment.detect() else None
 
 
-def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> list[Logger]:
+def _loggers(
+    config: RunConfig, run_dir: Path, group: str | None, task: str, params: Mapping[str, Any] | None = None
+) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(str(run_dir), name=layout.METRICS)]
-    wandb_logger = create_wandb_logger(config, run_dir, group=group, task=task)
+    wandb_logger = create_wandb_logger(config, run_dir, group=group, task=task, params=params)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     return loggers
@@ -354,12 +356,14 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     startup: StartupLog | None = None,
     write_config: bool = True,
     extra_callbacks: Sequence[Callback] = (),
+    tracked_params: Mapping[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
 
     `startup` times the job's start-up phases (from the process's start) into the log, up to the first step.
     `write_config=False` keeps the `config.yaml` that `submit` wrote (a submitted job carries a config with its
-    secrets redacted). `extra_callbacks` are added to the config's (a search trial's reporter).
+    secrets redacted). `extra_callbacks` are added to the config's (a search trial's reporter). `tracked_params`
+    (a search trial's sampled values) become top-level keys of the W&B run's config, as a sweep's swept values do.
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
@@ -380,7 +384,7 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
         config,
         run_dir,
         [*callbacks, *extra_callbacks, StartupPhases(startup)],
-        _loggers(config, run_dir, group, model.kind),
+        _loggers(config, run_dir, group, model.kind, tracked_params),
         cluster_environment,
         interactive,
     )

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,11 @@ def swept_parameters(run_dir: Path) -> dict[str, Any]:
     return dict(submission.get("point") or {}) if submission.get("sweep") else {}
 
 
-def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, task: str) -> SegmentWandbLogger | None:
-    """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only."""
+def create_wandb_logger(
+    config: RunConfig, run_dir: Path, group: str | None, task: str, params: Mapping[str, Any] | None = None
+) -> SegmentWandbLogger | None:
+    """The Lightning W&B logger for this run (None when tracking is disabled). Logs from rank 0 only. A sweep's swept
+    values and a search trial's `params` are top-level config keys; the group is the sweep or search."""
     from zoobot_hpc.training.segment_logger import SegmentWandbLogger  # here: `sync` and `status` run on the login node
 
     tracking = config.tracking
@@ -74,7 +78,11 @@ def create_wandb_logger(config: RunConfig, run_dir: Path, group: str | None, tas
         tags=redact_value(list(tracking.tags)),
         save_dir=str(save_dir),
         mode=tracking.mode,
-        config={**redact_config(config).model_dump(mode="json"), **swept_parameters(run_dir)},
+        config={
+            **redact_config(config).model_dump(mode="json"),
+            **swept_parameters(run_dir),
+            **redact_value(dict(params or {})),
+        },
         run_dir=run_dir,
     )
 

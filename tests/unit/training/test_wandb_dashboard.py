@@ -188,3 +188,14 @@ def test_galaxy_table_is_off_with_one_key(train_data, tmp_path):  # noqa: F811
     run_training(config, run_dir, interactive=False)
     assert logged_tables(run_dir) == []
     assert read_offline_run(offline_run_files(run_dir)[0]).metric("validation/loss")
+
+
+def test_swept_and_searched_values_are_top_level_config_keys_grouped_by_sweep(train_data, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "lr-point"
+    run_dir.mkdir()
+    layout.write_json(run_dir / layout.SUBMISSION, {"sweep": "lr-sweep", "point": {"model.learning_rate": 0.002}})
+    config = run_config(train_data, tmp_path, "classifier", tracking=OFFLINE, model={"learning_rate": 0.002})
+    run_training(config, run_dir, interactive=False, group="lr-sweep", tracked_params={"model.layer_decay": 0.75})
+    run = read_offline_run(offline_run_files(run_dir)[0])
+    assert run.group == "lr-sweep"
+    assert run.config["model.learning_rate"] == 0.002 and run.config["model.layer_decay"] == 0.75
