@@ -8,14 +8,43 @@ pass; then the run's page figure (README) rendered from the logged run by `zoobo
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 from tests.support.trained_runs import run_config
 from zoobot_hpc.data.demo import write_demo_dataset
 from zoobot_hpc.login.run_page import plot_run_page
+from zoobot_hpc.training.galaxy_table import GalaxyTable
 from zoobot_hpc.training.run import run_training
+from zoobot_hpc.training.segment_logger import SegmentWandbLogger
+from zoobot_hpc.training.wandb_figures import ValidationFigures
+
+SPENT: dict[str, float] = defaultdict(float)
+TIMED = [
+    (GalaxyTable, "on_validation_batch_end"),
+    (GalaxyTable, "on_validation_end"),
+    (ValidationFigures, "on_validation_end"),
+    (SegmentWandbLogger, "log_metrics"),
+]
+
+
+def time_logging_hooks() -> None:
+    """Add the seconds spent in each W&B logging hook to SPENT (`log_metrics` includes the lr/<layer> rows)."""
+    for cls, name in TIMED:
+        original = getattr(cls, name)
+
+        @functools.wraps(original)
+        def timed(*args, _original=original, _key=f"{cls.__name__}.{name}", **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                SPENT[_key] += time.perf_counter() - start
+
+        setattr(cls, name, timed)
 
 
 def fit_seconds(dataset: Path, root: Path, kind: str, epochs: int, size: int, tracking: dict) -> float:
@@ -50,6 +79,7 @@ def main() -> None:
         dataset = root / "data"
         write_demo_dataset(dataset, n_galaxies=args.galaxies, image_size=args.size, seed=1)
         results: dict[str, list[float]] = {"disabled": [], "offline": []}
+        time_logging_hooks()
         for repeat in range(args.repeats):
             for mode in ("disabled", "offline"):
                 out = root / f"{mode}-{repeat}"
@@ -62,6 +92,10 @@ def main() -> None:
         print(f"{args.kind}, {args.galaxies} galaxies at {args.size} px, {args.epochs} epochs, best of {args.repeats}:")
         print(f"  tracking disabled: {off / args.epochs:.2f} s/epoch; W&B offline: {on / args.epochs:.2f} s/epoch")
         print(f"  W&B cost: {(on - off) / args.epochs:+.3f} s/epoch ({(on - off) / off:+.1%}); all runs: {results}")
+        hooks = sum(SPENT.values()) / args.repeats / args.epochs
+        print(f"  in the W&B logging hooks: {hooks:.3f} s/epoch ({hooks / (off / args.epochs):.1%} of the epoch)")
+        for key, seconds in SPENT.items():
+            print(f"    {key}: {seconds / args.repeats / args.epochs * 1000:.1f} ms/epoch")
         print(f"  written by W&B: {wandb_bytes / 1e6:.2f} MB in all, {wandb_bytes / args.epochs / 1e6:.2f} MB per pass")
         if args.figure:
             print("  figure:", plot_run_page(run_dir, args.figure))
