@@ -86,9 +86,10 @@ class GalaxyTable(Callback):
         self._rows: dict[int, GalaxyRow] = {}
         self._worst: list[GalaxyRow] = []
         self._active = False
+        self._failed = False
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._rows, self._worst = {}, []
+        self._rows, self._worst, self._failed = {}, [], False
         self._active = (  # the same on every rank (each has the logger): all join the gather
             not trainer.sanity_checking
             and trainer.current_epoch % self.every == 0
@@ -101,8 +102,15 @@ class GalaxyTable(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
     ) -> None:
         head_outputs = getattr(pl_module, "last_validation_outputs", None)
-        if not self._active or head_outputs is None:
+        if not self._active or head_outputs is None or self._failed:
             return
+        try:
+            self._collect(pl_module, head_outputs, batch)
+        except Exception as error:  # the table is a view: its failure must not stop training (ranks still gather)
+            self._failed = True
+            log.warning("galaxy table off for this pass (%s: %s)", type(error).__name__, error)
+
+    def _collect(self, pl_module: LightningModule, head_outputs: torch.Tensor, batch: dict[str, Any]) -> None:
         with torch.no_grad():
             losses = pl_module.per_galaxy_loss(head_outputs, batch).float()
         positions = [int(i) for i in batch["index"]]
@@ -143,9 +151,8 @@ class GalaxyTable(Callback):
         logger = wandb_logger_of(trainer)
         if trainer.global_rank or logger is None:
             return
-        logger.log_row(
-            {"validation/galaxies": galaxy_table(rows, worst)}, trainer.fit_loop.epoch_loop._batches_that_stepped
-        )
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        logger.log_row(lambda: {"validation/galaxies": galaxy_table(rows, worst)}, step)
 
 
 def _worst_of(rows: list[GalaxyRow], count: int) -> list[GalaxyRow]:

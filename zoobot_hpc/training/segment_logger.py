@@ -4,6 +4,7 @@ and to continue the history of the run's earlier segments instead of overwriting
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,10 @@ class SegmentWandbLogger(WandbLogger):
         self._guarded(self._log_row, dict(metrics), step)
 
     @rank_zero_only
-    def log_row(self, row: dict[str, Any], step: int) -> None:
-        """Log W&B objects (tables, plots) at a trainer step, guarded and on this segment's steps."""
-        self._guarded(self._log_row, row, step)
+    def log_row(self, build: Callable[[], dict[str, Any]], step: int) -> None:
+        """Log the W&B objects (tables, plots) that `build()` makes at a trainer step, on this segment's steps;
+        building them is guarded too, so that a figure that fails costs only the figure."""
+        self._guarded(lambda: self._log_row(build(), step))
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         """The model's hyper-parameters, redacted like the run config (`timm_kwargs` may hold a URL password)."""

@@ -67,12 +67,18 @@ class ValidationFigures(Callback):
             return
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         figures = getattr(pl_module, "validation_figures", {})
-        charts: dict[str, Any] = {}
-        if "confusion_matrix" in figures:
-            charts["validation/confusion_matrix"] = confusion_chart(figures["confusion_matrix"], pl_module.class_labels)
-        if "predicted" in figures:
-            charts["validation/predicted_vs_true"] = scatter_chart(figures["predicted"], figures["true"])
-        if charts:
+
+        def charts() -> dict[str, Any]:
+            made: dict[str, Any] = {}
+            if "confusion_matrix" in figures:
+                made["validation/confusion_matrix"] = confusion_chart(
+                    figures["confusion_matrix"], pl_module.class_labels
+                )
+            if "predicted" in figures:
+                made["validation/predicted_vs_true"] = scatter_chart(figures["predicted"], figures["true"])
+            return made
+
+        if figures:
             logger.log_row(charts, step)
         current = trainer.callback_metrics.get(self.monitor)
         if current is not None:
