@@ -9,7 +9,7 @@ from typing import Any
 from zoobot_hpc.backends.base import JobRecord, SchedulerBackend
 from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.login.sweep import run_name
-from zoobot_hpc.search.study import fail_stale_trials, load_study, require_optuna
+from zoobot_hpc.search.study import fail_stale_trials, fail_trial, load_study, require_optuna
 
 
 @dataclass
@@ -56,8 +56,7 @@ def fail_trials_of_ended_jobs(
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state = states.get(jobs.get(trial.user_attrs.get("array_task"), ""))
         if state is not None and backend is not None and backend.phase(state).ended:
-            study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its job ended {state}")
-            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            fail_trial(study, trial, f"its job ended {state}")
             failed.append(trial.number)
     return failed
 

@@ -335,14 +335,54 @@ def fail_stale_trials(study: Any, sweep_dir: Path, stale_after_s: float, now: fl
         state, beat = last_heartbeat(sweep_dir, trial)
         if state != "running" or now - beat < stale_after_s:
             continue
-        storage = study._storage
         try:
-            storage.set_trial_user_attr(trial._trial_id, "stale", f"no heartbeat for {now - beat:.0f} s")
-            storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            fail_trial(study, trial, f"no heartbeat for {now - beat:.0f} s")
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         failed.append(trial.number)
     return failed
+
+
+# --- the study adapter: the one place that reaches into Optuna's storage -----------------------------------------
+# A trial of an array task is told apart by its number, and its attributes and state are set by another process
+# than the one that asked for it; Optuna's public API covers neither, so these use `study._storage`.
+
+
+def trial_by_number(study: Any, number: int) -> Any:
+    """The (frozen) trial `number` of the study, fresh from its storage."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def set_trial_attr(study: Any, trial: Any, key: str, value: Any) -> None:
+    """Set a user attribute of any trial of the study (not only one this process asked for)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail_trial(study: Any, trial: Any, why: str) -> None:
+    """Mark a RUNNING trial FAIL, recording why in its `stale` attribute."""
+    optuna = require_optuna()
+    set_trial_attr(study, trial, "stale", why)
+    study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+
+
+def retry_trial(study: Any, trial: Any, task_index: int) -> int:
+    """A new RUNNING trial with the parameters of `trial` (failed as stale), owned by array task `task_index`."""
+    optuna = require_optuna()
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={"array_task": task_index, "retry_of": trial.number},
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return int(study._storage.get_trial_number_from_id(trial_id))
+
+
+def reporting_trial(study: Any, trial: Any) -> Any:
+    """An `optuna.trial.Trial` of a trial this process did not ask for (to report and ask the pruner)."""
+    optuna = require_optuna()
+    return optuna.trial.Trial(study, trial._trial_id)
 
 
 # --- array task -> trial -----------------------------------------------------------------------------------------
@@ -368,17 +408,10 @@ def acquire_trial(study: Any, spec: SearchSpec, sweep_dir: Path, task_index: int
     if latest is not None and "stale" not in latest.user_attrs:
         return latest
     if latest is not None:
-        template = optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING,
-            params=latest.params,
-            distributions=latest.distributions,
-            user_attrs={"array_task": task_index, "retry_of": latest.number},
-        )
-        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-        number = study._storage.get_trial_number_from_id(trial_id)
+        number = retry_trial(study, latest, task_index)
     else:
         trial = study.ask(spec.distributions)
-        study._storage.set_trial_user_attr(trial._trial_id, "array_task", task_index)
+        set_trial_attr(study, trial, "array_task", task_index)
         number = trial.number
     write_heartbeat(sweep_dir, number)
-    return study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial_by_number(study, number)

@@ -24,6 +24,8 @@ from zoobot_hpc.search.study import (
     TASKS,
     acquire_trial,
     load_study,
+    set_trial_attr,
+    trial_by_number,
     trial_run_name,
     write_heartbeat,
 )
@@ -100,8 +102,7 @@ def _this_tasks_trial(study: Any, spec: Any, sweep_dir: Path, task_index: int, r
         layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
         return trial
     number = _await_rank0_trial(sweep_dir, task_index)
-    storage = study._storage
-    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial_by_number(study, number)
 
 
 def _finish_trial(study: Any, trial: Any, run_dir: Path, *, pruned: bool, heartbeat: Heartbeat) -> None:
@@ -159,7 +160,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         name = trial_run_name(trial.number, trial.params)
         run_dir = sweep_dir / name
         if rank == 0:
-            study._storage.set_trial_user_attr(trial._trial_id, "run_dir", name)
+            set_trial_attr(study, trial, "run_dir", name)
             log.info("task %d: trial %d %s", self.task_index, trial.number, trial.params)
         config = trial_config(base, trial.params, name)
         reporter = TrialReporter(study, trial, monitor=config.monitored[0])
