@@ -282,6 +282,12 @@ def restart_count() -> int | None:
     return backend.restart_count() if backend is not None else None
 
 
+def node_list() -> str:
+    """The nodes of this job as its scheduler names them, else this host."""
+    backend = running_backend()
+    return (backend.node_list() if backend is not None else None) or socket.gethostname()
+
+
 def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
     """Append this start of the job to the run dir's segments (rank 0)."""
     layout.append_segment(
@@ -290,6 +296,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -
             "start": time.time(),
             "job": scheduler_job_key(),
             "host": socket.gethostname(),
+            "nodes": node_list(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
             "restart_count": restart_count(),
