@@ -174,6 +174,7 @@ class TrialJob(submitit.helpers.Checkpointable):
                 group=record["study"],
                 interactive=False,
                 extra_callbacks=[reporter],
+                tracked_params=trial.params,
             )
         except BaseException:
             if heartbeat is not None:
