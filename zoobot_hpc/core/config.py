@@ -103,6 +103,7 @@ class TrainerSettings(_Section):
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)
     heartbeat_every_s: float = Field(30.0, gt=0)  # how often a job start records how far it got
+    allow_dataset_change: bool = Field(False, description="resume from checkpoints trained on another dataset")
     log_every_n_steps: int = Field(50, gt=0)
     channels_last: bool = True
     limit_train_batches: int | None = Field(None, gt=0)

@@ -27,8 +27,10 @@ from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
+from zoobot_hpc.data.shard_identity import check_same_dataset, manifest_checksum
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
     ResumeCheckpointer,
@@ -194,7 +196,7 @@ def build_training_trainer(
         callbacks=callbacks,
         cluster_environment=cluster_environment,
         interactive=interactive,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(dataset=dataset_identity(config))],
         max_epochs=settings.max_epochs,
         deterministic=settings.deterministic,
         gradient_clip_val=settings.gradient_clip_val,
@@ -207,6 +209,33 @@ def build_training_trainer(
         logger=loggers,
         default_root_dir=str(run_dir),
     )
+
+
+def dataset_identity(config: RunConfig) -> str | None:
+    """The checksum of the manifest of the dataset a config trains on (None when it has none to read)."""
+    try:
+        return manifest_checksum(config.data.dataset_dir)
+    except OSError:
+        return None
+
+
+def choose_resume_checkpoint(config: RunConfig, run_dir: Path, global_rank: int) -> Path | None:
+    """The checkpoint this job resumes from. Rank 0 verifies each one's digest, newest first, and takes the first
+    valid one (the others take its choice when the checkpoint is loaded: `AtomicCheckpointIO`). A checkpoint of
+    another dataset is refused unless `trainer.allow_dataset_change`."""
+    checkpoints = run_dir / layout.CHECKPOINTS
+    chosen = newest_valid_checkpoint(checkpoints, verify=global_rank == 0)
+    if global_rank != 0:
+        return chosen
+    if chosen is None:
+        if newest_valid_checkpoint(checkpoints, verify=False) is not None:
+            raise RuntimeError(f"no checkpoint in {checkpoints} is valid (see above): move them away to start afresh")
+        return None
+    current = dataset_identity(config)
+    digest = read_digest(chosen)
+    if current is not None and digest is not None:
+        check_same_dataset(digest.dataset, current, chosen, config.trainer.allow_dataset_change)
+    return chosen
 
 
 def build_callbacks(
@@ -389,7 +418,7 @@ def run_training(
     keep_own_signal_handlers(trainer)
     startup.phase("trainer, loggers")
 
-    resume_from = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
+    resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
     if trainer.global_rank == 0:
         record_segment(run_dir, config, resume_from)
     preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
