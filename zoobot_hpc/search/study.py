@@ -13,12 +13,13 @@ parameters:
   model.head_dropout_prob: {choice: [0.2, 0.35, 0.5]}
 ```
 
-The study lives in `SWEEP_DIR/study.journal` (Optuna's journal file storage: appends under a lock file that only
-its owner releases, `journal_lock`, which works on NFS and Lustre without a database server) unless `storage:`
-names an Optuna storage URL. Array task `i` owns one trial, found again by its `array_task` user attribute when the task is requeued. Journal storage has no
-heartbeat of its own, so each running trial's task rewrites `SWEEP_DIR/heartbeats/trial-N.json`; a RUNNING trial
-whose heartbeat is older than the grace period is failed (and retried with the same parameters if its task ever
-starts again). Steps reported to the pruner are epochs completed (1, 2, ...).
+The study lives in `SWEEP_DIR/study.journal` (Optuna's journal file storage: appends under a lock file that only its
+owner releases, `journal_lock`, which works on NFS and Lustre without a database server) unless `storage:` names an
+Optuna storage URL. Array task `i` owns one trial, found again by its `array_task` user attribute when the task is
+requeued. Journal storage has no heartbeat of its own, so each running trial's task rewrites
+`SWEEP_DIR/heartbeats/trial-N.json`; a RUNNING trial whose heartbeat is older than the grace period is failed (and
+retried with the same parameters if its task ever starts again). Steps reported to the pruner are epochs completed
+(1, 2, ...).
 
 Login-node module: Optuna is imported inside functions (it is the optional `search` extra), torch never.
 """

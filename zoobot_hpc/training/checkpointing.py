@@ -63,6 +63,10 @@ DATASET_KEY = "zoobot_hpc_dataset"  # the checksum of the manifest of the datase
 log = logging.getLogger("zoobot_hpc")
 
 
+class NoValidCheckpoint(RuntimeError):
+    """A run directory has checkpoints, and none of them is what was saved."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written with `zoobot_hpc.core.atomic` under a temp name unique to the writer (a crash
     mid-write, or a second writer, keeps a whole file under the final name), and each one's digest is recorded

@@ -33,6 +33,7 @@ from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
+    NoValidCheckpoint,
     ResumeCheckpointer,
     RNGStateCallback,
     keep_own_signal_handlers,
@@ -229,7 +230,7 @@ def choose_resume_checkpoint(config: RunConfig, run_dir: Path, global_rank: int)
         return chosen
     if chosen is None:
         if newest_valid_checkpoint(checkpoints, verify=False) is not None:
-            raise RuntimeError(f"no checkpoint in {checkpoints} is valid (see above): move them away to start afresh")
+            raise NoValidCheckpoint(f"no checkpoint in {checkpoints} is valid (see above): move them aside to start anew")
         return None
     current = dataset_identity(config)
     digest = read_digest(chosen)
