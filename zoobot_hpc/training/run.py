@@ -230,7 +230,7 @@ def choose_resume_checkpoint(config: RunConfig, run_dir: Path, global_rank: int)
         return chosen
     if chosen is None:
         if newest_valid_checkpoint(checkpoints, verify=False) is not None:
-            raise NoValidCheckpoint(f"no checkpoint in {checkpoints} is valid (see above): move them aside to start anew")
+            raise NoValidCheckpoint(f"no checkpoint in {checkpoints} is valid (see above): move them aside to restart")
         return None
     current = dataset_identity(config)
     digest = read_digest(chosen)
