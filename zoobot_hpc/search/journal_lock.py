@@ -21,7 +21,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from optuna.storages.journal import BaseJournalFileLock, JournalFileBackend
+from optuna.storages.journal import JournalFileBackend
 
 from zoobot_hpc.core.config import ConfigError
 
@@ -57,8 +57,9 @@ def _process_gone(owner: dict[str, Any]) -> bool:
     return False
 
 
-class OwnedJournalLock(BaseJournalFileLock):
-    """An O_EXCL lock file (NFSv3 and later) that records its owner's token."""
+class OwnedJournalLock:
+    """An O_EXCL lock file (NFSv3 and later) that records its owner's token; Optuna's journal lock interface
+    (`acquire`, `release`)."""
 
     def __init__(self, journal_path: str | os.PathLike, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.path = Path(str(journal_path) + LOCK_SUFFIX)
@@ -144,9 +145,6 @@ def torn_line(path: Path) -> int | None:
 
 class CheckedJournalBackend(JournalFileBackend):
     """Optuna's journal file backend whose reader names a torn line in one line: the file, the line, the fix."""
-
-    def __init__(self, file_path: str, lock_obj: BaseJournalFileLock | None = None) -> None:
-        super().__init__(file_path, lock_obj=lock_obj)
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         try:
