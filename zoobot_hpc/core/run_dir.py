@@ -79,13 +79,14 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def update_last_segment(run_dir: Path, fields: dict[str, Any]) -> None:
-    """Add `fields` to the record of the newest segment (the job start that is running now)."""
+def update_last_segment(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """Add `fields` to the record of the newest segment (the job start that is running now); returns it."""
     records = read_segments(run_dir)
     if not records:
-        return
+        return None
     records[-1].update(fields)
     atomic.write_text(Path(run_dir) / SEGMENTS, "".join(json.dumps(record, default=str) + "\n" for record in records))
+    return records[-1]
 
 
 def read_segments(run_dir: Path) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvir
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
@@ -30,6 +31,7 @@ from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.shard_identity import check_same_dataset, manifest_checksum
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
 from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
@@ -313,13 +315,25 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int
     return len(layout.read_segments(run_dir))
 
 
-def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
+def hold_run_dir(run_dir: Path) -> str:
+    """Take the run directory's lease for this job (rank 0), or on the other ranks of a scheduled job check that
+    no other job holds it; RunDirOwned (one line naming the owner) when another job does. Returns the job key."""
+    job_key = scheduler_job_key()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        take_lease(run_dir, job_key)
+    elif os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
+        check_lease(run_dir, job_key)  # outside a scheduler each rank's key is its own
+    return job_key
+
+
+def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None, job_key: str) -> None:
     """Append this start of the job to the run dir's segments (rank 0)."""
     layout.append_segment(
         run_dir,
         {
             "start": time.time(),
-            "job": scheduler_job_key(),
+            "job": job_key,
             "host": socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
@@ -395,6 +409,7 @@ def run_training(
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
+    job_key = hold_run_dir(run_dir)
     requeue_count = prepare_run_dir(run_dir, config, write_config)
     interactive = sys.stderr.isatty() if interactive is None else interactive
     if not config.resources.gpus_per_node:
@@ -421,7 +436,7 @@ def run_training(
 
     resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
     if trainer.global_rank == 0:
-        record_segment(run_dir, config, resume_from)
+        record_segment(run_dir, config, resume_from, job_key)
     preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
@@ -433,4 +448,5 @@ def run_training(
     )
     if not preempted and trainer.global_rank == 0:
         write_summary(run_dir, config, trainer, outcome, requeue_count)
+        release_lease(run_dir, job_key)
     return outcome
