@@ -387,12 +387,13 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     configure_job_logging()
     from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.runtime.run_lease import RunDirOwned
     from zoobot_hpc.training.checkpointing import NoValidCheckpoint
     from zoobot_hpc.training.nonfinite import NonFiniteTraining
 
     try:
         run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
-    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint) as error:
+    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned) as error:
         _fail(error)
     click.echo(_results_text(target))
 

@@ -121,6 +121,27 @@ def local_state(job_id: str, submitit_folder: Path, started: int | None = None, 
     return "COMPLETED" if result.get("outcome") == "success" else "FAILED"
 
 
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING"}
+ACTIVE_STATES |= {"RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
+
+
+def active_job(run_dir: Path) -> str | None:
+    """The run's submitted job and its state when the scheduler says it is queued, running or requeued
+    ("job 123 (PENDING)"), else None. The one place the login node asks whether a run's job is active."""
+    submission = layout.read_json(Path(run_dir) / layout.SUBMISSION) or {}
+    job_id = submission.get("job_id")
+    if not job_id:
+        return None
+    if submission.get("executor") == "slurm":
+        state = slurm_states([job_id]).get(job_id, "UNKNOWN")
+    elif submission.get("executor") == "local":
+        folder = Path(submission.get("submitit_folder", "."))
+        state = local_state(job_id, folder, submission.get("process_start"), Path(run_dir))
+    else:
+        return None
+    return f"job {job_id} ({state})" if state in ACTIVE_STATES else None
+
+
 def job_error(run_dir: Path, job_id: str) -> str | None:
     """The last line of the error a job ended with, as it recorded it in its run dir (redacted), if it did."""
     result = read_result(run_dir, job_id)

@@ -43,6 +43,14 @@ def read_lease(run_dir: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
+def _ended(holder: dict[str, Any]) -> bool:
+    """The holder has ended: the scheduler says so, or it is this very process (an earlier run of this process's
+    `zoobot-hpc train`, which has returned)."""
+    if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+        return True
+    return holder_ended(holder)
+
+
 def _describe(holder: dict[str, Any]) -> str:
     return f"job {holder.get('job')} on {holder.get('host')} (pid {holder.get('pid')})"
 
@@ -64,7 +72,7 @@ def take_lease(run_dir: Path, job_key: str) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = read_lease(path.parent)
-            if holder is not None and holder.get("job") != job_key and not holder_ended(holder):
+            if holder is not None and holder.get("job") != job_key and not _ended(holder):
                 raise RunDirOwned(
                     f"{run_dir} is in use by {_describe(holder)}: one run directory, one job "
                     f"(cancel that job, or wait for it to end; remove {path} only if it has)"
@@ -89,7 +97,7 @@ def take_lease(run_dir: Path, job_key: str) -> None:
 def check_lease(run_dir: Path, job_key: str) -> None:
     """On a rank other than 0: raise RunDirOwned when another job, still running, holds the lease."""
     holder = read_lease(run_dir)
-    if holder is not None and holder.get("job") != job_key and not holder_ended(holder):
+    if holder is not None and holder.get("job") != job_key and not _ended(holder):
         raise RunDirOwned(f"{run_dir} is in use by {_describe(holder)}: one run directory, one job")
 
 
