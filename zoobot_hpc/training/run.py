@@ -28,7 +28,14 @@ from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.data.shard_identity import check_same_dataset, manifest_checksum
+from zoobot_hpc.data.shard_format import read_manifest
+from zoobot_hpc.data.shard_identity import (
+    ShardChanged,
+    check_same_dataset,
+    check_shard_sizes,
+    manifest_checksum,
+    one_line,
+)
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
@@ -241,6 +248,18 @@ def choose_resume_checkpoint(config: RunConfig, run_dir: Path, global_rank: int)
     return chosen
 
 
+class ShardWatch(Callback):
+    """At each epoch's start, check every shard's size against the manifest (ShardChanged naming the shard): the
+    newest checkpoint, of the last completed step, stands, and no epoch starts on a changed dataset."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.manifest = read_manifest(self.dataset_dir)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_shard_sizes(self.dataset_dir, self.manifest)
+
+
 def build_callbacks(
     config: RunConfig,
     run_dir: Path,
@@ -263,6 +282,7 @@ def build_callbacks(
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
+        ShardWatch(config.data.dataset_dir),
         LearningRateMonitor(logging_interval="step"),
     ]
     callbacks += build_extra_callbacks(config)
@@ -385,6 +405,8 @@ def fit_segment(
         preempted = True
         if trainer.global_rank == 0 and flag is not None:
             record_stop(run_dir, flag)
+    except ShardChanged as error:  # raised in a loader worker, it carries the worker's traceback
+        raise ShardChanged(one_line(error)) from None
     finish_wandb(trainer, preempted)
     return preempted
 
@@ -416,6 +438,7 @@ def run_training(
         torch.set_num_threads(config.resources.cpus_per_task)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
+    check_shard_sizes(config.data.dataset_dir, read_manifest(config.data.dataset_dir))
     model = build_model(config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
