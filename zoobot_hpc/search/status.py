@@ -11,7 +11,7 @@ from typing import Any
 
 from zoobot_hpc.login.status import LOCAL_CANCEL_SIGNAL, slurm_states
 from zoobot_hpc.login.sweep import run_name
-from zoobot_hpc.search.study import fail_stale_trials, load_study, require_optuna
+from zoobot_hpc.search.study import fail_stale_trials, load_study, require_optuna, task_activity
 
 
 @dataclass
@@ -65,7 +65,7 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
     the number of tasks not started."""
     sweep_dir = Path(sweep_dir)
     study, spec, record = load_study(sweep_dir)
-    fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_activity(record))
     jobs = {job["array_task"]: job["job_id"] for job in record.get("jobs", [])}
     states = slurm_states(list(jobs.values())) if record.get("executor") == "slurm" else {}
     fail_trials_of_ended_jobs(study, jobs, states)

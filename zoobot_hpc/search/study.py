@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,15 +303,47 @@ def last_heartbeat(sweep_dir: Path, trial: Any) -> tuple[str, float]:
     return "running", started
 
 
-def fail_stale_trials(study: Any, sweep_dir: Path, stale_after_s: float, now: float | None = None) -> list[int]:
-    """Mark FAIL every RUNNING trial whose task has not beaten for `stale_after_s` (killed without a word);
-    trials waiting in the queue after a preemption are left alone. Returns the numbers failed."""
+def task_activity(record: dict[str, Any]) -> Callable[[int], bool | None]:
+    """Whether the scheduler says array task `i` of a search (`search.json`'s record) is pending, requeued or
+    running: True / False, or None when it cannot say. Outside SLURM nothing requeues a task: None."""
+    if record.get("executor") != "slurm":
+        return lambda task: None
+    from zoobot_hpc.login.status import ACTIVE_STATES, slurm_states
+
+    jobs = {job["array_task"]: str(job["job_id"]) for job in record.get("jobs", [])}
+    states: list[dict[str, str]] = []  # asked once, when a trial's heartbeat is first found stale
+
+    def active(task: int) -> bool | None:
+        job = jobs.get(task)
+        if job is None:
+            return None
+        if not states:
+            states.append(slurm_states(list(jobs.values())))
+        state = states[0].get(job)
+        return None if state in (None, "UNKNOWN") else state in ACTIVE_STATES
+
+    return active
+
+
+def fail_stale_trials(
+    study: Any,
+    sweep_dir: Path,
+    stale_after_s: float,
+    now: float | None = None,
+    task_active: Callable[[int], bool | None] | None = None,
+) -> list[int]:
+    """Mark FAIL every RUNNING trial whose task has not beaten for `stale_after_s` (killed without a word), unless
+    the scheduler says its task is pending, requeued or running (`task_active`: a task requeued after its node
+    died waits in the queue without a heartbeat). Where the scheduler cannot say (None), a SLURM search's trial is
+    left alone; trials waiting in the queue after a preemption are left alone. Returns the numbers failed."""
     optuna = require_optuna()
     now = time.time() if now is None else now
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state, beat = last_heartbeat(sweep_dir, trial)
         if state != "running" or now - beat < stale_after_s:
+            continue
+        if task_active is not None and task_active(trial.user_attrs.get("array_task")) is not False:
             continue
         storage = study._storage
         try:
@@ -330,18 +363,25 @@ def task_trials(study: Any, task_index: int) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("array_task") == task_index]
 
 
-def acquire_trial(study: Any, spec: SearchSpec, sweep_dir: Path, task_index: int) -> Any:
+def acquire_trial(
+    study: Any,
+    spec: SearchSpec,
+    sweep_dir: Path,
+    task_index: int,
+    task_active: Callable[[int], bool | None] | None = None,
+) -> Any:
     """The trial array task `task_index` trains: its own unfinished one (a requeued task resumes it), a retry
-    with the same parameters when its trial was failed as stale, or a new one from the sampler."""
+    with the same parameters when its trial was failed as stale (in the stale trial's run directory, so that it
+    resumes from its newest checkpoint), or a new one from the sampler. `task_active`: see `fail_stale_trials`."""
     optuna = require_optuna()
     running = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     owned = task_trials(study, task_index)
     latest = owned[-1] if owned else None
     if latest is not None and latest.state in running:
         write_heartbeat(sweep_dir, latest.number)
-        fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+        fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_active)
         return latest
-    fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_active)
     if latest is not None and "stale" not in latest.user_attrs:
         return latest
     if latest is not None:
@@ -349,7 +389,11 @@ def acquire_trial(study: Any, spec: SearchSpec, sweep_dir: Path, task_index: int
             state=optuna.trial.TrialState.RUNNING,
             params=latest.params,
             distributions=latest.distributions,
-            user_attrs={"array_task": task_index, "retry_of": latest.number},
+            user_attrs={
+                "array_task": task_index,
+                "retry_of": latest.number,
+                "run_dir": latest.user_attrs.get("run_dir") or trial_run_name(latest.number, latest.params),
+            },
         )
         trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
         number = study._storage.get_trial_number_from_id(trial_id)
