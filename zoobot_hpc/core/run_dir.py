@@ -8,7 +8,9 @@ RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has se
                             `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends
-RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
+RUN_DIR/lease.json          the job that owns the run dir (job id, host, pid; renewed by its heartbeat)
+RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt, each
+                            with NAME.digest.json beside it (sha256, size, step, dataset manifest checksum)
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 RUN_DIR/job_result.json     how the submitted job ended (success, or its error's last line), for `status`

@@ -303,11 +303,12 @@ def last_heartbeat(sweep_dir: Path, trial: Any) -> tuple[str, float]:
     return "running", started
 
 
-def task_activity(record: dict[str, Any]) -> Callable[[int], bool | None]:
-    """Whether the scheduler says array task `i` of a search (`search.json`'s record) is pending, requeued or
-    running: True / False, or None when it cannot say. Outside SLURM nothing requeues a task: None."""
+def task_activity(record: dict[str, Any]) -> Callable[[int], bool | None] | None:
+    """For a SLURM search (`search.json`'s record): whether the scheduler says array task `i` is pending, requeued
+    or running (True / False, None when it cannot say). None outside SLURM, where nothing requeues a task, so a
+    trial whose heartbeat stopped is stale."""
     if record.get("executor") != "slurm":
-        return lambda task: None
+        return None
     from zoobot_hpc.login.status import ACTIVE_STATES, slurm_states
 
     jobs = {job["array_task"]: str(job["job_id"]) for job in record.get("jobs", [])}
