@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STARTED = re.compile(r"\((\S+ \S+)\) - Starting with")
-RUN_DIR = re.compile(r"^(\S+ \S+) INFO zoobot_hpc: run dir", re.MULTILINE)
-FIRST_STEP = re.compile(r"^(\S+ \S+) INFO zoobot_hpc: epoch 1/1 batch 1/", re.MULTILINE)
+RUN_DIR = re.compile(r"^(\S+ \S+) INFO zoobot_hpc[\w.]*: run dir", re.MULTILINE)
+FIRST_STEP = re.compile(r"^(\S+ \S+) INFO zoobot_hpc[\w.]*: epoch 1/1 batch 1/", re.MULTILINE)
 
 
 def _time(stamp: str) -> float:

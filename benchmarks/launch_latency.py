@@ -115,7 +115,7 @@ def requeue_latency(tmp: Path, dataset: Path, path: str) -> None:
         time.sleep(0.05)
     first, second = layout.read_segments(run_dir)[:2]
     arrived = first["stopped"] - first["stop_and_save_s"]
-    pattern = re.compile(r"^(\S+ \S+) INFO zoobot_hpc: (.*)$", re.MULTILINE)
+    pattern = re.compile(r"^(\S+ \S+) INFO zoobot_hpc[\w.]*: (.*)$", re.MULTILINE)
     while True:
         batches = [log_time(t) for t, m in pattern.findall(log_path.read_text()) if " batch " in m]
         resumed = [t for t in batches if t > second["start"]]

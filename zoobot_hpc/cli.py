@@ -6,6 +6,7 @@ Commands import what they use inside their functions, so `--help` and the login-
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import click
 
@@ -232,7 +233,7 @@ def _fail(error: Exception) -> None:
 )
 @click.option("--sweep-name", default=None, help="Name of the sweep directory (default: config name + time).")
 @click.option(
-    "--dry-run", is_flag=True, help="Run every check submit runs, print the config(s) and sbatch script; queue nothing."
+    "--dry-run", is_flag=True, help="Run every check submit runs, print the config(s) and job script; queue nothing."
 )
 @click.option("--follow", is_flag=True, help="Stream the job's log until it ends, then print its results.")
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading missing encoder weights.")
@@ -576,9 +577,12 @@ def report(sweep_dir: str, out_dir: str | None) -> None:
     """Table and plots of a sweep's runs (best validation metric, epochs, requeues, wall time, images/s); for a
     search, also its optimisation history, parameter importances and metric against each parameter."""
     from zoobot_hpc.login.report import write_report
+    from zoobot_hpc.search.report import write_search_report
+    from zoobot_hpc.search.study import is_search_dir
 
+    write = write_search_report if is_search_dir(Path(sweep_dir)) else write_report
     try:
-        table, written = write_report(sweep_dir, out_dir)
+        table, written = write(Path(sweep_dir), Path(out_dir) if out_dir else None)
     except ValueError as error:
         _fail(error)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -13,7 +13,7 @@ from tests.cluster.test_slurm_jobs import cli, submitted_job_ids
 from tests.support.jobs import segments, wait_for, write_test_config
 from tests.support.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc.core import run_dir as layout
-from zoobot_hpc.login.report import write_report
+from zoobot_hpc.search.report import write_search_report
 from zoobot_hpc.search.study import load_study
 
 pytestmark = pytest.mark.slurm
@@ -118,7 +118,7 @@ def test_search_prunes_resumes_a_preempted_trial_and_survives_a_crash(tmp_path, 
     assert len(lines) == 9 and lines[-1].startswith(f"best so far: trial {best.number} ")
     assert sum(" PRUNED " in line for line in lines) == len(pruned)
 
-    table, written = write_report(sweep_dir)
+    table, written = write_search_report(sweep_dir)
     assert table.set_index("trial")["state"].to_dict() == {t.number: t.state.name for t in trials}
     names = {path.name for path in written}
     expected = {"optimization_history.png", "param_importances.png", "intermediate_values.png", "learning_curves.png"}

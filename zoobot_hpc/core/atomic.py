@@ -44,7 +44,7 @@ def commit(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike, tmp_suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str], tmp_suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path next to `target` for any writer (h5py, torch.save, pandas); when the block ends without an
     error it becomes `target` (see `commit`), otherwise it is deleted and `target` is left as it was.
 
@@ -68,7 +68,7 @@ def writer_suffix() -> str:
 OWNER_ONLY = 0o600  # a file that keeps secrets: the run's config.yaml, the sbatch script
 
 
-def write_bytes(target: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+def write_bytes(target: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
     """Write `data` to `target` atomically and durably. Safe when several processes write the same small file at
     once (every rank writes the run's W&B id, `zoobot-hpc train` under srun its config): each has its own temp file,
     and the last rename wins whole.
@@ -86,12 +86,12 @@ def write_bytes(target: str | os.PathLike, data: bytes, mode: int | None = None)
             handle.write(data)
 
 
-def write_text(target: str | os.PathLike, text: str, mode: int | None = None) -> None:
+def write_text(target: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
     """Write `text` (UTF-8) to `target` atomically and durably (with permission bits `mode`, see `write_bytes`)."""
     write_bytes(target, text.encode("utf-8"), mode)
 
 
-def private_directory(path: str | os.PathLike) -> Path:
+def private_directory(path: str | os.PathLike[str]) -> Path:
     """Create `path` (and its parents) if needed and make it owner-only (0700), whatever the umask."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

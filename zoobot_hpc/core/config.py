@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zoobot_hpc.core.augment_config import AugmentConfig
 from zoobot_hpc.core.label_schemas import resolve_schema
+from zoobot_hpc.core.model_kinds import Mode, monitored
 from zoobot_hpc.core.redaction import REDACTED, looks_secret, redact_text, redact_value
 
 
@@ -104,6 +105,7 @@ class TrainerSettings(_Section):
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)
     heartbeat_every_s: float = Field(30.0, gt=0)  # how often a job start records how far it got
     allow_dataset_change: bool = Field(False, description="resume from checkpoints trained on another dataset")
+    monitor: str | None = None  # the validation metric for best.ckpt, early stopping, the summary (None: the kind's)
     log_every_n_steps: int = Field(50, gt=0)
     channels_last: bool = True
     limit_train_batches: int | None = Field(None, gt=0)
@@ -111,11 +113,12 @@ class TrainerSettings(_Section):
     callbacks: list[CallbackSpec] = Field(default_factory=list)
 
 
-# What SLURM accepts where a config value becomes an `#SBATCH` line. A value that breaks the line (a newline from
-# a YAML `|` block) would end the directives there: sbatch ignores every `#SBATCH` after the first other line.
-SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$")  # partition, account, qos (comma lists)
-SLURM_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.:=,&|*\[\]()!+-]+$")  # features with & | * [ ] ( ) operators
-SBATCH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$")  # `mail-type`, `exclusive`, `gres`
+# What a job script's directive line accepts where a config value becomes one. A value that breaks the line (a
+# newline from a YAML `|` block) would end the directives there: the scheduler ignores every directive after the
+# first other line.
+SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$")  # partition, account, qos (comma lists)
+SCHEDULER_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.:=,&|*\[\]()!+-]+$")  # features with & | * [ ] ( ) operators
+DIRECTIVE_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*$")  # `mail-type`, `exclusive`, `gres`
 
 
 def _control_character(value: str) -> str | None:
@@ -126,20 +129,24 @@ def _control_character(value: str) -> str | None:
     return None
 
 
-def _check_slurm_value(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+def _check_directive_value(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
     if value is None:
         return value
     bad = _control_character(value)
     if bad:
-        raise ValueError(f"control character {bad} (it would end the #SBATCH line)")
+        raise ValueError(f"control character {bad} (it would end the job script's directive line)")
     if not pattern.fullmatch(value):
         shown = REDACTED if redact_text(value) != value else repr(value)
         raise ValueError(f"{shown} is not {what}")
     return value
 
 
+# The scheduler backends (`zoobot_hpc.backends.registry.BACKENDS`) and `auto`, the first that answers.
+ExecutorName = Literal["auto", "slurm", "local"]
+
+
 class ResourceSettings(_Section):
-    executor: Literal["auto", "slurm", "local"] = "auto"
+    executor: ExecutorName = "auto"
     nodes: int = Field(1, gt=0)
     tasks_per_node: int = Field(1, gt=0)
     gpus_per_node: int = Field(0, ge=0)
@@ -158,28 +165,28 @@ class ResourceSettings(_Section):
 
     @field_validator("partition", "account", "qos")
     @classmethod
-    def _slurm_name(cls, value: str | None) -> str | None:
-        what = "a SLURM name (letters, digits, _ . + -; several separated by commas)"
-        return _check_slurm_value(value, SLURM_NAME, what)
+    def _scheduler_name(cls, value: str | None) -> str | None:
+        what = "a scheduler name (letters, digits, _ . + -; several separated by commas)"
+        return _check_directive_value(value, SCHEDULER_NAME, what)
 
     @field_validator("constraint")
     @classmethod
-    def _slurm_constraint(cls, value: str | None) -> str | None:
-        what = "a SLURM constraint (feature names joined by & | , * [ ] ( ))"
-        return _check_slurm_value(value, SLURM_CONSTRAINT, what)
+    def _node_constraint(cls, value: str | None) -> str | None:
+        what = "a node constraint (feature names joined by & | , * [ ] ( ))"
+        return _check_directive_value(value, SCHEDULER_CONSTRAINT, what)
 
     @field_validator("sbatch_extra")
     @classmethod
-    def _sbatch_options(cls, extra: dict[str, Any]) -> dict[str, Any]:
+    def _directive_options(cls, extra: dict[str, Any]) -> dict[str, Any]:
         for name, value in extra.items():
-            if not isinstance(name, str) or not SBATCH_OPTION.fullmatch(name):
+            if not isinstance(name, str) or not DIRECTIVE_OPTION.fullmatch(name):
                 shown = REDACTED if redact_text(str(name)) != str(name) else repr(name)
-                raise ValueError(f"key {shown} is not an sbatch option name (such as mail-type)")
+                raise ValueError(f"key {shown} is not a job-script option name (such as mail-type)")
             if not isinstance(value, str | int | float | bool):
                 raise ValueError(f"{name}: expected a string, number or true (got a {type(value).__name__})")
             bad = _control_character(str(value))
             if bad:
-                raise ValueError(f"{name}: control character {bad} (it would end the #SBATCH line)")
+                raise ValueError(f"{name}: control character {bad} (it would end the job script's directive line)")
         return extra
 
 
@@ -218,7 +225,16 @@ class RunConfig(_Section):
                 f"data.augment.greyscale={self.data.augment.greyscale} disagrees with "
                 f"model.greyscale={self.model.greyscale}; set model.greyscale (the view follows it)"
             )
+        try:
+            monitored(self.model.kind, self.trainer.monitor)
+        except ValueError as error:
+            raise ValueError(f"trainer.monitor: {error}") from None
         return self
+
+    @property
+    def monitored(self) -> tuple[str, Mode]:
+        """The validation metric this run monitors and the direction it improves in."""
+        return monitored(self.model.kind, self.trainer.monitor)
 
     @property
     def world_size(self) -> int:

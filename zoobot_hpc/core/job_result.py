@@ -8,7 +8,6 @@ Standard library only: `status` reads it on the login node.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,31 +24,24 @@ def _last_line(error: BaseException) -> str:
     return redact_text(lines[-1])
 
 
-def job_key() -> str:
-    """This job's id as `submission.json` records it (SLURM array or job id, or the local job's controller pid)."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or ""
-
-
-def record_outcome(run_dir: str | Path, work: Callable[[], T], rank: int) -> T:
-    """Run `work()`; rank 0 records whether it returned or raised (a plain exception: not the exit of a requeue)."""
+def record_outcome(run_dir: str | Path, work: Callable[[], T], rank: int, job_id: str) -> T:
+    """Run `work()`; rank 0 records whether it returned or raised (a plain exception: not the exit of a requeue)
+    under `job_id`, the id `submission.json` records for this job."""
     try:
         result = work()
     except Exception as error:
         if rank == 0:
-            write_result(run_dir, "error", _last_line(error))
+            write_result(run_dir, job_id, "error", _last_line(error))
         raise
     if rank == 0:
-        write_result(run_dir, "success")
+        write_result(run_dir, job_id, "success")
     return result
 
 
-def write_result(run_dir: str | Path, outcome: str, error: str | None = None) -> None:
+def write_result(run_dir: str | Path, job_id: str, outcome: str, error: str | None = None) -> None:
     run_dir = Path(run_dir)
     if run_dir.is_dir():
-        layout.write_json(run_dir / JOB_RESULT, {"job_id": job_key(), "outcome": outcome, "error": error})
+        layout.write_json(run_dir / JOB_RESULT, {"job_id": job_id, "outcome": outcome, "error": error})
 
 
 def read_result(run_dir: str | Path, job_id: str | None) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import yaml
 from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.core.redaction import redact_config
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 def with_kept_values(pickled: dict[str, Any], config_yaml: str | Path) -> dict[str, Any]:
@@ -35,4 +35,4 @@ def with_kept_values(pickled: dict[str, Any], config_yaml: str | Path) -> dict[s
     if not matches:
         log.warning("%s differs from the submitted config; training the submitted one", config_yaml)
         return pickled
-    return kept
+    return dict(kept)

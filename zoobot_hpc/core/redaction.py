@@ -4,7 +4,7 @@ run's own files.
 Every outlet goes through this module: `--dry-run` output (submit, sweep, search), `sweep.json`, `search.json`,
 `submission.json`, submitit pickles and job logs, W&B config and metadata (the recorded command line), prediction
 provenance, the export's model card and config, reports and one-line error messages. Only the run's own
-`config.yaml` and the sbatch script keep values; both are owner-only (0600), see `zoobot_hpc.core.atomic`.
+`config.yaml` and the job script keep values; both are owner-only (0600), see `zoobot_hpc.core.atomic`.
 
 What counts as secret:
 - by key name, anywhere in the config tree (a callback's `init_args`, `sbatch_extra`, `timm_kwargs`, ...): a name
@@ -14,16 +14,17 @@ What counts as secret:
   `user:***@host`), and values that look like tokens whatever their name (`hf_...`, `ghp_...`, `github_pat_...`,
   `sk-...`, `glpat-...`, `xoxb-...`, `AKIA...`).
 
-Standard library plus the config module only: the login node imports this.
+Standard library only: the login node imports this, and so does the config module.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from zoobot_hpc.core.config import RunConfig
+from pydantic import BaseModel
+
+Config = TypeVar("Config", bound=BaseModel)
 
 REDACTED = "<redacted>"
 URL_PASSWORD = "***"
@@ -118,9 +119,7 @@ def redact_argv(argv: list[str]) -> list[str]:
     return hidden
 
 
-def redact_config(config: RunConfig) -> RunConfig:
+def redact_config(config: Config) -> Config:
     """A copy of `config` with every secret hidden (by key name anywhere in its tree, and by form in every string):
     the one config every outlet except `config.yaml` and the sbatch script writes or logs."""
-    from zoobot_hpc.core.config import RunConfig
-
-    return RunConfig.model_validate(redact_value(config.model_dump(mode="json")))
+    return type(config).model_validate(redact_value(config.model_dump(mode="json")))

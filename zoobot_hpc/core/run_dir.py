@@ -55,7 +55,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any] | None:
     """Read a JSON file, or None when it does not exist."""
     try:
-        return json.loads(Path(path).read_text())
+        record: dict[str, Any] | None = json.loads(Path(path).read_text())
+        return record
     except FileNotFoundError:
         return None
 

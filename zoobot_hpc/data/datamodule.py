@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    from zoobot_hpc.core.config import RunConfig
 
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
@@ -111,7 +114,24 @@ class ShardDataModule(SplitLoaders):
     ``predict_split`` names the split ``predict_dataloader`` reads.
     """
 
-    def __init__(
+    @classmethod
+    def from_config(cls, config: RunConfig, label_cols: Sequence[str] | None = None) -> ShardDataModule:
+        """The loaders of a run's config: its `data` section, the model's label columns (`label_cols`: the only
+        columns read), the trainer's seed, pinned memory when the run has GPUs."""
+        data = config.data
+        return cls(
+            dataset_dir=data.dataset_dir,
+            batch_size=data.batch_size,
+            num_workers=data.num_workers,
+            label_cols=label_cols,
+            seed=config.trainer.seed,
+            augment=data.augment.model_copy(update={"greyscale": config.model.greyscale}),
+            locking=data.hdf5_locking,
+            pin_memory=config.resources.gpus_per_node > 0,
+            batch_pool=data.batch_pool,
+        )
+
+    def __init__(  # noqa: PLR0913 (Lightning datamodule arguments, one per loader setting; see from_config)
         self,
         dataset_dir: str | os.PathLike,
         batch_size: int,

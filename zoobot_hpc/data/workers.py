@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.runtime.preemption import stop_signals
+from zoobot_hpc.core.stop_signals import stop_signals
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 FORKSERVER_PRELOAD = ["torch", "h5py", "zoobot_hpc.data.dataset"]
 
 

@@ -1,8 +1,8 @@
-"""The submitit job of an inference run (SLURM or local executor): preempted, it requeues and skips finished parts.
+"""The submitit job of an inference run (any scheduler backend): preempted, it requeues and skips finished parts.
 
 Preemption follows the training job (`zoobot_hpc.runtime.preemption.run_preemptible`): a signal only sets a flag; every
 rank stops at its next batch (its finished part files are safe on disk), then the job ends as the signal asks
-(requeue signal: submitit requeues it; SIGTERM: it waits for SLURM to requeue or cancel it).
+(requeue signal: submitit requeues it; SIGTERM: it waits for the scheduler to requeue or cancel it).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 
 import submitit
 
-from zoobot_hpc.backends.executor import make_executor, protect_submission_files
+from zoobot_hpc.backends.job_setup import protect_submission_files
+from zoobot_hpc.backends.registry import get_backend, resolve_backend, task_rank
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.core.redaction import redact_config
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.inference.request import (
     InferencePlan,
     InferenceRequest,
@@ -28,9 +30,9 @@ from zoobot_hpc.inference.request import (
     wait_for_plan,
 )
 from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging
-from zoobot_hpc.runtime.preemption import PreemptionFlag, run_preemptible, slurm_task_rank
+from zoobot_hpc.runtime.preemption import run_preemptible
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 SUBMITIT_DIR = "submitit"
 
 
@@ -63,11 +65,11 @@ class InferenceJob(submitit.helpers.Checkpointable):
 def submit_inference(
     request: InferenceRequest, config: RunConfig, trained: RunConfig, executor: str
 ) -> tuple[submitit.Job, InferencePlan]:
-    """Check and plan the request here, then submit it with `executor` ('slurm' or 'local'); does not wait."""
+    """Check and plan the request here, then submit it with the backend named `executor`; does not wait."""
     plan = prepare_inference(request, config, trained)
     job_name = f"{request.mode}-{config.name}"
     folder = atomic.private_directory(request.work_dir / SUBMITIT_DIR)
-    submitter = make_executor(config, folder, executor, job_name)
+    submitter = get_backend(executor).make_executor(config, folder, job_name)
     job = submitter.submit(InferenceJob(request, redact_config(config).model_dump(mode="json")))
     protect_submission_files(folder)
     log.info("submitted %s job %s writing %s", request.mode, job.job_id, Path(request.out))
@@ -77,11 +79,9 @@ def submit_inference(
 def submit_request(
     request: InferenceRequest, config_path: Path | None = None, overrides: tuple[str, ...] = ()
 ) -> tuple[submitit.Job, InferencePlan]:
-    """`zoobot-hpc predict/embed`: the run's config with overrides, its executor (SLURM or local), submitted."""
-    from zoobot_hpc.login.preflight import resolve_executor
-
+    """`zoobot-hpc predict/embed`: the run's config with overrides, submitted to its scheduler backend."""
     config, trained = inference_config(request, config_path, overrides)
-    return submit_inference(request, config, trained, resolve_executor(config))
+    return submit_inference(request, config, trained, resolve_backend(config.resources.executor))
 
 
 def run_request_here(
@@ -94,7 +94,7 @@ def run_request_here(
 
     def infer(flag: PreemptionFlag) -> Any:
         configure_job_logging()
-        if slurm_task_rank() == 0:
+        if task_rank() == 0:
             prepare_inference(request, config, trained)
         else:
             wait_for_plan(request, build_plan(request, config, trained))

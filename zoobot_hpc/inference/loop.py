@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
 from zoobot_hpc.core.config import RunConfig
+from zoobot_hpc.core.stop_signals import PreemptionFlag, StopRecord
 from zoobot_hpc.data.augment import augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ManifestOrderDataset, collate_samples
@@ -40,11 +41,11 @@ from zoobot_hpc.inference.request import (
     read_plan,
 )
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag, StopRecord
+from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.rank_agreement import host_flag_group
 from zoobot_hpc.training.checkpointing import keep_own_signal_handlers
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class BlockBatches(Sampler[list[int]]):

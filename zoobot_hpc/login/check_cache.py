@@ -26,7 +26,7 @@ from typing import Any
 
 from zoobot_hpc.core.atomic import write_text
 
-_CHECKED_SOURCES = ("launch/preflight.py", "model/schedulers.py", "model/encoders.py", "launch/check_cache.py")
+_CHECKED_SOURCES = ("login/heavy_checks.py", "model/schedulers.py", "model/encoders.py", "login/check_cache.py")
 _CHILD_TIMEOUT_S = 600
 
 
@@ -119,7 +119,7 @@ def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[str | N
 
 def _answer(kind: str, body: dict[str, Any]) -> tuple[str | None, list[str]]:
     """(problem or None, files the result depends on)."""
-    from zoobot_hpc.login.preflight import architecture_problem, encoder_problem, scheduler_problem
+    from zoobot_hpc.login.heavy_checks import architecture_problem, encoder_problem, scheduler_problem
 
     if kind == "scheduler":
         return scheduler_problem(body["scheduler_kwargs"]), []

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from zoobot_hpc.backends.base import SchedulerMissing
+from zoobot_hpc.backends.registry import get_backend, resolve_backend
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import ConfigError, RunConfig, build_config, load_yaml
-from zoobot_hpc.core.tree_schema import TreeSchema
+from zoobot_hpc.core.model_kinds import kind_spec
 
 
 class PreflightError(RuntimeError):
@@ -25,54 +24,33 @@ class PreflightError(RuntimeError):
 
 def required_label_columns(config: RunConfig) -> list[str]:
     """The dataset columns the configured model trains on."""
-    model = config.model
-    if model.kind == "tree":
-        return TreeSchema(model.question_answer_pairs, model.dependencies).label_cols
-    return [model.label_col]
-
-
-def slurm_reachable() -> bool:
-    """True when SLURM's clients are installed and its controller answers."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False
-    try:
-        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=15, check=False)
-    except subprocess.TimeoutExpired:
-        return False
-    return probe.returncode == 0
+    return kind_spec(config.model.kind).label_columns(config.model)
 
 
 def resolve_executor(config: RunConfig) -> str:
-    """The executor a config asks for; `auto` is SLURM when a controller answers, else submitit's local one."""
-    choice = config.resources.executor
-    if choice == "auto":
-        return "slurm" if slurm_reachable() else "local"
-    return choice
+    """The scheduler backend a config asks for; `auto` is the first whose scheduler answers (else local)."""
+    return resolve_backend(config.resources.executor)
 
 
-def local_gpu_count() -> int:
-    """GPUs this machine has (imports torch: asked only when a local job wants GPUs)."""
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def check_resources(config: RunConfig, executor: str) -> None:
+def check_resources(config: RunConfig, executor: str, dry_run: bool = False) -> list[str]:
+    """The resources fit the scheduler and the time limit; returns warnings (a dry run that would not submit
+    only warns of a missing scheduler client)."""
     res = config.resources
-    if executor == "slurm" and shutil.which("sbatch") is None:
-        raise PreflightError("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
-    if executor == "local" and res.nodes > 1:
-        raise PreflightError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
-    if executor == "local" and res.gpus_per_node and res.gpus_per_node > local_gpu_count():
-        raise PreflightError(
-            f"resources.gpus_per_node={res.gpus_per_node}: this machine has {local_gpu_count()} GPU(s) "
-            "for the local executor"
-        )
+    warnings = []
+    try:
+        get_backend(executor).check_resources(config)
+    except SchedulerMissing as error:
+        if not dry_run:
+            raise PreflightError(str(error)) from None
+        warnings.append(str(error))
+    except ValueError as error:
+        raise PreflightError(str(error)) from None
     if res.signal_delay_s >= res.time_min * 60:
         raise PreflightError(
             f"resources.signal_delay_s={res.signal_delay_s} is not shorter than resources.time_min={res.time_min} "
             "minutes: the job would be told to stop as soon as it starts"
         )
+    return warnings
 
 
 def check_dataset(config: RunConfig) -> None:
@@ -112,58 +90,6 @@ def check_encoder(config: RunConfig, allow_download: bool) -> None:
             raise PreflightError(f"model.zoobot_checkpoint_loc={model.zoobot_checkpoint_loc}: file not found")
         return
     _run_cached([("encoder", {"name": model.name, "allow_download": bool(allow_download)})])
-
-
-def encoder_problem(name: str, allow_download: bool) -> tuple[str | None, list[str]]:
-    """What is missing of encoder `name`'s pretrained weights (downloaded first when allowed), and the local files
-    that make it complete. Imports torch and timm: run by `check_cache` in a child process."""
-    from zoobot_hpc.model.encoders import ensure_encoder_weights, required_encoder_files
-
-    try:
-        ensure_encoder_weights(name, allow_download=allow_download)
-        files = [path for _, path in required_encoder_files(name) if path]
-    except (OSError, ValueError, RuntimeError) as exc:
-        return f"model.name={name}: {exc}", []
-    return None, files
-
-
-def scheduler_problem(scheduler_kwargs: dict | None) -> str | None:
-    """What is wrong with `model.scheduler_kwargs` (timm builds the scheduler against a dummy optimiser, as the
-    job will); None when nothing is. Imports torch and timm: run by `check_cache` in a child process."""
-    if not scheduler_kwargs:
-        return None
-    from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
-
-    try:
-        validate_scheduler_kwargs(scheduler_kwargs)
-    except ValueError as exc:
-        return f"model.{exc}"
-    return None
-
-
-def architecture_problem(name: str, timm_kwargs: dict | None, greyscale: bool) -> str | None:
-    """What is wrong with `model.timm_kwargs` for encoder `name` (its architecture is built on the meta device,
-    without weights: no memory, no download); None when nothing is. Imports torch and timm."""
-    if not timm_kwargs:
-        return None
-    import timm
-    import torch
-
-    from zoobot_hpc.model.encoders import encoder_timm_kwargs
-
-    try:
-        kwargs = encoder_timm_kwargs(timm_kwargs, greyscale)
-        with torch.device("meta"):
-            timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
-        key = f"model.timm_kwargs.{unexpected.group(1)}" if unexpected else "model.timm_kwargs"
-        return f"{key}: not a keyword of encoder {name!r} ({exc})"
-    except OSError as exc:
-        return f"model.name={name}: cannot read its architecture to check timm_kwargs ({exc})"
-    except (ValueError, RuntimeError, AssertionError) as exc:
-        return f"model.timm_kwargs={timm_kwargs}: encoder {name!r} rejects them ({exc})"
-    return None
 
 
 def heavy_checks(config: RunConfig) -> list[tuple[str, dict]]:
@@ -291,12 +217,7 @@ def preflight(
     seen_datasets: set[tuple] = set()
     seen_encoders: set[tuple] = set()
     for config in configs:
-        try:
-            check_resources(config, executor)
-        except PreflightError as exc:
-            if not (dry_run and "`sbatch` is not on PATH" in str(exc)):
-                raise
-            warnings.append(str(exc))
+        warnings += check_resources(config, executor, dry_run)
         check_callbacks(config)
         key = (str(config.data.dataset_dir), tuple(required_label_columns(config)), config.model.greyscale)
         if key not in seen_datasets:

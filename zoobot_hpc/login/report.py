@@ -70,10 +70,10 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return per_epoch.reset_index().astype({"epoch": int})
 
 
-def _best(curves: pd.DataFrame, monitor: str) -> tuple[float | None, int | None]:
+def _best(curves: pd.DataFrame, monitor: str, mode: str = "min") -> tuple[float | None, int | None]:
     if monitor not in curves or curves[monitor].isna().all():
         return None, None
-    best_row = curves.loc[curves[monitor].idxmin()]
+    best_row = curves.loc[curves[monitor].idxmax() if mode == "max" else curves[monitor].idxmin()]
     return float(best_row[monitor]), int(best_row["epoch"]) + 1
 
 
@@ -85,7 +85,7 @@ def read_run(run_dir: Path, name: str | None = None, point: dict[str, Any] | Non
     segments = layout.read_segments(run_dir)
     curves = read_metrics(run_dir)
     monitor = summary.get("monitor") or progress.get("monitor") or DEFAULT_MONITOR
-    best, best_epoch = _best(curves, monitor)
+    best, best_epoch = _best(curves, monitor, summary.get("mode") or progress.get("mode") or "min")
     if summary.get("best") is not None:
         best = float(summary["best"])
     end = summary.get("finished") or progress.get("time")
@@ -259,12 +259,8 @@ def swept_params(runs: list[RunRecord]) -> list[str]:
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
-    """Write the runs table and the plots; returns the table and the files written. A search directory also
-    gets the search's plots (search_report.py)."""
-    if (Path(sweep_dir) / "search.json").exists():
-        from zoobot_hpc.search.report import write_search_report
-
-        return write_search_report(Path(sweep_dir), Path(out_dir) if out_dir else None)
+    """Write the runs table and the plots; returns the table and the files written (a search directory's report
+    is `zoobot_hpc.search.report.write_search_report`)."""
     runs = collect_runs(Path(sweep_dir))
     if not runs:
         raise ValueError(f"sweep_dir={sweep_dir}: no runs found (no sweep.json and no run directories)")

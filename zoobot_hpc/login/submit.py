@@ -9,8 +9,9 @@ from pathlib import Path
 
 import submitit
 
-from zoobot_hpc.backends.executor import make_executor, protect_submission_files, sbatch_script
-from zoobot_hpc.backends.slurm_partition import preemption_warnings, read_partition, save_time_needed
+from zoobot_hpc.backends.base import Phase
+from zoobot_hpc.backends.job_setup import protect_submission_files
+from zoobot_hpc.backends.registry import BACKENDS, get_backend
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import (
@@ -24,7 +25,8 @@ from zoobot_hpc.core.config import (
 )
 from zoobot_hpc.core.redaction import literal_secret, redact_config, redact_text, redact_value
 from zoobot_hpc.login.preflight import PreflightError, check_run_dir, preflight, resolve_executor
-from zoobot_hpc.login.status import active_job, process_start_ticks
+from zoobot_hpc.login.save_time import preemption_warnings, save_time_needed
+from zoobot_hpc.login.status import active_job
 from zoobot_hpc.login.sweep import Point, expand_points, load_grid, parse_overrides, run_name
 from zoobot_hpc.training.job import TrainingJob
 
@@ -104,29 +106,10 @@ def plan_runs(
     )
 
 
-# SLURM states of a job that still owns its run dir (it runs, or will run again by itself).
-ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "RUNNING",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "PREEMPTED",
-        "SUSPENDED",
-        "CONFIGURING",
-        "COMPLETING",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-    }
-)
-
-
 def plan_resume(run_dir: str | Path) -> Plan:
     """`zoobot-hpc resume RUN_DIR`: submit a stopped run again (cancelled, out of time-limit requeues, or on a
     cluster whose preemption cancels); its job resumes from the newest valid checkpoint in RUN_DIR."""
-    from zoobot_hpc.login.status import collect_status
+    from zoobot_hpc.login.status import backend_of, collect_status
 
     run_dir = Path(run_dir).resolve()
     if not (run_dir / layout.CONFIG).exists():
@@ -134,10 +117,11 @@ def plan_resume(run_dir: str | Path) -> Plan:
     if (run_dir / layout.SUMMARY).exists():
         raise ConfigError(f"{run_dir}: the run has finished ({layout.SUMMARY}); nothing to resume")
     [status] = collect_status(run_dir)
-    if status.executor == "slurm" and status.state in ACTIVE_STATES:
-        raise ConfigError(f"{run_dir}: its job {status.job_id} is {status.state}; it resumes by itself (or cancel it)")
-    if status.executor == "local" and status.state == "RUNNING":
-        raise ConfigError(f"{run_dir}: its local job {status.job_id} is still running")
+    backend = backend_of(layout.read_json(run_dir / layout.SUBMISSION) or {})
+    if backend is not None and backend.phase(status.state) is Phase.ACTIVE:
+        raise ConfigError(
+            f"{run_dir}: its {backend.name} job {status.job_id} is {status.state}; it resumes by itself (or cancel it)"
+        )
     config = load_config(run_dir / layout.CONFIG)
     sweep = (layout.read_json(run_dir / layout.SUBMISSION) or {}).get("sweep")
     return Plan(
@@ -150,18 +134,26 @@ def plan_resume(run_dir: str | Path) -> Plan:
     )
 
 
+def job_script_text(config: RunConfig, executor: str, folder: Path, job_name: str, array_size: int, **kw) -> str:
+    """The job script the scheduler receives, headed by its backend's name, for --dry-run: the chosen backend's,
+    or under `executor: auto` the first backend's that takes one (what a submit on its cluster would send)."""
+    names = [executor] if config.resources.executor == executor else list(BACKENDS)
+    for name in names:
+        script = get_backend(name).job_script(config, folder, job_name, array_size, **kw)
+        if script is not None:
+            return f"# --- {name} job script\n{script}"
+    return ""
+
+
 def describe_plan(plan: Plan) -> str:
-    """The resolved config(s) and the sbatch script, for --dry-run."""
+    """The resolved config(s) and the job script, for --dry-run."""
     parts = [f"# executor: {plan.executor}; {len(plan.runs)} run(s) under {plan.base_dir}"]
     for run in plan.runs:
         parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(redact_config(run.config))}")
     job_name = plan.sweep_name or plan.runs[0].config.name
-    if plan.executor == "slurm" or plan.runs[0].config.resources.executor != "local":
-        parts.append(
-            "# --- sbatch script\n"
-            + sbatch_script(redact_config(plan.runs[0].config), plan.submitit_dir, job_name, len(plan.runs))
-        )
-    return redact_text("\n".join(parts))
+    config = redact_config(plan.runs[0].config)
+    parts.append(job_script_text(config, plan.executor, plan.submitit_dir, job_name, len(plan.runs)))
+    return redact_text("\n".join(part for part in parts if part))
 
 
 def secret_warnings(config: RunConfig) -> list[str]:
@@ -175,7 +167,7 @@ def secret_warnings(config: RunConfig) -> list[str]:
     if not where:
         return []
     return [
-        f"{', '.join(where)} holds a literal secret: it stays only in the run's config.yaml and the sbatch script "
+        f"{', '.join(where)} holds a literal secret: it stays only in the run's config.yaml and the job script "
         "(both 0600), but keep it out of files: export it before submitting (the job inherits your environment) "
         "or read it from a file in your home directory (export HF_TOKEN=$(cat ~/.hf_token))"
     ]
@@ -183,10 +175,10 @@ def secret_warnings(config: RunConfig) -> list[str]:
 
 def submit_warnings(plan: Plan) -> list[str]:
     """Login-node warnings that do not stop a submit: a secret written out in a setup line, whether a checkpoint
-    fits in the signal delay and in the SLURM partition's preemption grace time, and whether a preempted run comes
+    fits in the signal delay and in the partition's preemption grace time, and whether a preempted run comes
     back by itself."""
     config = plan.runs[0].config
-    partition = read_partition(config.resources.partition) if plan.executor == "slurm" else None
+    partition = get_backend(plan.executor).partition(config.resources.partition)
     need, source = save_time_needed([run.run_dir for run in plan.runs])
     return secret_warnings(config) + preemption_warnings(partition, config, need, source, plan.base_dir)
 
@@ -229,7 +221,8 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
         atomic.write_text(run.run_dir / layout.CONFIG, dump_config(run.config), mode=atomic.OWNER_ONLY)
     job_name = plan.sweep_name or plan.runs[0].config.name
     atomic.private_directory(plan.submitit_dir)
-    executor = make_executor(plan.runs[0].config, plan.submitit_dir, plan.executor, job_name)
+    backend = get_backend(plan.executor)
+    executor = backend.make_executor(plan.runs[0].config, plan.submitit_dir, job_name)
     calls = [
         TrainingJob(redact_config(run.config).model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
         for run in plan.runs
@@ -250,7 +243,8 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "submitit_folder": str(plan.submitit_dir.resolve()),
                 "stdout": str(job.paths.stdout),
                 "stderr": str(job.paths.stderr),
-                "process_start": process_start_ticks(job.job_id) if plan.executor == "local" else None,
+                "process_start": None,
+                **backend.submitted_job_record(job.job_id),
                 "point": redact_value(run.point),
                 "sweep": plan.sweep_name,
                 "submitted": submitted,

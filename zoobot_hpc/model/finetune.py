@@ -72,10 +72,8 @@ class FinetuneableZoobotAbstract(L.LightningModule):
     """
 
     kind: ClassVar[str]  # one of MODEL_KINDS, recorded in every checkpoint
-    monitor_metric: ClassVar[str] = "validation/loss"
-    monitor_mode: ClassVar[str] = "min"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (Zoobot 2.9's FinetuneableZoobotAbstract keyword arguments)
         self,
         name: str | None = None,
         encoder: nn.Module | None = None,

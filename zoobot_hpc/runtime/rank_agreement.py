@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from zoobot_hpc.runtime.preemption import PreemptionFlag
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 
 
 def all_reduce_max(values: Sequence[float], group: Any = None) -> list[float]:

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.backends.job_activity import holder_ended, process_start_ticks
+from zoobot_hpc.backends.job_activity import holder_ended, holder_record
 from zoobot_hpc.core import atomic
 
 LEASE = "lease.json"
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 
 class RunDirOwned(RuntimeError):
     """Another job holds the run directory."""
-
-
-def _slurm_job() -> str | None:
-    env = os.environ
-    return env.get("SLURM_JOB_ID")
 
 
 def read_lease(run_dir: Path) -> dict[str, Any] | None:
@@ -58,15 +53,7 @@ def _describe(holder: dict[str, Any]) -> str:
 def take_lease(run_dir: Path, job_key: str) -> None:
     """Take the run directory's lease for job `job_key`, or raise RunDirOwned (one line) naming the owner."""
     path = Path(run_dir) / LEASE
-    record = {
-        "job": job_key,
-        "slurm_job": _slurm_job(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "pid_start": process_start_ticks(os.getpid()),
-        "taken": time.time(),
-        "renewed": time.time(),
-    }
+    record = {"job": job_key, **holder_record(), "taken": time.time(), "renewed": time.time()}
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -32,22 +32,30 @@ def trial_records(sweep_dir: Path, study: Any) -> list[tuple[Any, RunRecord | No
     return records
 
 
-def trials_table(records: list[tuple[Any, RunRecord | None]]) -> pd.DataFrame:
+def objective(study: Any) -> tuple[str, Any]:
+    """The name of the metric a study optimises and the function that picks a trial's best value of it."""
+    metric = study.user_attrs.get("metric", "validation/loss")
+    return metric, max if study.direction.name == "MAXIMIZE" else min
+
+
+def trials_table(records: list[tuple[Any, RunRecord | None]], study: Any) -> pd.DataFrame:
+    metric, pick = objective(study)
     rows = []
     for trial, record in records:
-        best = min(trial.intermediate_values.values(), default=None)
+        best = pick(trial.intermediate_values.values(), default=None)
         row = {"trial": trial.number, "state": trial.state.name, **trial.params}
         if record is not None:
             row.update({k: v for k, v in record.row().items() if k not in ("run", "state", *trial.params)})
             row["run"] = record.name
         else:
-            row.update({"best validation/loss": best, "epochs": max(trial.intermediate_values, default=0)})
+            row.update({f"best {metric}": best, "epochs": max(trial.intermediate_values, default=0)})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def plot_metric_vs_parameter(study: Any, param: str, log_x: bool, path: Path) -> None:
     """Best reported metric of every trial against one parameter, coloured by state."""
+    metric, pick = objective(study)
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for state, (colour, marker) in STATE_STYLE.items():
@@ -58,14 +66,15 @@ def plot_metric_vs_parameter(study: Any, param: str, log_x: bool, path: Path) ->
         ]
         if trials:
             xs = [t.params[param] for t in trials]
-            ys = [min(t.intermediate_values.values()) for t in trials]
+            ys = [pick(t.intermediate_values.values()) for t in trials]
             ax.scatter(xs, ys, color=colour, marker=marker, label=state.lower(), s=36)
     if log_x:
         ax.set_xscale("log")
-    ax.set_yscale("log")
+    if pick is min:
+        ax.set_yscale("log")
     ax.set_xlabel(param)
-    ax.set_ylabel("best validation/loss")
-    ax.set_title(f"best validation/loss vs {param.rsplit('.', 1)[-1]}")
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title(f"best {metric} vs {param.rsplit('.', 1)[-1]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
@@ -101,7 +110,7 @@ def write_search_report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[p
         raise ValueError(f"sweep_dir={sweep_dir}: the search has no trials yet")
     out_dir = Path(out_dir) if out_dir else Path(sweep_dir) / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = trials_table(records)
+    table = trials_table(records, study)
     written = [out_dir / TABLE_NAME]
     table.to_csv(written[0], index=False)
     runs = [record for _, record in records if record is not None and not record.curves.empty]

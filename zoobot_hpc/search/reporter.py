@@ -8,9 +8,10 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from zoobot_hpc.runtime.preemption import PreemptedStop
+from zoobot_hpc.search.study import reporting_trial
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class TrialReporter(Callback):
@@ -18,9 +19,7 @@ class TrialReporter(Callback):
     pruner says stop, every rank stops after this epoch. Puts the trial's number and state into W&B."""
 
     def __init__(self, study: Any, trial: Any, monitor: str) -> None:
-        import optuna
-
-        self.trial = optuna.trial.Trial(study, trial._trial_id)
+        self.trial = reporting_trial(study, trial)
         self.number = trial.number
         self.study_name = study.study_name
         self.monitor = monitor

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.login.status import LOCAL_CANCEL_SIGNAL, slurm_states
+from zoobot_hpc.backends.base import JobRecord, SchedulerBackend
+from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.login.sweep import run_name
-from zoobot_hpc.search.study import fail_stale_trials, load_study, require_optuna, task_activity
+from zoobot_hpc.search.study import fail_stale_trials, fail_trial, load_study, require_optuna, task_activity
 
 
 @dataclass
@@ -36,26 +34,29 @@ class TrialRow:
         )
 
 
-def _best_value(trial: Any) -> float | None:
+def _best_value(trial: Any, maximize: bool) -> float | None:
     if trial.value is not None and trial.state.name == "COMPLETE":
         return float(trial.value)
     values = list(trial.intermediate_values.values())
-    return min(values) if values else None
+    return (max(values) if maximize else min(values)) if values else None
 
 
-ENDED_JOB_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+def maximizes(study: Any) -> bool:
+    """The study's objective improves upwards (a classifier's accuracy), not downwards (a loss)."""
+    return study.direction.name == "MAXIMIZE"
 
 
-def fail_trials_of_ended_jobs(study: Any, jobs: dict[int, str], states: dict[str, str]) -> list[int]:
+def fail_trials_of_ended_jobs(
+    study: Any, jobs: dict[int, str], states: dict[str, str], backend: SchedulerBackend | None
+) -> list[int]:
     """Mark FAIL the RUNNING trials whose array task the scheduler says has ended (e.g. killed while it waited
     in the queue after a requeue, where no heartbeat is expected)."""
     optuna = require_optuna()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state = states.get(jobs.get(trial.user_attrs.get("array_task"), ""))
-        if state in ENDED_JOB_STATES:
-            study._storage.set_trial_user_attr(trial._trial_id, "stale", f"its job ended {state}")
-            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        if state is not None and backend is not None and backend.phase(state).ended:
+            fail_trial(study, trial, f"its job ended {state}")
             failed.append(trial.number)
     return failed
 
@@ -65,10 +66,11 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
     the number of tasks not started."""
     sweep_dir = Path(sweep_dir)
     study, spec, record = load_study(sweep_dir)
-    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_activity(record))
+    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_activity(sweep_dir, record))
     jobs = {job["array_task"]: job["job_id"] for job in record.get("jobs", [])}
-    states = slurm_states(list(jobs.values())) if record.get("executor") == "slurm" else {}
-    fail_trials_of_ended_jobs(study, jobs, states)
+    backend = search_backend(record)
+    states = backend.job_states(job_records(sweep_dir, record)) if backend is not None else {}
+    fail_trials_of_ended_jobs(study, jobs, states, backend)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         task = trial.user_attrs.get("array_task")
@@ -81,7 +83,7 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
                 state=trial.state.name,
                 params=dict(trial.params),
                 epochs=max(trial.intermediate_values, default=0),
-                best=_best_value(trial),
+                best=_best_value(trial, maximizes(study)),
                 array_task=task,
                 job_state=states.get(jobs.get(task, ""), "-"),
                 run_dir=trial.user_attrs.get("run_dir"),
@@ -89,7 +91,8 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
             )
         )
     complete = [row for row in rows if row.state == "COMPLETE" and row.best is not None]
-    best = min(complete, key=lambda row: row.best) if complete else None
+    pick = max if maximizes(study) else min
+    best = pick(complete, key=lambda row: row.best) if complete else None
     started = {row.array_task for row in rows}
     return rows, best, len([task for task in jobs if task not in started])
 
@@ -104,21 +107,26 @@ def status_lines(sweep_dir: Path) -> list[str]:
     return lines
 
 
+def search_backend(record: dict) -> SchedulerBackend | None:
+    """The backend a search's `search.json` names (None: not submitted, or unknown to this version)."""
+    try:
+        return get_backend(str(record["executor"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def job_records(sweep_dir: Path, record: dict) -> list[JobRecord]:
+    """The array tasks of a search as the scheduler backend knows them."""
+    folder = Path(record.get("submitit_folder") or Path(sweep_dir) / "submitit")
+    return [JobRecord(str(job["job_id"]), folder) for job in record.get("jobs", [])]
+
+
 def cancel_search(sweep_dir: Path) -> list[str]:
     """Cancel the job array of a search (its running trials are failed by the next `status`); returns the ids."""
     from zoobot_hpc.core import run_dir as layout
 
     record = layout.read_json(Path(sweep_dir) / "search.json") or {}
-    jobs = [job["job_id"] for job in record.get("jobs", [])]
-    if not jobs:
+    backend = search_backend(record)
+    if backend is None:
         return []
-    if record.get("executor") == "slurm":
-        arrays = sorted({job.split("_")[0] for job in jobs})
-        subprocess.run(["scancel", *arrays], check=True)
-        return arrays
-    cancelled = []
-    for job in jobs:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(job), LOCAL_CANCEL_SIGNAL)
-            cancelled.append(job)
-    return cancelled
+    return backend.cancel(job_records(sweep_dir, record))

@@ -39,6 +39,7 @@ from zoobot_hpc.core.config import ConfigError, load_yaml
 from zoobot_hpc.login.sweep import run_name
 
 SEARCH = layout.SEARCH
+DIRECTIONS = {"min": "minimize", "max": "maximize"}  # a metric's mode -> Optuna's study direction
 STORAGE_ENV = "ZOOBOT_HPC_SEARCH_STORAGE"  # the storage URL as given, for tasks and `status` (search.json: redacted)
 JOURNAL = "study.journal"
 HEARTBEATS = "heartbeats"
@@ -106,6 +107,8 @@ class SearchSpec:
     min_epochs: int = 1
     reduction_factor: int = 3
     storage: str | None = None
+    metric: str | None = None  # the validation metric to optimise (None: the model kind's monitored one)
+    direction: str | None = None  # minimize | maximize; must agree with the metric's own direction
     heartbeat_s: float = 60.0
     stale_after_s: float = 600.0
     source: str = "search"
@@ -144,7 +147,18 @@ def _parameter(source: str, key: str, spec: Any) -> Parameter:
 
 def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
     """Validate a search file's mapping; every problem is a one-line ConfigError naming the key."""
-    allowed = {"trials", "parallel", "sampler", "seed", "pruner", "parameters", "storage", "heartbeat"}
+    allowed = {
+        "trials",
+        "parallel",
+        "sampler",
+        "seed",
+        "pruner",
+        "parameters",
+        "storage",
+        "heartbeat",
+        "metric",
+        "direction",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{source}: unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
@@ -165,6 +179,12 @@ def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
     unknown_pruner = sorted(set(pruner) - {"kind", "min_epochs", "reduction_factor"})
     if unknown_pruner:
         raise ConfigError(f"{source}: unknown key 'pruner.{unknown_pruner[0]}'")
+    direction = raw.get("direction")
+    if direction not in (None, *DIRECTIONS.values()):
+        raise ConfigError(f"{source}: direction must be one of {sorted(DIRECTIONS.values())} (got {direction!r})")
+    metric = raw.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"{source}: metric must be a logged metric's name, e.g. validation/accuracy")
     heartbeat = raw.get("heartbeat") or {}
     if not isinstance(heartbeat, dict) or set(heartbeat) - {"interval_s", "stale_after_s"}:
         raise ConfigError(f"{source}: heartbeat takes interval_s and stale_after_s (got {heartbeat!r})")
@@ -178,6 +198,8 @@ def parse_search(raw: dict[str, Any], source: str = "search") -> SearchSpec:
         min_epochs=int(pruner.get("min_epochs", 1)),
         reduction_factor=int(pruner.get("reduction_factor", 3)),
         storage=raw.get("storage"),
+        metric=metric,
+        direction=direction,
         heartbeat_s=float(heartbeat.get("interval_s", 60)),
         stale_after_s=float(heartbeat.get("stale_after_s", 600)),
         source=source,
@@ -247,12 +269,14 @@ def open_storage(sweep_dir: Path, storage: str | None = None) -> Any:
     return optuna.storages.JournalStorage(CheckedJournalBackend(path, lock_obj=OwnedJournalLock(path)))
 
 
-def create_study(sweep_dir: Path, spec: SearchSpec, name: str, direction: str) -> Any:
-    """Create the search's study (once, at submit)."""
+def create_study(sweep_dir: Path, spec: SearchSpec, name: str, direction: str, metric: str) -> Any:
+    """Create the search's study (once, at submit), optimising `metric` in `direction`."""
     optuna = require_optuna()
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=open_storage(sweep_dir, spec.storage), direction=direction, load_if_exists=False
     )
+    study.set_user_attr("metric", metric)
+    return study
 
 
 def load_study(sweep_dir: Path, task_index: int = 0, max_epochs: int = 1) -> tuple[Any, SearchSpec, dict[str, Any]]:
@@ -303,25 +327,29 @@ def last_heartbeat(sweep_dir: Path, trial: Any) -> tuple[str, float]:
     return "running", started
 
 
-def task_activity(record: dict[str, Any]) -> Callable[[int], bool | None] | None:
-    """For a SLURM search (`search.json`'s record): whether the scheduler says array task `i` is pending, requeued
-    or running (True / False, None when it cannot say). None outside SLURM, where nothing requeues a task, so a
-    trial whose heartbeat stopped is stale."""
-    if record.get("executor") != "slurm":
-        return None
-    from zoobot_hpc.login.status import ACTIVE_STATES, slurm_states
+def task_activity(sweep_dir: Path, record: dict[str, Any]) -> Callable[[int], bool | None] | None:
+    """Whether the search's scheduler (`search.json`'s record) says array task `i` is queued, running or
+    requeued: True / False, None when it cannot say. The scheduler is asked once, when a trial's heartbeat is first
+    found stale. None when the search names no backend this version knows."""
+    from zoobot_hpc.backends.base import JobRecord, Phase
+    from zoobot_hpc.backends.registry import get_backend
 
-    jobs = {job["array_task"]: str(job["job_id"]) for job in record.get("jobs", [])}
-    states: list[dict[str, str]] = []  # asked once, when a trial's heartbeat is first found stale
+    try:
+        backend = get_backend(str(record["executor"]))
+    except (KeyError, ValueError):
+        return None
+    folder = Path(record.get("submitit_folder") or Path(sweep_dir) / "submitit")
+    jobs = {job["array_task"]: JobRecord(str(job["job_id"]), folder) for job in record.get("jobs", [])}
+    states: list[dict[str, str]] = []
 
     def active(task: int) -> bool | None:
         job = jobs.get(task)
         if job is None:
             return None
         if not states:
-            states.append(slurm_states(list(jobs.values())))
-        state = states[0].get(job)
-        return None if state in (None, "UNKNOWN") else state in ACTIVE_STATES
+            states.append(backend.job_states(list(jobs.values())))
+        phase = backend.phase(states[0].get(job.job_id, "UNKNOWN"))
+        return None if phase is Phase.UNKNOWN else phase is Phase.ACTIVE
 
     return active
 
@@ -346,14 +374,59 @@ def fail_stale_trials(
             continue
         if task_active is not None and task_active(trial.user_attrs.get("array_task")) is not False:
             continue
-        storage = study._storage
         try:
-            storage.set_trial_user_attr(trial._trial_id, "stale", f"no heartbeat for {now - beat:.0f} s")
-            storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            fail_trial(study, trial, f"no heartbeat for {now - beat:.0f} s")
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         failed.append(trial.number)
     return failed
+
+
+# --- the study adapter: the one place that reaches into Optuna's storage -----------------------------------------
+# A trial of an array task is told apart by its number, and its attributes and state are set by another process
+# than the one that asked for it; Optuna's public API covers neither, so these use `study._storage`.
+
+
+def trial_by_number(study: Any, number: int) -> Any:
+    """The (frozen) trial `number` of the study, fresh from its storage."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def set_trial_attr(study: Any, trial: Any, key: str, value: Any) -> None:
+    """Set a user attribute of any trial of the study (not only one this process asked for)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail_trial(study: Any, trial: Any, why: str) -> None:
+    """Mark a RUNNING trial FAIL, recording why in its `stale` attribute."""
+    optuna = require_optuna()
+    set_trial_attr(study, trial, "stale", why)
+    study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+
+
+def retry_trial(study: Any, trial: Any, task_index: int) -> int:
+    """A new RUNNING trial with the parameters of `trial` (failed as stale), owned by array task `task_index`, that
+    trains in `trial`'s run directory (so it resumes from that trial's newest checkpoint)."""
+    optuna = require_optuna()
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={
+            "array_task": task_index,
+            "retry_of": trial.number,
+            "run_dir": trial.user_attrs.get("run_dir") or trial_run_name(trial.number, trial.params),
+        },
+    )
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return int(study._storage.get_trial_number_from_id(trial_id))
+
+
+def reporting_trial(study: Any, trial: Any) -> Any:
+    """An `optuna.trial.Trial` of a trial this process did not ask for (to report and ask the pruner)."""
+    optuna = require_optuna()
+    return optuna.trial.Trial(study, trial._trial_id)
 
 
 # --- array task -> trial -----------------------------------------------------------------------------------------
@@ -386,21 +459,10 @@ def acquire_trial(
     if latest is not None and "stale" not in latest.user_attrs:
         return latest
     if latest is not None:
-        template = optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING,
-            params=latest.params,
-            distributions=latest.distributions,
-            user_attrs={
-                "array_task": task_index,
-                "retry_of": latest.number,
-                "run_dir": latest.user_attrs.get("run_dir") or trial_run_name(latest.number, latest.params),
-            },
-        )
-        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
-        number = study._storage.get_trial_number_from_id(trial_id)
+        number = retry_trial(study, latest, task_index)
     else:
         trial = study.ask(spec.distributions)
-        study._storage.set_trial_user_attr(trial._trial_id, "array_task", task_index)
+        set_trial_attr(study, trial, "array_task", task_index)
         number = trial.number
     write_heartbeat(sweep_dir, number)
-    return study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial_by_number(study, number)

@@ -16,6 +16,7 @@ from zoobot_hpc.core.config import ConfigError, RunConfig, apply_override, build
 from zoobot_hpc.core.redaction import literal_secret, redact_config, redact_text, redact_value
 from zoobot_hpc.login.sweep import parse_overrides
 from zoobot_hpc.search.study import (
+    DIRECTIONS,
     SEARCH,
     STORAGE_ENV,
     SearchSpec,
@@ -39,6 +40,15 @@ class SearchPlan:
     overrides: list[str]
 
     @property
+    def metric(self) -> str:
+        return self.config.monitored[0]
+
+    @property
+    def direction(self) -> str:
+        """Optuna's study direction: the direction the optimised metric improves in."""
+        return DIRECTIONS[self.config.monitored[1]]
+
+    @property
     def submitit_dir(self) -> Path:
         return self.base_dir / "submitit"
 
@@ -50,7 +60,7 @@ def plan_search(
     sweep_name: str | None = None,
 ) -> SearchPlan:
     """Validate the config, the search file and every searched key against the config (nothing is written)."""
-    from zoobot_hpc.login.preflight import resolve_executor
+    from zoobot_hpc.backends.registry import resolve_backend
 
     spec = load_search(search_file)
     require_optuna()
@@ -65,13 +75,21 @@ def plan_search(
         apply_override(trial_raw, parameter.key.split("."), parameter.example())
         build_config(trial_raw, source=f"{search_file}: parameters.{parameter.key}")
     raw.setdefault("resources", {})["array_parallelism"] = spec.parallel
+    if spec.metric:  # every trial monitors the searched metric: its best checkpoint and summary follow it
+        raw.setdefault("trainer", {})["monitor"] = spec.metric
     config = build_config(raw, source=str(config_path))
+    metric, mode = config.monitored
+    if spec.direction and spec.direction != DIRECTIONS[mode]:
+        raise ConfigError(
+            f"{search_file}: direction={spec.direction} but {metric} improves by {DIRECTIONS[mode][:-1]}ing; "
+            "drop direction or search another metric"
+        )
     name = sweep_name or f"{config.name}-search-{time.strftime('%Y%m%d-%H%M%S')}"
     return SearchPlan(
         spec=spec,
         config=config,
         raw=raw,
-        executor=resolve_executor(config),
+        executor=resolve_backend(config.resources.executor),
         base_dir=config.output_dir / name,
         sweep_name=name,
         source=str(config_path),
@@ -80,28 +98,31 @@ def plan_search(
 
 
 def describe_search(plan: SearchPlan) -> str:
-    """The search, the base config and the one sbatch array script, for --dry-run."""
-    from zoobot_hpc.backends.executor import sbatch_script
+    """The search, the base config and the one job array's script, for --dry-run."""
+    from zoobot_hpc.login.submit import job_script_text
 
     spec = plan.spec
     hidden = redact_config(plan.config)
     lines = [
         f"# search {plan.sweep_name}: {spec.trials} trials, {spec.parallel} at a time, sampler {spec.sampler}, "
         f"pruner {spec.pruner} (min_epochs {spec.min_epochs}), executor {plan.executor}",
+        f"# objective: {plan.direction} {plan.metric}",
         f"# study: {spec.storage or plan.base_dir / 'study.journal'}",
-        f"# one job array: sbatch --array=0-{spec.trials - 1}%{spec.parallel}",
+        f"# one job array: tasks 0-{spec.trials - 1}, {spec.parallel} at a time",
     ]
     lines += [f"#   {p.key}: {p.kind} {p.values}" for p in spec.parameters]
     lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(hidden)}")
-    if plan.executor == "slurm" or plan.config.resources.executor != "local":
-        script = sbatch_script(hidden, plan.submitit_dir, plan.sweep_name, spec.trials, storage_setup(spec))
-        lines.append("# --- sbatch script\n" + script)
+    lines.append(
+        job_script_text(
+            hidden, plan.executor, plan.submitit_dir, plan.sweep_name, spec.trials, extra_setup=storage_setup(spec)
+        )
+    )
     return redact_text("\n".join(lines))
 
 
 def storage_setup(spec: SearchSpec) -> list[str]:
     """The set-up line that hands a `storage:` URL to the array tasks through their environment: the URL (and
-    any password in it) stays in the sbatch script, while `search.json` and the pickled tasks hold it redacted."""
+    any password in it) stays in the job script, while `search.json` and the pickled tasks hold it redacted."""
     return [f"export {STORAGE_ENV}={shlex.quote(spec.storage)}"] if spec.storage else []
 
 
@@ -121,7 +142,8 @@ def search_warnings(plan: SearchPlan) -> list[str]:
 
 def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     """Check everything, create the study, submit the job array; returns the submitit jobs."""
-    from zoobot_hpc.backends.executor import make_executor, protect_submission_files
+    from zoobot_hpc.backends.job_setup import protect_submission_files
+    from zoobot_hpc.backends.registry import get_backend
     from zoobot_hpc.login.preflight import preflight
     from zoobot_hpc.search.trial_job import TrialJob
 
@@ -129,7 +151,7 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     if (plan.base_dir / SEARCH).exists():
         raise ConfigError(f"{plan.base_dir}: a search of that name exists; choose another --sweep-name")
     plan.base_dir.mkdir(parents=True, exist_ok=True)
-    create_study(plan.base_dir, plan.spec, plan.sweep_name, direction="minimize")
+    create_study(plan.base_dir, plan.spec, plan.sweep_name, direction=plan.direction, metric=plan.metric)
     # The base config with its secrets, owner-only, as a run's config.yaml; every other record is redacted.
     atomic.write_text(plan.base_dir / layout.CONFIG, dump_config(plan.config), mode=atomic.OWNER_ONLY)
     base = redact_config(plan.config).model_dump(mode="json")
@@ -140,12 +162,13 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
         "search_file": plan.spec.source,
         "overrides": [redact_text(text) for text in plan.overrides],
         "executor": plan.executor,
+        "objective": {"metric": plan.metric, "direction": plan.direction},
         "config": base,
     }
     layout.write_json(plan.base_dir / SEARCH, record)
     atomic.private_directory(plan.submitit_dir)
-    executor = make_executor(
-        plan.config, plan.submitit_dir, plan.executor, plan.sweep_name, extra_setup=storage_setup(plan.spec)
+    executor = get_backend(plan.executor).make_executor(
+        plan.config, plan.submitit_dir, plan.sweep_name, extra_setup=storage_setup(plan.spec)
     )
     sweep_dir = str(plan.base_dir.resolve())
     calls = [TrialJob(base, sweep_dir, index) for index in range(plan.spec.trials)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,20 +14,24 @@ from typing import Any
 
 import submitit
 
+from zoobot_hpc.backends.registry import running_backend
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, apply_override
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging
-from zoobot_hpc.runtime.preemption import PreemptionFlag, run_preemptible
+from zoobot_hpc.runtime.preemption import run_preemptible
 from zoobot_hpc.search.study import (
     TASKS,
     acquire_trial,
     load_study,
+    set_trial_attr,
     task_activity,
+    trial_by_number,
     trial_run_name,
     write_heartbeat,
 )
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class Heartbeat:
@@ -57,8 +60,10 @@ class Heartbeat:
 
 def _segment_token() -> str:
     """Identifies this start of the job, the same on every rank (a requeue changes it)."""
-    env = os.environ
-    return ":".join(env.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"))
+    backend = running_backend()
+    if backend is None:
+        return ""
+    return f"{backend.name}:{backend.job_key() or ''}:{backend.restart_count() or 0}"
 
 
 def _await_rank0_trial(sweep_dir: Path, task_index: int, timeout_s: float = 600) -> int:
@@ -94,14 +99,13 @@ def _this_tasks_trial(
     """Rank 0 takes the task's trial from the study (its own again after a requeue) and records it for this start;
     the other ranks wait for that record. Another task's trial is failed as stale only on the scheduler's word."""
     if rank == 0:
-        trial = acquire_trial(study, spec, sweep_dir, task_index, task_active=task_activity(record))
+        trial = acquire_trial(study, spec, sweep_dir, task_index, task_active=task_activity(sweep_dir, record))
         (sweep_dir / TASKS).mkdir(exist_ok=True)
         task_file = sweep_dir / TASKS / f"task-{task_index}.json"
         layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
         return trial
     number = _await_rank0_trial(sweep_dir, task_index)
-    storage = study._storage
-    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    return trial_by_number(study, number)
 
 
 def _finish_trial(study: Any, trial: Any, run_dir: Path, *, pruned: bool, heartbeat: Heartbeat) -> None:
@@ -159,13 +163,14 @@ class TrialJob(submitit.helpers.Checkpointable):
         name = trial.user_attrs.get("run_dir") or trial_run_name(trial.number, trial.params)  # a retry: its own
         run_dir = sweep_dir / name
         if rank == 0:
-            study._storage.set_trial_user_attr(trial._trial_id, "run_dir", name)
+            set_trial_attr(study, trial, "run_dir", name)
             log.info("task %d: trial %d %s", self.task_index, trial.number, trial.params)
-        reporter = TrialReporter(study, trial, monitor="validation/loss")
+        config = trial_config(base, trial.params, name)
+        reporter = TrialReporter(study, trial, monitor=config.monitored[0])
         heartbeat = Heartbeat(sweep_dir, trial.number, spec.heartbeat_s).start() if rank == 0 else None
         try:
             outcome = run_training(
-                trial_config(base, trial.params, name),
+                config,
                 run_dir,
                 flag=flag,
                 cluster_environment=environment,

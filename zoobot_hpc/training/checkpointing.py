@@ -26,7 +26,8 @@ from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnect
 
 from zoobot_hpc.core.atomic import atomic_path, writer_suffix
 from zoobot_hpc.core.disk_space import out_of_space
-from zoobot_hpc.runtime.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.core.stop_signals import PreemptionFlag
+from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
 from zoobot_hpc.training.checkpoint_digest import (
     copy_digest,
@@ -60,7 +61,7 @@ LAST_CHECKPOINT = "last.ckpt"
 VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
 DATASET_KEY = "zoobot_hpc_dataset"  # the checksum of the manifest of the dataset a checkpoint was trained on
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class NoValidCheckpoint(RuntimeError):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -33,13 +33,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+if TYPE_CHECKING:
+    from zoobot_hpc.core.config import RunConfig
+
 from zoobot_hpc.core.atomic import commit, writer_suffix
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.datamodule import SplitLoaders
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manifest
 from zoobot_hpc.data.workers import loader_settings
-from zoobot_hpc.runtime.preemption import PreemptionFlag, stop_all_ranks
+from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, host_flag_group
 
 CACHE_DIR_NAME = "embedding_cache"
@@ -52,7 +56,7 @@ BATCH_SIZE_ATTR = "batch_size"  # of a partial file: a build continues with the 
 COMMIT_EVERY_S = 10.0  # a lost node costs at most this much of a build
 PROGRESS_EVERY_S = 30.0
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ def _build_partial(partial: Path, spec: CacheSpec, dataset_dir: Path, locking: b
 
 
 @torch.inference_mode()
-def compute_embedding_cache(
+def compute_embedding_cache(  # noqa: PLR0913 (every argument changes what is cached or how)
     path: Path,
     spec: CacheSpec,
     encoder: nn.Module,
@@ -359,7 +363,34 @@ class EmbeddingCacheDataModule(SplitLoaders):
     (`run_partial_tag` of the run dir): the run's next job continues a stopped build.
     """
 
-    def __init__(
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        encoder: nn.Module,
+        label_cols: Sequence[str],
+        flag: PreemptionFlag | None = None,
+        partial_tag: str | None = None,
+    ) -> EmbeddingCacheDataModule:
+        """The cache of a run's config: its `data` section (the build decodes with `data.num_workers` loader
+        workers), the model's encoder and label columns, the run's stop flag and partial-build tag."""
+        data = config.data
+        return cls(
+            data.dataset_dir,
+            encoder=encoder,
+            encoder_name=config.model.name,
+            batch_size=data.batch_size,
+            label_cols=label_cols,
+            seed=config.trainer.seed,
+            augment=data.augment.model_copy(update={"greyscale": config.model.greyscale}),
+            views=data.embedding_cache_views,
+            num_workers=data.num_workers,
+            locking=data.hdf5_locking,
+            flag=flag,
+            partial_tag=partial_tag,
+        )
+
+    def __init__(  # noqa: PLR0913 (every argument changes what is cached or how; see from_config)
         self,
         dataset_dir: str | os.PathLike,
         encoder: nn.Module,

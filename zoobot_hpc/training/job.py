@@ -1,10 +1,10 @@
 """The callable that submitit runs on every task of a job: train one run under the preemption protocol.
 
 Preemption has one owner (`zoobot_hpc.runtime.preemption.run_preemptible`). submitit installs its requeue handler
-(checkpoint + `scontrol requeue`) before this callable runs; the first thing we do is put a flag in its place (and
+(checkpoint + requeue) before this callable runs; the first thing we do is put a flag in its place (and
 on SIGTERM), so that the training loop can stop every rank at the same step and write one full-state checkpoint.
-Only then does rank 0 hand over to submitit's handler (requeue signal), or every rank waits for SLURM to end the
-job (SIGTERM: preemption or scancel).
+Only then does rank 0 hand over to submitit's handler (requeue signal), or every rank waits for the scheduler to end the
+job (SIGTERM: preemption or cancel).
 
 `submit` pickles TrainingJob on the login node, which must not import torch: the training code is imported when
 the job runs.
@@ -20,10 +20,11 @@ from typing import Any
 import submitit
 
 from zoobot_hpc.core.config import RunConfig
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging, start_loader_forkserver
-from zoobot_hpc.runtime.preemption import PreemptionFlag, run_preemptible
+from zoobot_hpc.runtime.preemption import run_preemptible
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,10 +36,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
     group: str | None = None
 
     def __call__(self) -> dict[str, float]:
+        from zoobot_hpc.backends.registry import job_id
         from zoobot_hpc.core.job_result import record_outcome
 
         rank = submitit.JobEnvironment().global_rank
-        return record_outcome(self.run_dir, lambda: run_preemptible(self._train, submitted=True).metrics, rank)
+        work = lambda: run_preemptible(self._train, submitted=True).metrics  # noqa: E731
+        return record_outcome(self.run_dir, work, rank, job_id())
 
     def _train(self, flag: PreemptionFlag) -> Any:
         start_loader_forkserver(self.config)

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.runtime.run_lease import renew_lease
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 def _scalar_metrics(trainer: Trainer, prefix: str) -> dict[str, float]:
@@ -222,6 +222,7 @@ class ProgressFile(Callback):
                 "max_epochs": trainer.max_epochs,
                 "global_step": trainer.global_step,
                 "monitor": self.monitor,
+                "mode": self.mode,
                 "best": self.best,
                 "latest_checkpoint": str(latest[-1]) if latest else None,
                 "validation": _scalar_metrics(trainer, "validation/"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import socket
 import sys
 import time
@@ -18,15 +17,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from zoobot_hpc.backends.registry import running_backend, task_rank
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.shard_format import read_manifest
 from zoobot_hpc.data.shard_identity import (
@@ -37,7 +38,7 @@ from zoobot_hpc.data.shard_identity import (
     one_line,
 )
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
-from zoobot_hpc.runtime.preemption import PreemptedStop, PreemptionFlag
+from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
 from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
@@ -62,7 +63,7 @@ from zoobot_hpc.training.monitoring import (
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,33 +94,10 @@ def build_datamodule(
     """The datamodule a config describes, reading only the label columns the model needs: shards, or (head_only
     with `data.embedding_cache`) the frozen encoder's embeddings, computed once and cached next to the dataset.
     A cache build stops on the run's `flag`, and the run's next job (same `run_dir`) continues it."""
-    data = config.data
-    augment = data.augment.model_copy(update={"greyscale": config.model.greyscale})
-    if data.embedding_cache:
-        return EmbeddingCacheDataModule(
-            data.dataset_dir,
-            encoder=model.encoder,
-            encoder_name=config.model.name,
-            batch_size=data.batch_size,
-            label_cols=model.label_cols,
-            seed=config.trainer.seed,
-            augment=augment,
-            views=data.embedding_cache_views,
-            locking=data.hdf5_locking,
-            flag=flag,
-            partial_tag=run_partial_tag(run_dir) if run_dir is not None else None,
-        )
-    return ShardDataModule(
-        dataset_dir=data.dataset_dir,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        label_cols=model.label_cols,
-        seed=config.trainer.seed,
-        augment=augment,
-        locking=data.hdf5_locking,
-        pin_memory=config.resources.gpus_per_node > 0,
-        batch_pool=data.batch_pool,
-    )
+    if config.data.embedding_cache:
+        partial_tag = run_partial_tag(run_dir) if run_dir is not None else None
+        return EmbeddingCacheDataModule.from_config(config, model.encoder, model.label_cols, flag, partial_tag)
+    return ShardDataModule.from_config(config, model.label_cols)
 
 
 def import_callback_class(class_path: str) -> type[Callback]:
@@ -147,10 +125,15 @@ def resolve_precision(precision: str) -> str:
 
 
 def default_cluster_environment() -> ClusterEnvironment | None:
-    """Under SLURM, Lightning's SLURM environment with its own requeue switched off (we own preemption)."""
-    if SLURMEnvironment.detect():
-        return SLURMEnvironment(auto_requeue=False)
-    return None
+    """In a job its scheduler started without submitit (the user's own job script), the Lightning environment the
+    scheduler's backend names (SLURM's with Lightning's own requeue switched off: we own preemption)."""
+    backend = running_backend()
+    named = backend.lightning_environment() if backend is not None else None
+    if named is None:
+        return None
+    module, _, name = named[0].rpartition(".")
+    environment = getattr(importlib.import_module(module), name)
+    return environment(**named[1]) if environment.detect() else None
 
 
 def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> list[Logger]:
@@ -269,18 +252,19 @@ def build_callbacks(
     interactive: bool,
 ) -> list[Callback]:
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
+    monitor, mode = config.monitored
     callbacks: list[Callback] = [
         RNGStateCallback(),
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS,
             filename="best",
-            monitor=model.monitor_metric,
-            mode=model.monitor_mode,
+            monitor=monitor,
+            mode=mode,
             enable_version_counter=False,
         ),
         last_state_checkpoint(run_dir / layout.CHECKPOINTS),
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
-        ProgressFile(run_dir, model.monitor_metric, model.monitor_mode),
+        ProgressFile(run_dir, monitor, mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
         ShardWatch(config.data.dataset_dir),
         LearningRateMonitor(logging_interval="step"),
@@ -291,8 +275,8 @@ def build_callbacks(
     if config.trainer.early_stopping_patience:
         callbacks.append(
             EarlyStopping(
-                monitor=model.monitor_metric,
-                mode=model.monitor_mode,
+                monitor=monitor,
+                mode=mode,
                 patience=config.trainer.early_stopping_patience,
             )
         )
@@ -335,14 +319,21 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, write_config: bool) -> int
     return len(layout.read_segments(run_dir))
 
 
+def restart_count() -> int | None:
+    """How many times the scheduler restarted this job (None where it does not say)."""
+    backend = running_backend()
+    return backend.restart_count() if backend is not None else None
+
+
 def hold_run_dir(run_dir: Path) -> str:
     """Take the run directory's lease for this job (rank 0), or on the other ranks of a scheduled job check that
     no other job holds it; RunDirOwned (one line naming the owner) when another job does. Returns the job key."""
     job_key = scheduler_job_key()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank == 0:
+    scheduled = running_backend() is not None
+    if (task_rank() if scheduled else rank_zero_only.rank) == 0:
         take_lease(run_dir, job_key)
-    elif os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
+    elif scheduled:
         check_lease(run_dir, job_key)  # outside a scheduler each rank's key is its own
     return job_key
 
@@ -357,7 +348,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None, j
             "host": socket.gethostname(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
-            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+            "restart_count": restart_count(),
         },
     )
     log.info("run dir %s; %s", run_dir, f"resuming from {resume_from}" if resume_from else "fresh start")
@@ -374,7 +365,8 @@ def write_summary(
         run_dir / layout.SUMMARY,
         {
             "name": config.name,
-            "monitor": trainer.lightning_module.monitor_metric,
+            "monitor": config.monitored[0],
+            "mode": config.monitored[1],
             "best": float(best_score) if best_score is not None else None,
             "best_checkpoint": outcome.best_checkpoint,
             "epochs": trainer.current_epoch,
@@ -411,7 +403,7 @@ def fit_segment(
     return preempted
 
 
-def run_training(
+def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler environment, sweep group, callbacks)
     config: RunConfig,
     run_dir: Path,
     *,

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
-log = logging.getLogger("zoobot_hpc")
+log = logging.getLogger(__name__)
 
 
 class SegmentWandbLogger(WandbLogger):

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zoobot_hpc.backends.registry import job_key
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig
@@ -21,22 +22,14 @@ if TYPE_CHECKING:
 
 
 def scheduler_job_key() -> str:
-    """The scheduler's id for this job, the same in every requeue of it: SLURM array job + task, SLURM job, or
-    submitit's local job; a random key outside any scheduler."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    if env.get("SLURM_JOB_ID"):
-        return env["SLURM_JOB_ID"]
-    if env.get("SUBMITIT_LOCAL_JOB_ID"):
-        return f"local{env['SUBMITIT_LOCAL_JOB_ID']}"
-    return f"run{uuid.uuid4().hex[:8]}"  # never all digits: not mistaken for a SLURM job id
+    """The scheduler's key for this job, the same in every requeue of it; a random key outside any scheduler."""
+    return job_key() or f"run{uuid.uuid4().hex[:8]}"  # never all digits: not mistaken for a scheduler's job id
 
 
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B run id of a run directory: derived from the job id at its first start, then kept in the run dir.
 
-    A requeued job keeps its SLURM job id, so its id is the same; keeping it in the run dir also makes a later
+    A requeued job keeps its scheduler's job id, so its id is the same; keeping it in the run dir also makes a later
     `zoobot-hpc train` of the same directory continue the same W&B run.
     """
     path = Path(run_dir) / layout.WANDB_RUN_ID

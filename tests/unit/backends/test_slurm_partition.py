@@ -9,17 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.jobs import write_test_config
-from zoobot_hpc.backends.slurm_partition import (
-    DEFAULT_STOP_AND_SAVE_S,
-    Partition,
-    parse_partitions,
-    preemption_warnings,
-    read_partition,
-    save_time_needed,
-)
+from zoobot_hpc.backends.base import Partition
+from zoobot_hpc.backends.slurm_partition import parse_partitions, read_partition
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import load_config
+from zoobot_hpc.login.save_time import DEFAULT_STOP_AND_SAVE_S, preemption_warnings, save_time_needed
 
 # `scontrol show partition` of Slurm 22.05 on a site that cancels preempted jobs, and a one-line (`-o`) listing.
 CANCEL_PARTITION = """PartitionName=scavenger

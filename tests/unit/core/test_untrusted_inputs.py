@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.support.jobs import write_test_config
-from zoobot_hpc.backends.executor import sbatch_script
+from zoobot_hpc.backends.slurm import SlurmBackend
 from zoobot_hpc.cli import main
 from zoobot_hpc.core.config import ConfigError, build_config
 
@@ -159,7 +159,7 @@ def test_random_values_that_validate_give_a_script_that_parses_and_keeps_every_d
             assert str(error).count("\n") == 0 and "resources." in str(error)
             continue
         valid += 1
-        script = sbatch_script(config, tmp_path / "submitit", "job", 3)
+        script = SlurmBackend().job_script(config, tmp_path / "submitit", "job", 3)
         parsed = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
         assert parsed.returncode == 0, f"{parsed.stderr}\n{script}"
         read = directives(script)
@@ -211,7 +211,8 @@ def test_dry_run_of_a_search_hides_a_storage_password(tmp_path, demo_dataset):
 
 
 def test_cancel_signals_only_a_submitit_controller_whatever_submission_json_says(tmp_path, demo_dataset):
-    from zoobot_hpc.login.status import cancel_runs, process_start_ticks
+    from zoobot_hpc.backends.local import process_start_ticks
+    from zoobot_hpc.login.status import cancel_runs
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -224,6 +224,7 @@ def test_a_rank_other_than_zero_never_replaces_the_plan_or_its_parts(
     part.write_bytes(b"being written by rank 0")
 
     request = InferenceRequest(classifier_checkpoint, survey_data, tmp_path / "preds.h5", chunk_size=5)
+    monkeypatch.setenv("SLURM_JOB_ID", "1")  # rank 1 of a job step (srun sets both)
     monkeypatch.setenv("SLURM_PROCID", "1")
     monkeypatch.setattr(inference_job, "wait_for_plan", functools.partial(wait_for_plan, timeout_s=0.5))
     monkeypatch.setattr(inference_job, "configure_job_logging", lambda: None)

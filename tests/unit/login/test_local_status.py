@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from zoobot_hpc.backends.local import process_start_ticks
 from zoobot_hpc.core import run_dir as layout
-from zoobot_hpc.login.status import cancel_runs, collect_status, process_start_ticks
+from zoobot_hpc.login.status import cancel_runs, collect_status
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.support.model_helpers import HUB_REPO, TINY_ENCODER, cpu_trainer, galaxy_images, loader
-from zoobot_hpc.core.model_kinds import MODEL_KINDS
+from zoobot_hpc.core.model_kinds import KIND_SPECS, MODEL_KINDS
 from zoobot_hpc.model import (
     MODEL_CLASSES,
     FinetuneableZoobotClassifier,
@@ -53,7 +53,10 @@ def test_model_classes_and_launcher_properties():
     assert tuple(MODEL_CLASSES) == MODEL_KINDS == ("classifier", "regressor", "tree")
     model = classifier(greyscale=True)
     assert (model.kind, model.label_cols, model.in_channels) == ("classifier", ["label"], 1)
-    assert (model.monitor_metric, model.monitor_mode) == ("validation/loss", "min")
+    assert (
+        KIND_SPECS["classifier"].monitor == "validation/loss"
+        and KIND_SPECS["classifier"].mode("validation/accuracy") == "max"
+    )
     tree = FinetuneableZoobotTree(
         name=TINY_ENCODER, pretrained=False, question_answer_pairs=PAIRS, dependencies=DEPENDENCIES
     )

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from tests.support.jobs import write_test_config
-from zoobot_hpc.backends.executor import sbatch_script
+from zoobot_hpc.backends.slurm import SlurmBackend
 from zoobot_hpc.core.config import ConfigError, load_config
-from zoobot_hpc.runtime.preemption import PREEMPT_SIGNAL_ENV, PreemptionFlag, parse_signal, run_preemptible
+from zoobot_hpc.core.stop_signals import PREEMPT_SIGNAL_ENV, PreemptionFlag, parse_signal
+from zoobot_hpc.runtime.preemption import run_preemptible
 
 
 @pytest.mark.parametrize(("text", "expected"), [("USR1@60", "SIGUSR1"), ("B:SIGUSR2@90", "SIGUSR2"), ("10", "SIGUSR1")])
@@ -26,13 +27,13 @@ def test_a_signal_in_sbatch_extra_is_the_one_the_job_listens_for(tmp_path, demo_
             tmp_path, demo_dataset, resources__executor="slurm", resources__sbatch_extra={"signal": "USR1@60"}
         )
     )
-    script = sbatch_script(config, tmp_path / "submitit", "site-signal", 1)
+    script = SlurmBackend().job_script(config, tmp_path / "submitit", "site-signal", 1)
     assert "#SBATCH --signal=USR1@60" in script
     assert f"export {PREEMPT_SIGNAL_ENV}=USR1" in script.split("# setup")[1]
 
     bad = write_test_config(tmp_path / "bad", demo_dataset, resources__sbatch_extra={"signal": "NOPE@60"})
     with pytest.raises(ConfigError, match=re.escape("resources.sbatch_extra.signal='NOPE@60'")):
-        sbatch_script(load_config(bad), tmp_path / "submitit", "site-signal", 1)
+        SlurmBackend().job_script(load_config(bad), tmp_path / "submitit", "site-signal", 1)
 
 
 def test_the_flag_records_sigterm_and_the_site_signal_and_restores_the_handlers(monkeypatch):

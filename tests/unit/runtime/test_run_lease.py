@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from zoobot_hpc.backends.local import process_start_ticks
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.login.preflight import PreflightError
-from zoobot_hpc.login.status import process_start_ticks
 from zoobot_hpc.login.submit import refuse_active_run
 from zoobot_hpc.runtime.run_lease import LEASE, RunDirOwned, read_lease, renew_lease, take_lease
 

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from tests.support.jobs import REPO, write_test_config
+from tests.support.jobs import REPO, wait_for, write_test_config
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import ConfigError
+from zoobot_hpc.search.status import collect_trials
 from zoobot_hpc.search.study import (
     SEARCH,
     acquire_trial,
@@ -22,7 +23,7 @@ from zoobot_hpc.search.study import (
     trial_run_name,
     write_heartbeat,
 )
-from zoobot_hpc.search.submit import describe_search, plan_search
+from zoobot_hpc.search.submit import describe_search, plan_search, submit_search
 
 SPACE = {
     "model.learning_rate": {"loguniform": [1.0e-5, 1.0e-1]},
@@ -34,7 +35,7 @@ def make_search(sweep_dir, **spec_overrides):
     raw = {"trials": 8, "parallel": 4, "sampler": "random", "parameters": SPACE, **spec_overrides}
     spec = parse_search(raw)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    create_study(sweep_dir, spec, "study", direction="minimize")
+    create_study(sweep_dir, spec, "study", direction="minimize", metric="validation/loss")
     layout.write_json(sweep_dir / SEARCH, {"study": "study", "spec": raw, "executor": "local", "jobs": []})
     return spec
 
@@ -67,7 +68,7 @@ def test_dry_run_shows_the_space_and_one_array_of_trials_k_at_a_time(tmp_path, d
     plan = plan_search(config, ["trainer.max_epochs=3"], search, "lr")
     text = describe_search(plan)
     assert "#SBATCH --array=0-7%4" in text
-    assert "# one job array: sbatch --array=0-7%4" in text
+    assert "# one job array: tasks 0-7, 4 at a time" in text and "#SBATCH --array=0-7%4" in text
     assert "8 trials, 4 at a time, sampler tpe, pruner median (min_epochs 2)" in text
     assert "model.layer_decay: uniform [0.5, 0.9]" in text
     assert plan.config.trainer.max_epochs == 3
@@ -190,3 +191,53 @@ def test_the_heartbeat_thread_beats_until_stopped_and_leaves_its_final_state(tmp
     time.sleep(0.2)
     assert layout.read_json(heartbeat_path(tmp_path, 3)) == stopped
     assert stopped["state"] == "requeued"
+
+
+@pytest.mark.timeout(400)
+def test_a_search_on_a_metric_to_maximise_maximises_it(tmp_path, demo_dataset):
+    """`metric: validation/accuracy` makes the study maximise, every trial monitor accuracy (its best checkpoint
+    and the value it reports), and `status` pick the trial with the highest accuracy."""
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="acc",
+        resources__executor="local",
+        trainer__max_epochs=2,
+        trainer__limit_train_batches=2,
+        trainer__limit_val_batches=2,
+        data__num_workers=0,
+    )
+    search = tmp_path / "search.yaml"
+    search.write_text(
+        "trials: 2\nparallel: 2\nsampler: random\nseed: 1\npruner: none\nmetric: validation/accuracy\n"
+        "parameters:\n  model.learning_rate: {loguniform: [1.0e-5, 1.0e-1]}\n"
+    )
+    plan = plan_search(config, [], search, "acc-search")
+    assert (plan.metric, plan.direction) == ("validation/accuracy", "maximize")
+    assert "# objective: maximize validation/accuracy" in describe_search(plan)
+    submit_search(plan, allow_download=False)
+    study = load_study(plan.base_dir)[0]
+    wait_for(
+        lambda: len(study.get_trials()) == 2 and all(t.state.is_finished() for t in study.get_trials()),
+        360,
+        "both trials to end",
+        poll=1,
+    )
+    trials = study.get_trials()
+    assert study.direction.name == "MAXIMIZE" and {t.state.name for t in trials} == {"COMPLETE"}
+    for trial in trials:
+        assert trial.value == max(trial.intermediate_values.values())
+        summary = layout.read_json(plan.base_dir / trial.user_attrs["run_dir"] / layout.SUMMARY)
+        assert (summary["monitor"], summary["mode"], summary["best"]) == ("validation/accuracy", "max", trial.value)
+    _, best, _ = collect_trials(plan.base_dir)
+    assert best.best == max(t.value for t in trials)
+
+    search.write_text(
+        "trials: 2\nmetric: validation/accuracy\ndirection: minimize\nparameters:\n"
+        "  model.learning_rate: {uniform: [0.1, 0.2]}\n"
+    )
+    with pytest.raises(ConfigError, match="direction=minimize but validation/accuracy improves by maximizing"):
+        plan_search(config, [], search, "contradiction")
+    search.write_text("trials: 2\nmetric: validation/rmse\nparameters:\n  model.learning_rate: {uniform: [0.1, 0.2]}\n")
+    with pytest.raises(ConfigError, match=re.escape("trainer.monitor: 'validation/rmse' is not a metric a classifier")):
+        plan_search(config, [], search, "wrong-metric")

@@ -85,7 +85,7 @@ def test_nan_label_stops_every_rank_at_one_step_with_one_line_and_no_checkpoint_
         job.result()
 
     logs = {rank: read_rank_log(job, rank) for rank in (0, 1)}
-    [stop_line] = re.findall(r"ERROR zoobot_hpc: (non-finite loss or gradients at step .*)", logs[0])
+    [stop_line] = re.findall(r"ERROR zoobot_hpc[\w.]*: (non-finite loss or gradients at step .*)", logs[0])
     step = int(re.search(r"at step (\d+)", stop_line).group(1))
     named = [rank for rank, log in logs.items() if re.search(rf"non-finite labels at ids \['{bad_id}'\]", log)]
     assert len(named) == 1, f"not one rank named the galaxy {bad_id} with the NaN label: {logs}"

@@ -12,7 +12,7 @@ from tests.support.jobs import segments, write_test_config
 from tests.support.probes import step_digests
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import load_config
-from zoobot_hpc.runtime.preemption import PreemptionFlag
+from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.training.checkpointing import VALIDATION_RERUN_KEY
 from zoobot_hpc.training.run import run_training
 
