@@ -445,7 +445,9 @@ def cancel(path: str) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--dry-run", is_flag=True, help="Print the wandb sync commands only.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be uploaded, in order (each segment's steps), and the commands."
+)
 def sync(path: str, dry_run: bool) -> None:
     """Upload the offline W&B runs under PATH, each requeued run's segments joined into one run."""
     import shlex
@@ -453,7 +455,7 @@ def sync(path: str, dry_run: bool) -> None:
 
     from zoobot_hpc.core import run_dir as layout
     from zoobot_hpc.core.config import load_config
-    from zoobot_hpc.training.tracking import sync_command, sync_run
+    from zoobot_hpc.training.tracking import sync_command, sync_plan, sync_run
 
     failures = 0
     for run in layout.find_run_dirs(Path(path)):
@@ -461,6 +463,8 @@ def sync(path: str, dry_run: bool) -> None:
         command = sync_command(run, config)
         if command is None:
             continue
+        for line in sync_plan(run):
+            click.echo(line)
         click.echo(shlex.join(command))
         if not dry_run:
             failures += sync_run(run, config) != 0

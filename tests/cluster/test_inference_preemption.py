@@ -49,7 +49,7 @@ def test_predict_preempted_by_sigterm_is_requeued_by_slurm_and_writes_the_uninte
     assert [r["State"] for r in runs] == ["PREEMPTED", "COMPLETED"], runs
     log = job.paths.stdout.read_text()
     assert "preemption signal (SIGTERM): stopping rank 0" in log
-    assert "waiting for SLURM to end the job" in log
+    assert "waiting for the scheduler to end the job" in log
     assert "part files already written" in log.split("waiting for SLURM")[-1]
     assert not request.parts_dir.exists()
 

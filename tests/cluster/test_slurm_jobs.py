@@ -75,7 +75,7 @@ def test_submit_trains_writes_checkpoints_and_a_wandb_offline_run(tmp_path, demo
     assert len(accuracy) == 2
     assert accuracy[-1] == pytest.approx(summary["metrics"]["validation/accuracy"], rel=1e-5)
     assert run.metric("train/images_per_sec")
-    assert run.metric("lr-AdamW/pg1")
+    assert run.metric("lr/stem")
     assert run.metric("requeue_count")[-1] == 0
 
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]

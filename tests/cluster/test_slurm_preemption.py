@@ -534,7 +534,7 @@ def test_time_limit_sigterm_of_2x2_without_a_signal_before_it_saves_and_requeues
     assert [s.get("stop") for s in starts] == ["SIGTERM", None], starts
     assert starts[1]["resumed_step"] == starts[0]["stop_step"], starts
     log = runs["own-script-log"](run_dir)
-    assert "the SIGTERM was SLURM's time limit" in log, log[-3000:]
+    assert "the SIGTERM was the job's time limit" in log, log[-3000:]
 
     assert_ends_like_its_baseline(runs, slurm_cluster, "own-script")
 

@@ -101,3 +101,13 @@ def read_offline_run(path: Path) -> OfflineRun:
 
 def offline_run_files(run_dir: Path) -> list[Path]:
     return sorted(Path(run_dir).glob("wandb/wandb/offline-run-*/run-*.wandb"))
+
+
+def logged_tables(run_dir: Path, key: str = "validation/galaxies") -> list[dict[str, Any]]:
+    """Every W&B Table logged under `key` in a run's segments, in order: its JSON (`columns`, `data`)."""
+    tables = []
+    for path in offline_run_files(run_dir):
+        for row in read_offline_run(path).history:
+            if f"{key}/path" in row:
+                tables.append(json.loads((path.parent / "files" / row[f"{key}/path"]).read_text()))
+    return tables

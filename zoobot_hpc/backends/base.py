@@ -156,6 +156,10 @@ class SchedulerBackend(Protocol):
         """This job's id as a key that names the scheduler's job and no other's (W&B run ids, segment records)."""
         ...
 
+    def node_list(self) -> str | None:
+        """The nodes this job runs on, in the scheduler's notation (None: it does not say)."""
+        ...
+
     def restart_count(self) -> int | None:
         """How many times the scheduler restarted this job (None: it does not say)."""
         ...

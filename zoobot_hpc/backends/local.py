@@ -6,6 +6,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,9 @@ class LocalBackend:
     def job_key(self) -> str | None:
         job = self.job_id()
         return f"local{job}" if job else None
+
+    def node_list(self) -> str | None:
+        return socket.gethostname()
 
     def restart_count(self) -> int | None:
         return None

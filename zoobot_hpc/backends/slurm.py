@@ -201,6 +201,9 @@ class SlurmBackend:
             return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
         return env.get("SLURM_JOB_ID") or None
 
+    def node_list(self) -> str | None:
+        return os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or None
+
     def restart_count(self) -> int | None:
         count = os.environ.get("SLURM_RESTART_COUNT")
         return int(count) if count else None

@@ -195,6 +195,11 @@ class TrackingSettings(_Section):
     entity: str | None = None
     mode: Literal["online", "offline", "disabled"] = "offline"
     tags: list[str] = Field(default_factory=list)
+    # The W&B table of validation galaxies: a fixed sample (0 turns the table off), the worst-predicted of each
+    # pass, and how often (every n-th validation pass).
+    galaxy_table: int = Field(16, ge=0, le=256)
+    galaxy_table_worst: int = Field(8, ge=0, le=256)
+    galaxy_table_every: int = Field(1, ge=1)
 
 
 class RunConfig(_Section):

@@ -47,7 +47,9 @@ KIND_SPECS: dict[str, ModelKindSpec] = {
         "classifier", {"validation/loss": "min", "validation/accuracy": "max"}, label_columns=_label_column
     ),
     "regressor": ModelKindSpec(
-        "regressor", {"validation/loss": "min", "validation/rmse": "min"}, label_columns=_label_column
+        "regressor",
+        {"validation/loss": "min", "validation/rmse": "min", "validation/mae": "min"},
+        label_columns=_label_column,
     ),
     "tree": ModelKindSpec("tree", {"validation/loss": "min"}, label_columns=_tree_columns),
 }

@@ -15,6 +15,7 @@ from zoobot_hpc.backends.base import JobRecord, JobStart, Phase, SchedulerBacken
 from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.job_result import JOB_RESULT, read_result
+from zoobot_hpc.core.segment_records import segments_note
 
 
 @dataclass
@@ -177,7 +178,11 @@ def collect_status(path: Path) -> list[RunStatus]:
                 epoch=epoch,
                 best=_format_best(progress, summary),
                 latest_checkpoint=(progress or {}).get("latest_checkpoint"),
-                why=explain(run, state, sub, segments),
+                why="; ".join(
+                    part
+                    for part in (explain(run, state, sub, segments), segments_note(segments, bool(summary)))
+                    if part
+                ),
             )
         )
     return result

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.regression import MeanSquaredError
+from torchmetrics.aggregation import CatMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from zoobot_hpc.core.label_schemas import resolve_schema
 from zoobot_hpc.core.model_kinds import CHECKPOINT_KIND_KEY
@@ -32,7 +33,15 @@ from zoobot_hpc.model.schedulers import (
     steps_on_epochs,
     validate_scheduler_kwargs,
 )
-from zoobot_hpc.model.tree import DirichletConcentrations, TreeSchema, tree_loss, vote_fractions
+from zoobot_hpc.model.tree import (
+    DirichletConcentrations,
+    TreeSchema,
+    tree_loss,
+    tree_question_losses,
+    vote_fraction_errors,
+    vote_fractions,
+)
+from zoobot_hpc.model.validation_metrics import ColumnMeans, per_class_scores
 
 STAGES = ("train", "validation", "test")
 TRAINING_MODES = ("full", "head_only")
@@ -115,6 +124,10 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         self.hparams.scheduler_kwargs = validate_scheduler_kwargs(scheduler_kwargs)
         self.hparams.timm_kwargs = None if timm_kwargs is None else dict(timm_kwargs)
         self.metrics = nn.ModuleDict()
+        # What the last validation pass computed beyond scalars (a confusion matrix, predicted and true values),
+        # over the whole split and on every rank, for the training code's W&B figures.
+        self.validation_figures: dict[str, torch.Tensor] = {}
+        self.last_validation_outputs: torch.Tensor | None = None
 
         if encoder is not None:
             self.encoder = create_encoder(encoder)
@@ -186,6 +199,18 @@ class FinetuneableZoobotAbstract(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.reset_stage_metrics("test")
 
+    def on_validation_epoch_end(self) -> None:
+        """Log the task's per-class or per-question metrics of the whole validation pass (synced across ranks)."""
+        self.validation_figures = {}
+        for key, value in self.validation_report().items():
+            if math.isfinite(value):
+                self.log(key, value, on_step=False, on_epoch=True)
+
+    def validation_report(self) -> dict[str, float]:
+        """The task's per-class / per-question validation metrics of the pass, by key; may fill
+        `validation_figures`."""
+        return {}
+
     def train(self, mode: bool = True) -> "FinetuneableZoobotAbstract":
         """Set train/eval mode; in head_only mode the encoder stays in eval mode."""
         super().train(mode)
@@ -226,8 +251,14 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         """Named predictions from head outputs."""
         raise NotImplementedError
 
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The loss of each galaxy of a batch (B,), unweighted."""
+        raise NotImplementedError
+
     def _shared_step(self, batch: Mapping[str, Any], stage: str) -> torch.Tensor:
         outputs = self.batch_outputs(batch)
+        if stage == "validation":
+            self.last_validation_outputs = outputs.detach()  # for the training code's galaxy table
         loss = self.compute_loss(outputs, batch)
         batch_size = outputs.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
@@ -371,10 +402,26 @@ class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
         self.register_buffer("class_weights", weights, persistent=False)
         self.head = self.linear_head(num_classes)
         self.add_stage_metric("accuracy", lambda: MulticlassAccuracy(num_classes, average="micro"))
+        self.metrics["validation_confusion"] = MulticlassConfusionMatrix(num_classes)
 
     @property
     def label_cols(self) -> list[str]:
         return [self.hparams.label_col]
+
+    @property
+    def class_labels(self) -> list[str]:
+        """The classes' names (their indices where the config names none)."""
+        return self.hparams.class_names or [str(index) for index in range(self.hparams.num_classes)]
+
+    def validation_report(self) -> dict[str, float]:
+        confusion = self.metrics["validation_confusion"].compute()
+        self.validation_figures["confusion_matrix"] = confusion
+        report = {}
+        for score, values in per_class_scores(confusion).items():
+            report.update(
+                {f"validation/{score}/{name}": float(v) for name, v in zip(self.class_labels, values, strict=True)}
+            )
+        return report
 
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return F.cross_entropy(
@@ -384,8 +431,14 @@ class FinetuneableZoobotClassifier(FinetuneableZoobotAbstract):
             label_smoothing=self.hparams.label_smoothing,
         )
 
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return F.cross_entropy(outputs, batch[self.hparams.label_col].long(), reduction="none")
+
     def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
-        self.log_stage_metric(stage, "accuracy", outputs.argmax(dim=1), batch[self.hparams.label_col].long())
+        predicted, target = outputs.argmax(dim=1), batch[self.hparams.label_col].long()
+        self.log_stage_metric(stage, "accuracy", predicted, target)
+        if stage == "validation":
+            self.metrics["validation_confusion"].update(predicted, target)
 
     def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"probabilities": outputs.softmax(dim=1)}
@@ -410,6 +463,9 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
         super().__init__(**kwargs)
         self.head = self.linear_head(1, nn.Sigmoid() if unit_interval else None)
         self.add_stage_metric("rmse", lambda: MeanSquaredError(squared=False))
+        self.add_stage_metric("mae", MeanAbsoluteError)
+        self.metrics["validation_predicted"] = CatMetric()
+        self.metrics["validation_true"] = CatMetric()
 
     @property
     def label_cols(self) -> list[str]:
@@ -422,8 +478,23 @@ class FinetuneableZoobotRegressor(FinetuneableZoobotAbstract):
     def compute_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.LOSSES[self.hparams.loss](outputs, batch[self.hparams.label_col].to(outputs.dtype))
 
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        target = batch[self.hparams.label_col].to(outputs.dtype)
+        return self.LOSSES[self.hparams.loss](outputs, target, reduction="none")
+
     def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
-        self.log_stage_metric(stage, "rmse", outputs, batch[self.hparams.label_col].to(outputs.dtype))
+        target = batch[self.hparams.label_col].to(outputs.dtype)
+        self.log_stage_metric(stage, "rmse", outputs, target)
+        self.log_stage_metric(stage, "mae", outputs, target)
+        if stage == "validation":
+            self.metrics["validation_predicted"].update(outputs)
+            self.metrics["validation_true"].update(target)
+
+    def validation_report(self) -> dict[str, float]:
+        if self.metrics["validation_true"].update_count:
+            self.validation_figures["predicted"] = self.metrics["validation_predicted"].compute()
+            self.validation_figures["true"] = self.metrics["validation_true"].compute()
+        return {}
 
     def predictions(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"values": outputs}
@@ -455,10 +526,35 @@ class FinetuneableZoobotTree(FinetuneableZoobotAbstract):
         self.hparams.dependencies = tree.dependencies
         self.schema = tree
         self.head = self.linear_head(len(tree.label_cols), DirichletConcentrations())
+        self.metrics["validation_question_loss"] = ColumnMeans(len(tree.questions))
+        self.metrics["validation_fraction_mae"] = ColumnMeans(len(tree.questions))
 
     @property
     def label_cols(self) -> list[str]:
         return self.schema.label_cols
+
+    def per_galaxy_loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return tree_loss(self.vote_counts(batch), outputs, self.schema)
+
+    def log_metrics(self, outputs: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        """Validation: each question's loss (over all galaxies) and vote-fraction MAE (where it was asked)."""
+        if stage != "validation":
+            return
+        counts = self.vote_counts(batch)
+        self.metrics["validation_question_loss"].update(tree_question_losses(counts, outputs, self.schema))
+        asked = torch.stack([counts[:, answers].sum(dim=1) > 0 for answers in self.schema.question_slices], dim=1)
+        errors = vote_fraction_errors(counts, vote_fractions(outputs, self.schema), self.schema)
+        self.metrics["validation_fraction_mae"].update(errors, asked)
+
+    def validation_report(self) -> dict[str, float]:
+        """`validation/loss/<question>` (their sum is `validation/loss`) and `validation/vote_fraction_mae/<q>`."""
+        report = {}
+        for prefix, key in (("loss", "validation_question_loss"), ("vote_fraction_mae", "validation_fraction_mae")):
+            values = self.metrics[key].compute().reshape(-1)  # torchmetrics squeezes a one-question tree's
+            report.update(
+                {f"validation/{prefix}/{q}": float(v) for q, v in zip(self.schema.questions, values, strict=True)}
+            )
+        return report
 
     def vote_counts(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The batch's vote counts (B, A) in `label_cols` order; a question never asked (NaN) counts 0 votes."""

@@ -13,6 +13,7 @@ __all__ = [
     "answer_column",
     "dirichlet_multinomial_nll",
     "tree_loss",
+    "tree_question_losses",
     "vote_fractions",
 ]
 
@@ -33,12 +34,29 @@ def dirichlet_multinomial_nll(counts: torch.Tensor, concentrations: torch.Tensor
     return -(log_norm - log_terms.sum(dim=-1))
 
 
-def tree_loss(counts: torch.Tensor, concentrations: torch.Tensor, schema: TreeSchema) -> torch.Tensor:
-    """Dirichlet-multinomial NLL per galaxy summed over questions (as in Zoobot pretraining), shape (B,)."""
+def tree_question_losses(counts: torch.Tensor, concentrations: torch.Tensor, schema: TreeSchema) -> torch.Tensor:
+    """Dirichlet-multinomial NLL of each galaxy and question, shape (B, Q) in `schema.questions` order."""
     per_question = [
         dirichlet_multinomial_nll(counts[:, answers], concentrations[:, answers]) for answers in schema.question_slices
     ]
-    return torch.stack(per_question, dim=1).sum(dim=1)
+    return torch.stack(per_question, dim=1)
+
+
+def tree_loss(counts: torch.Tensor, concentrations: torch.Tensor, schema: TreeSchema) -> torch.Tensor:
+    """Dirichlet-multinomial NLL per galaxy summed over questions (as in Zoobot pretraining), shape (B,)."""
+    return tree_question_losses(counts, concentrations, schema).sum(dim=1)
+
+
+def vote_fraction_errors(counts: torch.Tensor, fractions: torch.Tensor, schema: TreeSchema) -> torch.Tensor:
+    """Mean absolute error of the predicted vote `fractions` (B, A) against the observed ones, per galaxy and
+    question (B, Q); 0 where nobody answered the question (weight those out with `counts`)."""
+    errors = []
+    for answers in schema.question_slices:
+        question_counts = counts[:, answers]
+        total = question_counts.sum(dim=1, keepdim=True)
+        observed = question_counts / total.clamp(min=1)
+        errors.append((fractions[:, answers] - observed).abs().mean(dim=1) * (total.squeeze(1) > 0))
+    return torch.stack(errors, dim=1)
 
 
 def vote_fractions(concentrations: torch.Tensor, schema: TreeSchema) -> torch.Tensor:

@@ -177,6 +177,7 @@ class TrialJob(submitit.helpers.Checkpointable):
                 group=record["study"],
                 interactive=False,
                 extra_callbacks=[reporter],
+                tracked_params=trial.params,
             )
         except BaseException:
             if heartbeat is not None:

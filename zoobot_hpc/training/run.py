@@ -10,7 +10,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -52,6 +52,8 @@ from zoobot_hpc.training.checkpointing import (
 )
 from zoobot_hpc.training.ddp_strategy import ddp_strategy
 from zoobot_hpc.training.embedding_cache import EmbeddingCacheDataModule, run_partial_tag
+from zoobot_hpc.training.galaxy_table import GalaxyTable
+from zoobot_hpc.training.learning_rates import NamedLearningRates
 from zoobot_hpc.training.monitoring import (
     LogLineProgress,
     ProgressFile,
@@ -62,6 +64,7 @@ from zoobot_hpc.training.monitoring import (
 )
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
+from zoobot_hpc.training.wandb_figures import ValidationFigures
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +139,11 @@ def default_cluster_environment() -> ClusterEnvironment | None:
     return environment(**named[1]) if environment.detect() else None
 
 
-def _loggers(config: RunConfig, run_dir: Path, group: str | None, task: str) -> list[Logger]:
+def _loggers(
+    config: RunConfig, run_dir: Path, group: str | None, task: str, params: Mapping[str, Any] | None = None
+) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(str(run_dir), name=layout.METRICS)]
-    wandb_logger = create_wandb_logger(config, run_dir, group=group, task=task)
+    wandb_logger = create_wandb_logger(config, run_dir, group=group, task=task, params=params)
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     return loggers
@@ -267,8 +272,12 @@ def build_callbacks(
         ProgressFile(run_dir, monitor, mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
         ShardWatch(config.data.dataset_dir),
-        LearningRateMonitor(logging_interval="step"),
+        NamedLearningRates(),
+        ValidationFigures(monitor, mode),
     ]
+    tracking = config.tracking
+    if tracking.mode != "disabled" and tracking.galaxy_table:
+        callbacks.append(GalaxyTable(tracking.galaxy_table, tracking.galaxy_table_worst, tracking.galaxy_table_every))
     callbacks += build_extra_callbacks(config)
     if not interactive:
         callbacks.append(LogLineProgress())
@@ -325,6 +334,12 @@ def restart_count() -> int | None:
     return backend.restart_count() if backend is not None else None
 
 
+def node_list() -> str:
+    """The nodes of this job as its scheduler names them, else this host."""
+    backend = running_backend()
+    return (backend.node_list() if backend is not None else None) or socket.gethostname()
+
+
 def hold_run_dir(run_dir: Path) -> str:
     """Take the run directory's lease for this job (rank 0), or on the other ranks of a scheduled job check that
     no other job holds it; RunDirOwned (one line naming the owner) when another job does. Returns the job key."""
@@ -346,6 +361,7 @@ def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None, j
             "start": time.time(),
             "job": job_key,
             "host": socket.gethostname(),
+            "nodes": node_list(),
             "world_size": config.world_size,
             "resumed_from": str(resume_from) if resume_from else None,
             "restart_count": restart_count(),
@@ -414,12 +430,14 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     startup: StartupLog | None = None,
     write_config: bool = True,
     extra_callbacks: Sequence[Callback] = (),
+    tracked_params: Mapping[str, Any] | None = None,
 ) -> TrainingOutcome:
     """Fit one run in `run_dir`, resuming from its newest valid checkpoint; returns how this segment ended.
 
     `startup` times the job's start-up phases (from the process's start) into the log, up to the first step.
     `write_config=False` keeps the `config.yaml` that `submit` wrote (a submitted job carries a config with its
-    secrets redacted). `extra_callbacks` are added to the config's (a search trial's reporter).
+    secrets redacted). `extra_callbacks` are added to the config's (a search trial's reporter). `tracked_params`
+    (a search trial's sampled values) become top-level keys of the W&B run's config, as a sweep's swept values do.
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
@@ -442,7 +460,7 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
         config,
         run_dir,
         [*callbacks, *extra_callbacks, StartupPhases(startup)],
-        _loggers(config, run_dir, group, model.kind),
+        _loggers(config, run_dir, group, model.kind, tracked_params),
         cluster_environment,
         interactive,
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from tests.support.jobs import (
     wait_for,
     write_test_config,
 )
-from tests.support.wandb_records import offline_run_files, read_offline_run
+from tests.support.wandb_records import logged_tables, offline_run_files, read_offline_run
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.login.submit import plan_runs, submit_plan
@@ -62,7 +63,7 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
 
     metrics = job.result()
     baseline_metrics = baseline.jobs[0].result()
-    for key in ("validation/loss", "validation/accuracy", "lr-AdamW/head"):
+    for key in ("validation/loss", "validation/accuracy", "lr/head"):
         assert metrics[key] == baseline_metrics[key], key
 
     starts = segments(run_dir)
@@ -80,11 +81,40 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert len({run.run_id for run in runs}) == 1
     assert runs[-1].metric("requeue_count")[-1] == 2
 
+    steps = [run.metric("_step") for run in runs]
+    logged = [segment for segment in steps if segment]  # a segment stopped before its first log has no rows
+    assert len(logged) >= 2, steps
+    for earlier, later in itertools.pairwise(logged):
+        assert min(later) > max(earlier), "a later segment's history lands after the earlier one's last step"
+    flat = [step for segment in steps for step in segment]
+    assert flat == sorted(set(flat)), "W&B steps strictly increase across segments: none logged twice"
+    final_step = layout.read_json(run_dir / layout.SUMMARY)["global_step"]
+    assert runs[-1].metric("trainer/global_step")[-1] == final_step - 1, "the last segment ends the history"
+
+    records = runs[-1].config["segments"]
+    assert [r["job"] for r in records] == [s["job"] for s in starts]
+    assert [r["stopped_because"] for r in records] == ["preemption or time limit"] * 2 + ["finished"]
+    assert [r["start"] for r in records] == [s["start"] for s in starts]
+    assert [r["stop"] for r in records[:2]] == [s["stopped"] for s in starts[:2]]
+    assert all(r["redone_steps_after"] == 0 for r in records)
+    assert runs[-1].summary["gpu_hours/used"] == pytest.approx(sum(r["device_hours"] for r in records))
+    assert runs[-1].summary["gpu_hours/lost"] == 0 and runs[-1].summary["segments"] == 3
+
+    status = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert "segments 1: preemption or time limit, 2: preemption or time limit, 3: finished; GPU-h used" in status.output
+
     sync = CliRunner().invoke(main, ["sync", "--dry-run", str(run_dir)])
     assert sync.exit_code == 0, sync.output
-    command = sync.output.split()
+    *plan, command_line = sync.output.strip().splitlines()
+    command = command_line.split()
     assert command[:4] == ["wandb", "sync", "--id", runs[0].run_id]
     assert command[-3:] == [str(path.parent) for path in offline_run_files(run_dir)]
+    assert plan == [
+        f"# segment {n}/3: {path.parent} " + (f"steps {min(s)}-{max(s)} ({len(s)} rows)" if s else "(no history)")
+        for n, (path, s) in enumerate(zip(offline_run_files(run_dir), steps, strict=True), start=1)
+    ]
+    sample_ids = [[row[1] for row in table["data"] if row[0] == "sample"] for table in logged_tables(run_dir)]
+    assert len(sample_ids) == 2 and sample_ids[0] and sample_ids[0] == sample_ids[1], "the same sample across a requeue"
 
 
 @pytest.mark.timeout(300)
