@@ -22,3 +22,14 @@ def test_a_torn_last_line_is_skipped_and_the_next_segment_is_recorded(tmp_path, 
     layout.update_last_segment(tmp_path, {"stop": "SIGTERM"})
     assert layout.read_segments(tmp_path)[-1] == {"start": 3.0, "job": "3", "stop": "SIGTERM"}
     assert (tmp_path / layout.SEGMENTS).read_text().count("\n") == 2, "the rewrite drops the torn line"
+
+
+def test_status_of_a_run_whose_segments_end_in_a_torn_line(tmp_path):
+    from zoobot_hpc.login.status import collect_status
+
+    (tmp_path / layout.CONFIG).write_text("name: torn\n")
+    layout.append_segment(tmp_path, {"start": 1.0, "job": "1", "resumed_step": 0, "reached_step": 4})
+    with open(tmp_path / layout.SEGMENTS, "a") as handle:
+        handle.write('{"start": 2.0, "jo')
+    [status] = collect_status(tmp_path)
+    assert status.requeues == 0
