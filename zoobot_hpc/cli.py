@@ -387,11 +387,14 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
         _fail(error)
     configure_job_logging()
     from zoobot_hpc.core.disk_space import OutOfSpace
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.runtime.run_lease import RunDirOwned
+    from zoobot_hpc.training.checkpointing import NoValidCheckpoint
     from zoobot_hpc.training.nonfinite import NonFiniteTraining
 
     try:
         run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
-    except (OutOfSpace, NonFiniteTraining) as error:
+    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned) as error:
         _fail(error)
     click.echo(_results_text(target))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,8 +60,9 @@ def atomic_path(target: str | os.PathLike[str], tmp_suffix: str = ".tmp") -> Ite
 
 
 def writer_suffix() -> str:
-    """A temporary-file suffix unique to this process on this host, for targets several ranks may write at once."""
-    return f".tmp.{socket.gethostname()}.{os.getpid()}"
+    """A temporary-file suffix unique to this writer (host, process, thread), for targets several writers (ranks,
+    two jobs on one run directory) may write at once."""
+    return f".tmp.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
 
 
 OWNER_ONLY = 0o600  # a file that keeps secrets: the run's config.yaml, the sbatch script

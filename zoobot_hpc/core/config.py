@@ -106,6 +106,7 @@ class TrainerSettings(_Section):
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)
     heartbeat_every_s: float = Field(30.0, gt=0)  # how often a job start records how far it got
+    allow_dataset_change: bool = Field(False, description="resume from checkpoints trained on another dataset")
     monitor: str | None = None  # the validation metric for best.ckpt, early stopping, the summary (None: the kind's)
     log_every_n_steps: int = Field(50, gt=0)
     channels_last: bool = True

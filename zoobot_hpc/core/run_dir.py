@@ -8,7 +8,9 @@ RUN_DIR/segments.jsonl      one line per start of the job (a requeued run has se
                             `stop_step` and `stop_and_save_s` (signal to checkpoint on disk)
 RUN_DIR/progress.json       epoch, step, best validation metric, latest checkpoint (rewritten each validation)
 RUN_DIR/summary.json        final metrics, written when training ends
-RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt
+RUN_DIR/lease.json          the job that owns the run dir (job id, host, pid; renewed by its heartbeat)
+RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the newest state), best.ckpt, each
+                            with NAME.digest.json beside it (sha256, size, step, dataset manifest checksum)
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 RUN_DIR/job_result.json     how the submitted job ended (success, or its error's last line), for `status`
@@ -22,11 +24,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zoobot_hpc.core import atomic
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 SUBMISSION = "submission.json"
@@ -56,24 +62,56 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def append_segment(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / SEGMENTS, "a") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
+    """Append one record to `segments.jsonl`: one write, then fsync. After a torn last line (a full disk, a crash
+    mid-write) the record starts on a line of its own, so only the torn line is lost."""
+    path = Path(run_dir) / SEGMENTS
+    line = (json.dumps(record, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size and not _ends_with_newline(path):
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def update_last_segment(run_dir: Path, fields: dict[str, Any]) -> None:
-    """Add `fields` to the record of the newest segment (the job start that is running now)."""
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def update_last_segment(run_dir: Path, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """Add `fields` to the record of the newest segment (the job start that is running now); returns it."""
     records = read_segments(run_dir)
     if not records:
-        return
+        return None
     records[-1].update(fields)
     atomic.write_text(Path(run_dir) / SEGMENTS, "".join(json.dumps(record, default=str) + "\n" for record in records))
+    return records[-1]
 
 
 def read_segments(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of `segments.jsonl`; a line that does not parse (a torn append) is skipped with a warning."""
     path = Path(run_dir) / SEGMENTS
-    if not path.exists():
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            log.warning("%s line %d is not a whole record (a torn append): skipped", path, number)
+            continue
+        records.append(record)
+    return records
 
 
 def find_run_dirs(path: Path) -> list[Path]:

@@ -12,6 +12,7 @@ bounded by its open shards, not by the dataset's size.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from zoobot_hpc.data.shard_format import (
     open_shard,
     read_manifest,
 )
+from zoobot_hpc.data.shard_identity import check_open_shard, read_checked
 
 _TORCH_LABEL_DTYPES = {"int64": torch.int64, "float32": torch.float32}
 WORKER_BATCH_BLOCKS = 8  # per worker: prefetched batches, plus those the main process still holds
@@ -215,7 +217,8 @@ class ShardDataset(torch.utils.data.Dataset):
         for shard_index in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == shard_index)
             local = positions[rows] - self.shard_starts[shard_index]
-            self._read_shard(int(shard_index), local, rows, images, ids, labels)
+            index = int(shard_index)
+            read_checked(self, index, functools.partial(self._read_shard, index, local, rows, images, ids, labels))
         columns["index"].copy_(torch.from_numpy(positions))
         return ReadBatch(images, ids, columns)
 
@@ -270,6 +273,7 @@ class ShardDataset(torch.utils.data.Dataset):
             images = handle[IMAGES_KEY]
             if images.shape[1:] != self.image_shape:
                 raise DatasetError(f"{path}: images have shape {images.shape[1:]}, manifest says {self.image_shape}")
+            check_open_shard(path, images.shape[0], int(np.diff(self.shard_starts)[shard_index]))
             shard = _OpenShard(
                 file=handle,
                 images=images,

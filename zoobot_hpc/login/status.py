@@ -142,6 +142,18 @@ def _job_states(runs: list[Path], submissions: dict[Path, dict]) -> dict[Path, s
     return states
 
 
+def active_job(run_dir: Path) -> str | None:
+    """The run's submitted job and its state when its scheduler says it is queued, running or requeued
+    ("job 123 (PENDING)"), else None."""
+    submission = layout.read_json(Path(run_dir) / layout.SUBMISSION) or {}
+    backend = backend_of(submission)
+    if backend is None or not submission.get("job_id"):
+        return None
+    record = JobRecord.from_submission(submission, Path(run_dir))
+    state = backend.job_states([record]).get(record.job_id, "UNKNOWN")
+    return f"job {record.job_id} ({state})" if backend.phase(state) is Phase.ACTIVE else None
+
+
 def collect_status(path: Path) -> list[RunStatus]:
     """One RunStatus per run under `path` (a run dir or a sweep dir)."""
     runs = layout.find_run_dirs(path)

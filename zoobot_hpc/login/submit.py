@@ -24,8 +24,9 @@ from zoobot_hpc.core.config import (
     load_yaml,
 )
 from zoobot_hpc.core.redaction import literal_secret, redact_config, redact_text, redact_value
-from zoobot_hpc.login.preflight import check_run_dir, preflight, resolve_executor
+from zoobot_hpc.login.preflight import PreflightError, check_run_dir, preflight, resolve_executor
 from zoobot_hpc.login.save_time import preemption_warnings, save_time_needed
+from zoobot_hpc.login.status import active_job
 from zoobot_hpc.login.sweep import Point, expand_points, load_grid, parse_overrides, run_name
 from zoobot_hpc.training.job import TrainingJob
 
@@ -198,7 +199,18 @@ def check_plan(plan: Plan, allow_download: bool = True, dry_run: bool = False) -
     warnings = preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download, dry_run=dry_run)
     for run in plan.runs:
         run.config = check_run_dir(run.config, run.run_dir)
+        refuse_active_run(run.run_dir)
     return warnings
+
+
+def refuse_active_run(run_dir: Path) -> None:
+    """One run, one job: a PreflightError (one line naming it) when the run's job is queued, running or requeued."""
+    job = active_job(run_dir)
+    if job is not None:
+        raise PreflightError(
+            f"{run_dir}: its {job} is queued, running or requeued: one run directory, one job "
+            f"(wait for it, or `zoobot-hpc cancel {run_dir}`)"
+        )
 
 
 def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:

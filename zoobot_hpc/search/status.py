@@ -9,7 +9,7 @@ from typing import Any
 from zoobot_hpc.backends.base import JobRecord, SchedulerBackend
 from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.login.sweep import run_name
-from zoobot_hpc.search.study import fail_stale_trials, fail_trial, load_study, require_optuna
+from zoobot_hpc.search.study import fail_stale_trials, fail_trial, load_study, require_optuna, task_activity
 
 
 @dataclass
@@ -66,7 +66,7 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
     the number of tasks not started."""
     sweep_dir = Path(sweep_dir)
     study, spec, record = load_study(sweep_dir)
-    fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_activity(sweep_dir, record))
     jobs = {job["array_task"]: job["job_id"] for job in record.get("jobs", [])}
     backend = search_backend(record)
     states = backend.job_states(job_records(sweep_dir, record)) if backend is not None else {}

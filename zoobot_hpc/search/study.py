@@ -13,12 +13,13 @@ parameters:
   model.head_dropout_prob: {choice: [0.2, 0.35, 0.5]}
 ```
 
-The study lives in `SWEEP_DIR/study.journal` (Optuna's journal file storage: appends under a lock file, which
-works on NFS and Lustre without a database server) unless `storage:` names an Optuna storage URL. Array task `i`
-owns one trial, found again by its `array_task` user attribute when the task is requeued. Journal storage has no
-heartbeat of its own, so each running trial's task rewrites `SWEEP_DIR/heartbeats/trial-N.json`; a RUNNING trial
-whose heartbeat is older than the grace period is failed (and retried with the same parameters if its task ever
-starts again). Steps reported to the pruner are epochs completed (1, 2, ...).
+The study lives in `SWEEP_DIR/study.journal` (Optuna's journal file storage: appends under a lock file that only its
+owner releases, `journal_lock`, which works on NFS and Lustre without a database server) unless `storage:` names an
+Optuna storage URL. Array task `i` owns one trial, found again by its `array_task` user attribute when the task is
+requeued. Journal storage has no heartbeat of its own, so each running trial's task rewrites
+`SWEEP_DIR/heartbeats/trial-N.json`; a RUNNING trial whose heartbeat is older than the grace period is failed (and
+retried with the same parameters if its task ever starts again). Steps reported to the pruner are epochs completed
+(1, 2, ...).
 
 Login-node module: Optuna is imported inside functions (it is the optional `search` extra), torch never.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,10 +263,10 @@ def open_storage(sweep_dir: Path, storage: str | None = None) -> Any:
                 "(or keep the password in the database's own file, e.g. ~/.pgpass)"
             )
         return storage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    from zoobot_hpc.search.journal_lock import CheckedJournalBackend, OwnedJournalLock
 
     path = str(Path(sweep_dir) / JOURNAL)
-    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return optuna.storages.JournalStorage(CheckedJournalBackend(path, lock_obj=OwnedJournalLock(path)))
 
 
 def create_study(sweep_dir: Path, spec: SearchSpec, name: str, direction: str, metric: str) -> Any:
@@ -325,15 +327,52 @@ def last_heartbeat(sweep_dir: Path, trial: Any) -> tuple[str, float]:
     return "running", started
 
 
-def fail_stale_trials(study: Any, sweep_dir: Path, stale_after_s: float, now: float | None = None) -> list[int]:
-    """Mark FAIL every RUNNING trial whose task has not beaten for `stale_after_s` (killed without a word);
-    trials waiting in the queue after a preemption are left alone. Returns the numbers failed."""
+def task_activity(sweep_dir: Path, record: dict[str, Any]) -> Callable[[int], bool | None] | None:
+    """Whether the search's scheduler (`search.json`'s record) says array task `i` is queued, running or
+    requeued: True / False, None when it cannot say. The scheduler is asked once, when a trial's heartbeat is first
+    found stale. None when the search names no backend this version knows."""
+    from zoobot_hpc.backends.base import JobRecord, Phase
+    from zoobot_hpc.backends.registry import get_backend
+
+    try:
+        backend = get_backend(str(record["executor"]))
+    except (KeyError, ValueError):
+        return None
+    folder = Path(record.get("submitit_folder") or Path(sweep_dir) / "submitit")
+    jobs = {job["array_task"]: JobRecord(str(job["job_id"]), folder) for job in record.get("jobs", [])}
+    states: list[dict[str, str]] = []
+
+    def active(task: int) -> bool | None:
+        job = jobs.get(task)
+        if job is None:
+            return None
+        if not states:
+            states.append(backend.job_states(list(jobs.values())))
+        phase = backend.phase(states[0].get(job.job_id, "UNKNOWN"))
+        return None if phase is Phase.UNKNOWN else phase is Phase.ACTIVE
+
+    return active
+
+
+def fail_stale_trials(
+    study: Any,
+    sweep_dir: Path,
+    stale_after_s: float,
+    now: float | None = None,
+    task_active: Callable[[int], bool | None] | None = None,
+) -> list[int]:
+    """Mark FAIL every RUNNING trial whose task has not beaten for `stale_after_s` (killed without a word), unless
+    the scheduler says its task is pending, requeued or running (`task_active`: a task requeued after its node
+    died waits in the queue without a heartbeat). Where the scheduler cannot say (None), a SLURM search's trial is
+    left alone; trials waiting in the queue after a preemption are left alone. Returns the numbers failed."""
     optuna = require_optuna()
     now = time.time() if now is None else now
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         state, beat = last_heartbeat(sweep_dir, trial)
         if state != "running" or now - beat < stale_after_s:
+            continue
+        if task_active is not None and task_active(trial.user_attrs.get("array_task")) is not False:
             continue
         try:
             fail_trial(study, trial, f"no heartbeat for {now - beat:.0f} s")
@@ -367,13 +406,18 @@ def fail_trial(study: Any, trial: Any, why: str) -> None:
 
 
 def retry_trial(study: Any, trial: Any, task_index: int) -> int:
-    """A new RUNNING trial with the parameters of `trial` (failed as stale), owned by array task `task_index`."""
+    """A new RUNNING trial with the parameters of `trial` (failed as stale), owned by array task `task_index`, that
+    trains in `trial`'s run directory (so it resumes from that trial's newest checkpoint)."""
     optuna = require_optuna()
     template = optuna.trial.create_trial(
         state=optuna.trial.TrialState.RUNNING,
         params=trial.params,
         distributions=trial.distributions,
-        user_attrs={"array_task": task_index, "retry_of": trial.number},
+        user_attrs={
+            "array_task": task_index,
+            "retry_of": trial.number,
+            "run_dir": trial.user_attrs.get("run_dir") or trial_run_name(trial.number, trial.params),
+        },
     )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return int(study._storage.get_trial_number_from_id(trial_id))
@@ -393,18 +437,25 @@ def task_trials(study: Any, task_index: int) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("array_task") == task_index]
 
 
-def acquire_trial(study: Any, spec: SearchSpec, sweep_dir: Path, task_index: int) -> Any:
+def acquire_trial(
+    study: Any,
+    spec: SearchSpec,
+    sweep_dir: Path,
+    task_index: int,
+    task_active: Callable[[int], bool | None] | None = None,
+) -> Any:
     """The trial array task `task_index` trains: its own unfinished one (a requeued task resumes it), a retry
-    with the same parameters when its trial was failed as stale, or a new one from the sampler."""
+    with the same parameters when its trial was failed as stale (in the stale trial's run directory, so that it
+    resumes from its newest checkpoint), or a new one from the sampler. `task_active`: see `fail_stale_trials`."""
     optuna = require_optuna()
     running = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     owned = task_trials(study, task_index)
     latest = owned[-1] if owned else None
     if latest is not None and latest.state in running:
         write_heartbeat(sweep_dir, latest.number)
-        fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+        fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_active)
         return latest
-    fail_stale_trials(study, sweep_dir, spec.stale_after_s)
+    fail_stale_trials(study, sweep_dir, spec.stale_after_s, task_active=task_active)
     if latest is not None and "stale" not in latest.user_attrs:
         return latest
     if latest is not None:

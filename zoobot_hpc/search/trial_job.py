@@ -25,6 +25,7 @@ from zoobot_hpc.search.study import (
     acquire_trial,
     load_study,
     set_trial_attr,
+    task_activity,
     trial_by_number,
     trial_run_name,
     write_heartbeat,
@@ -92,11 +93,13 @@ def _add_to_summary(run_dir: Path, trial: dict[str, Any]) -> None:
         layout.write_json(run_dir / layout.SUMMARY, {**summary, "trial": trial})
 
 
-def _this_tasks_trial(study: Any, spec: Any, sweep_dir: Path, task_index: int, rank: int) -> Any:
+def _this_tasks_trial(
+    study: Any, spec: Any, sweep_dir: Path, task_index: int, rank: int, record: dict[str, Any]
+) -> Any:
     """Rank 0 takes the task's trial from the study (its own again after a requeue) and records it for this start;
-    the other ranks wait for that record."""
+    the other ranks wait for that record. Another task's trial is failed as stale only on the scheduler's word."""
     if rank == 0:
-        trial = acquire_trial(study, spec, sweep_dir, task_index)
+        trial = acquire_trial(study, spec, sweep_dir, task_index, task_active=task_activity(sweep_dir, record))
         (sweep_dir / TASKS).mkdir(exist_ok=True)
         task_file = sweep_dir / TASKS / f"task-{task_index}.json"
         layout.write_json(task_file, {"trial": trial.number, "segment": _segment_token()})
@@ -153,11 +156,11 @@ class TrialJob(submitit.helpers.Checkpointable):
         base = with_kept_values(self.base, sweep_dir / layout.CONFIG)
         max_epochs = int(base["trainer"]["max_epochs"])
         study, spec, record = load_study(sweep_dir, self.task_index, max_epochs)
-        trial = _this_tasks_trial(study, spec, sweep_dir, self.task_index, rank)
+        trial = _this_tasks_trial(study, spec, sweep_dir, self.task_index, rank, record)
         if trial.state.is_finished():
             log.info("trial %d of task %d already ended as %s", trial.number, self.task_index, trial.state.name)
             return TrialOutcome(preempted=False, metrics={})
-        name = trial_run_name(trial.number, trial.params)
+        name = trial.user_attrs.get("run_dir") or trial_run_name(trial.number, trial.params)  # a retry: its own
         run_dir = sweep_dir / name
         if rank == 0:
             set_trial_attr(study, trial, "run_dir", name)

@@ -24,11 +24,19 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
-from zoobot_hpc.core.atomic import atomic_path
+from zoobot_hpc.core.atomic import atomic_path, writer_suffix
 from zoobot_hpc.core.disk_space import out_of_space
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, all_reduce_max, host_flag_group
+from zoobot_hpc.training.checkpoint_digest import (
+    copy_digest,
+    digest_of,
+    digest_problem,
+    read_digest,
+    remove_digest,
+    write_digest,
+)
 from zoobot_hpc.training.nonfinite import (
     FINITE_CHECK_EVERY_N_STEPS,
     FiniteWatch,
@@ -51,36 +59,75 @@ LIGHTNING_INTERNALS_USED = (
 RESUME_CHECKPOINT = "resume.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 VALIDATION_RERUN_KEY = "zoobot_hpc_validation_rerun"  # set in a checkpoint taken mid-validation
+DATASET_KEY = "zoobot_hpc_dataset"  # the checksum of the manifest of the dataset a checkpoint was trained on
 
 log = logging.getLogger(__name__)
 
 
+class NoValidCheckpoint(RuntimeError):
+    """A run directory has checkpoints, and none of them is what was saved."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written with `zoobot_hpc.core.atomic`: a crash mid-write keeps the old checkpoint."""
+    """Checkpoints are written with `zoobot_hpc.core.atomic` under a temp name unique to the writer (a crash
+    mid-write, or a second writer, keeps a whole file under the final name), and each one's digest is recorded
+    beside it (`checkpoint_digest`), with the checksum of the dataset it was trained on (`dataset`).
+
+    A resume loads on every rank the file rank 0 chose and verified (`ResumeChoice`): it is broadcast here, where
+    the process group exists, so all ranks resume from one file, chosen once."""
+
+    def __init__(self, dataset: str | None = None) -> None:
+        super().__init__()
+        self.dataset = dataset
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if self.dataset is not None:
+            checkpoint[DATASET_KEY] = self.dataset
         try:
-            with atomic_path(target) as tmp:
+            with atomic_path(target, writer_suffix()) as tmp:
                 torch.save(checkpoint, tmp)
+                digest = digest_of(tmp, checkpoint.get("global_step", -1), self.dataset)
         except Exception as error:
             full = out_of_space(error, target, "the checkpoint", tensor_bytes(checkpoint))
             if full is None:
                 raise
             log.error("%s", full)
             raise full from None
+        write_digest(target, digest)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        settings: dict[str, Any] = {"weights_only": weights_only}
+        if map_location is not None:
+            settings["map_location"] = map_location
+        return super().load_checkpoint(agreed_checkpoint(Path(path)), **settings)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        remove_digest(Path(path))
+
+
+def agreed_checkpoint(mine: Path) -> Path:
+    """Rank 0's checkpoint, on every rank (a collective under DDP; `mine` elsewhere)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return mine
+    chosen = [str(mine)]
+    dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0])
 
 
 def mirror_checkpoint(source: Path, target: Path) -> None:
-    """Make `target` hold what `source` holds now, atomically: a hard link (no copy) renamed into place; a copy
-    where the filesystem has no hard links. A later atomic rewrite of `source` leaves `target` as it was."""
-    with atomic_path(target) as tmp:
+    """Make `target` hold what `source` holds now, atomically, with its digest: a hard link (no copy) renamed into
+    place; a copy where the filesystem has no hard links. A later atomic rewrite of `source` leaves `target` as
+    it was."""
+    with atomic_path(target, writer_suffix()) as tmp:
         tmp.unlink(missing_ok=True)
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
+    copy_digest(source, target)
 
 
 def last_state_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
@@ -114,18 +161,42 @@ def is_loadable_checkpoint(path: Path) -> bool:
     return stored_step(path) is not None
 
 
-def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The loadable checkpoint with the highest global step; at equal steps the full-state `resume.ckpt`, then
-    `last.ckpt`, win over a `best.ckpt` written at the same moment."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` must not be resumed from, or None: its digest does not match; without a digest (a checkpoint
+    from before digests were recorded), a full load fails."""
+    if read_digest(path) is not None:
+        return digest_problem(path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        return f"no digest recorded beside it, and it does not load ({str(error).splitlines()[0][:200]})"
+    return None
+
+
+def _candidates(checkpoint_dir: Path) -> list[Path]:
+    """The checkpoints of a directory, newest first by the step their digest (else the file) records; at equal
+    steps the full-state `resume.ckpt`, then `last.ckpt`, before a `best.ckpt` written at the same moment."""
     preference = {RESUME_CHECKPOINT: 2, LAST_CHECKPOINT: 1}
-    candidates = []
+    ranked = []
     for path in Path(checkpoint_dir).glob("*.ckpt"):
-        step = stored_step(path)
+        digest = read_digest(path)
+        step = digest.global_step if digest is not None else stored_step(path)
         if step is not None:
-            candidates.append((step, preference.get(path.name, 0), path))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: (c[0], c[1]))[2]
+            ranked.append((step, preference.get(path.name, 0), path))
+    return [path for _, _, path in sorted(ranked, key=lambda c: (c[0], c[1]), reverse=True)]
+
+
+def newest_valid_checkpoint(checkpoint_dir: Path, verify: bool = True) -> Path | None:
+    """The newest checkpoint that is what was saved (`checkpoint_problem`); each newer one that is not is passed
+    over with one line. `verify=False`: the newest by its record, unchecked (a rank that takes rank 0's choice)."""
+    for path in _candidates(checkpoint_dir):
+        if not verify:
+            return path
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s is damaged (%s): falling back to the next valid checkpoint", path, problem)
+    return None
 
 
 class _OwnSignalHandlers(_SignalConnector):
@@ -271,7 +342,7 @@ class ResumeCheckpointer(Callback):
         if loss_bad:
             log.error("rank %d: non-finite loss at step %d; %s", trainer.global_rank, bad_step, suspect_ids(labels))
         ranks = [rank for rank in range(world) if agreed[rank]]
-        newest = newest_valid_checkpoint(self.path.parent)
+        newest = newest_valid_checkpoint(self.path.parent, verify=False)
         first = int(-agreed[world + 1])
         message = nonfinite_message(first, step, trainer.current_epoch, ranks, newest.name if newest else None)
         if trainer.is_global_zero:

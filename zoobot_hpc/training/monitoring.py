@@ -12,6 +12,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.runtime.run_lease import renew_lease
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,10 @@ class SegmentHeartbeat(Callback):
             layout.update_last_segment(self.run_dir, {"resumed_step": trainer.global_step})
 
     def _record(self, trainer: Trainer) -> None:
-        layout.update_last_segment(self.run_dir, {"reached_step": trainer.global_step, "reached_at": time.time()})
+        reached = {"reached_step": trainer.global_step, "reached_at": time.time()}
+        segment = layout.update_last_segment(self.run_dir, reached)
+        if segment is not None:  # the run dir's lease: renewed by the heartbeat of the job that holds it
+            renew_lease(self.run_dir, str(segment.get("job")))
         self._last = time.monotonic()
 
     def on_train_batch_end(

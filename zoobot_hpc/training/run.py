@@ -21,17 +21,29 @@ from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from zoobot_hpc.backends.registry import running_backend
+from zoobot_hpc.backends.registry import running_backend, task_rank
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
+from zoobot_hpc.data.shard_format import read_manifest
+from zoobot_hpc.data.shard_identity import (
+    ShardChanged,
+    check_same_dataset,
+    check_shard_sizes,
+    manifest_checksum,
+    one_line,
+)
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop
+from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
+from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
+    NoValidCheckpoint,
     ResumeCheckpointer,
     RNGStateCallback,
     keep_own_signal_handlers,
@@ -183,7 +195,7 @@ def build_training_trainer(
         callbacks=callbacks,
         cluster_environment=cluster_environment,
         interactive=interactive,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(dataset=dataset_identity(config))],
         max_epochs=settings.max_epochs,
         deterministic=settings.deterministic,
         gradient_clip_val=settings.gradient_clip_val,
@@ -196,6 +208,45 @@ def build_training_trainer(
         logger=loggers,
         default_root_dir=str(run_dir),
     )
+
+
+def dataset_identity(config: RunConfig) -> str | None:
+    """The checksum of the manifest of the dataset a config trains on (None when it has none to read)."""
+    try:
+        return manifest_checksum(config.data.dataset_dir)
+    except OSError:
+        return None
+
+
+def choose_resume_checkpoint(config: RunConfig, run_dir: Path, global_rank: int) -> Path | None:
+    """The checkpoint this job resumes from. Rank 0 verifies each one's digest, newest first, and takes the first
+    valid one (the others take its choice when the checkpoint is loaded: `AtomicCheckpointIO`). A checkpoint of
+    another dataset is refused unless `trainer.allow_dataset_change`."""
+    checkpoints = run_dir / layout.CHECKPOINTS
+    chosen = newest_valid_checkpoint(checkpoints, verify=global_rank == 0)
+    if global_rank != 0:
+        return chosen
+    if chosen is None:
+        if newest_valid_checkpoint(checkpoints, verify=False) is not None:
+            raise NoValidCheckpoint(f"no checkpoint in {checkpoints} is valid (see above): move them aside to restart")
+        return None
+    current = dataset_identity(config)
+    digest = read_digest(chosen)
+    if current is not None and digest is not None:
+        check_same_dataset(digest.dataset, current, chosen, config.trainer.allow_dataset_change)
+    return chosen
+
+
+class ShardWatch(Callback):
+    """At each epoch's start, check every shard's size against the manifest (ShardChanged naming the shard): the
+    newest checkpoint, of the last completed step, stands, and no epoch starts on a changed dataset."""
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.manifest = read_manifest(self.dataset_dir)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        check_shard_sizes(self.dataset_dir, self.manifest)
 
 
 def build_callbacks(
@@ -222,6 +273,7 @@ def build_callbacks(
         ThroughputMonitor(config.data.batch_size, requeue_count=requeue_count),
         ProgressFile(run_dir, monitor, mode),
         SegmentHeartbeat(run_dir, config.trainer.heartbeat_every_s),
+        ShardWatch(config.data.dataset_dir),
         NamedLearningRates(),
         ValidationFigures(monitor, mode),
     ]
@@ -290,13 +342,26 @@ def node_list() -> str:
     return (backend.node_list() if backend is not None else None) or socket.gethostname()
 
 
-def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None) -> None:
+def hold_run_dir(run_dir: Path) -> str:
+    """Take the run directory's lease for this job (rank 0), or on the other ranks of a scheduled job check that
+    no other job holds it; RunDirOwned (one line naming the owner) when another job does. Returns the job key."""
+    job_key = scheduler_job_key()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scheduled = running_backend() is not None
+    if (task_rank() if scheduled else rank_zero_only.rank) == 0:
+        take_lease(run_dir, job_key)
+    elif scheduled:
+        check_lease(run_dir, job_key)  # outside a scheduler each rank's key is its own
+    return job_key
+
+
+def record_segment(run_dir: Path, config: RunConfig, resume_from: Path | None, job_key: str) -> None:
     """Append this start of the job to the run dir's segments (rank 0)."""
     layout.append_segment(
         run_dir,
         {
             "start": time.time(),
-            "job": scheduler_job_key(),
+            "job": job_key,
             "host": socket.gethostname(),
             "nodes": node_list(),
             "world_size": config.world_size,
@@ -350,6 +415,8 @@ def fit_segment(
         preempted = True
         if trainer.global_rank == 0 and flag is not None:
             record_stop(run_dir, flag)
+    except ShardChanged as error:  # raised in a loader worker, it carries the worker's traceback
+        raise ShardChanged(one_line(error)) from None
     finish_wandb(trainer, preempted)
     return preempted
 
@@ -376,12 +443,14 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     """
     startup = startup or StartupLog()
     run_dir = Path(run_dir)
+    job_key = hold_run_dir(run_dir)
     requeue_count = prepare_run_dir(run_dir, config, write_config)
     interactive = sys.stderr.isatty() if interactive is None else interactive
     if not config.resources.gpus_per_node:
         torch.set_num_threads(config.resources.cpus_per_task)
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
 
+    check_shard_sizes(config.data.dataset_dir, read_manifest(config.data.dataset_dir))
     model = build_model(config)
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -400,9 +469,9 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     keep_own_signal_handlers(trainer)
     startup.phase("trainer, loggers")
 
-    resume_from = newest_valid_checkpoint(run_dir / layout.CHECKPOINTS)
+    resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
     if trainer.global_rank == 0:
-        record_segment(run_dir, config, resume_from)
+        record_segment(run_dir, config, resume_from, job_key)
     preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
@@ -414,4 +483,5 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     )
     if not preempted and trainer.global_rank == 0:
         write_summary(run_dir, config, trainer, outcome, requeue_count)
+        release_lease(run_dir, job_key)
     return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from zoobot_hpc.data.shard_format import (
     FORMAT_VERSION,
     DatasetError,
     Manifest,
+    read_manifest,
     shard_file_name,
     write_manifest,
     write_shard,
@@ -163,6 +165,9 @@ def test_reads_compressed_images_too(tmp_path: Path) -> None:
             images = handle["images"][:]
             del handle["images"]
             handle.create_dataset("images", data=images, chunks=(2, 16, 16, 3), compression="gzip")
+    manifest = read_manifest(tmp_path)
+    resized = [dataclasses.replace(s, size_bytes=(tmp_path / s.file).stat().st_size) for s in manifest.splits["train"]]
+    write_manifest(tmp_path, dataclasses.replace(manifest, splits={**manifest.splits, "train": resized}))
     dataset = ShardDataset(tmp_path, "train")
     assert_batch_matches(collate_samples(dataset.__getitems__([10, 0, 7, 3, 5])), written["train"])
 

@@ -16,9 +16,11 @@ from zoobot_hpc.search.study import (
     SEARCH,
     acquire_trial,
     create_study,
+    fail_stale_trials,
     heartbeat_path,
     load_study,
     parse_search,
+    trial_run_name,
     write_heartbeat,
 )
 from zoobot_hpc.search.submit import describe_search, plan_search, submit_search
@@ -109,7 +111,24 @@ def test_a_requeued_task_gets_its_trial_back_and_a_silent_death_is_failed_then_r
     retry = acquire_trial(load_study(sweep_dir, task_index=0)[0], spec, sweep_dir, task_index=0)
     assert retry.number == 3
     assert retry.params == first.params
-    assert retry.user_attrs == {"array_task": 0, "retry_of": 0}
+    assert retry.user_attrs == {"array_task": 0, "retry_of": 0, "run_dir": trial_run_name(0, first.params)}
+
+
+def test_a_trial_whose_task_waits_in_the_queue_is_not_stale_and_a_retry_keeps_its_run_dir(tmp_path):
+    """A task killed with its node waits in the queue, without a heartbeat, longer than `stale_after_s`: its trial
+    is failed only when the scheduler says the task is no longer pending, requeued or running."""
+    sweep_dir = tmp_path / "search"
+    spec = make_search(sweep_dir, heartbeat={"interval_s": 1, "stale_after_s": 30})
+    study = load_study(sweep_dir, task_index=0)[0]
+    trial = acquire_trial(study, spec, sweep_dir, task_index=0)
+    study._storage.set_trial_user_attr(trial._trial_id, "run_dir", "trial000-own")
+    later = layout.read_json(heartbeat_path(sweep_dir, 0))["time"] + 3600
+    for answer in (True, None):  # the scheduler says "in the queue" / cannot say
+        assert fail_stale_trials(study, sweep_dir, 30, now=later, task_active=lambda task, a=answer: a) == []
+    assert study.trials[0].state.name == "RUNNING"
+    assert fail_stale_trials(study, sweep_dir, 30, now=later, task_active=lambda task: False) == [0]
+    retry = acquire_trial(load_study(sweep_dir, task_index=0)[0], spec, sweep_dir, task_index=0)
+    assert retry.user_attrs["run_dir"] == "trial000-own", "the retry resumes in the trial's own run dir"
 
 
 def _run_task(sweep_dir, task_index, epochs):

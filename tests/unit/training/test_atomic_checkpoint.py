@@ -35,15 +35,25 @@ trainer.fit(Big(), torch.utils.data.DataLoader(torch.ones(100_000, 8), batch_siz
 """
 
 
+def _writing(target) -> bool:
+    """True while a temp file of `target` (a name unique to its writer) holds data."""
+    for tmp in target.parent.glob(target.name + ".tmp*"):
+        try:
+            if tmp.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kill_after_s", [0.0, 0.1])
 def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, kill_after_s):
     target = tmp_path / "checkpoints" / RESUME_CHECKPOINT
-    tmp = target.with_name(target.name + ".tmp")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target.parent)])
     try:
         deadline = time.monotonic() + 120
-        while not (target.exists() and tmp.exists() and tmp.stat().st_size > 0):
+        while not (target.exists() and _writing(target)):
             assert writer.poll() is None, "the writer died"
             assert time.monotonic() < deadline, "no checkpoint write was observed"
             time.sleep(0.005)
