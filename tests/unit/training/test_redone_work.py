@@ -39,4 +39,7 @@ def test_status_names_the_redone_steps(tmp_path):
     layout.append_segment(run_dir, {"job": "local7", "resumed_step": 8, "reached_step": 20})
     (status,) = collect_status(run_dir)
     assert status.requeues == 1
-    assert status.why == "3 steps redone (steps 8-11, restart 1)"
+    redone, segments_note, gpu_hours = status.why.split("; ")
+    assert redone == "3 steps redone (steps 8-11, restart 1)"
+    assert segments_note == "segments 1: lost node, hang or kill (no save), 2: running"
+    assert gpu_hours.startswith("GPU-h used ")
