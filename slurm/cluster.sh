@@ -513,7 +513,13 @@ fail_node() {
     pids=$(node_pids "$NODE")
     # shellcheck disable=SC2086
     kill -STOP $pids 2>/dev/null || true # a task may have just exited
-    [[ $(cat "/proc/$(pid_of "slurmd-$NODE")/stat" 2>/dev/null) == *") T "* ]] || die "slurmd-$NODE did not stop"
+    # SIGSTOP takes effect when the process is next scheduled: on a busy machine that is not at once
+    local waited
+    for waited in $(seq 50); do
+        [[ $(cat "/proc/$(pid_of "slurmd-$NODE")/stat" 2>/dev/null) == *") T "* ]] && break
+        ((waited < 50)) || die "slurmd-$NODE did not stop within 5 s"
+        sleep 0.1
+    done
     echo "node $NODE stopped answering (processes $(echo $pids | tr '\n' ' ')); SLURM sets it DOWN within" \
         "$((SLURMD_TIMEOUT_S * 3 / 2))s"
 }

@@ -7,7 +7,11 @@ from typing import Any
 
 from zoobot_hpc.core import run_dir as layout
 
-STOP_REASONS = {"SIGUSR2": "preemption or time limit", "SIGTERM": "cancel", "SIGINT": "interrupt"}
+# What the recorded stop signal says: the requeue signal comes `signal_delay_s` before the time limit (or from a
+# user's `scancel --signal`); SIGTERM is a preemption, a cancel or a drained node (or, without a requeue signal,
+# the time limit itself: the stop protocol then requeues the job).
+REQUEUE_STOP = "time limit (requeue signal)"
+STOP_REASONS = {"SIGTERM": "preemption or cancel (SIGTERM)", "SIGINT": "interrupt"}
 
 
 def _ended(segment: dict[str, Any]) -> float | None:
@@ -22,7 +26,7 @@ def segment_records(segments: list[dict[str, Any]], finished: bool) -> list[dict
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
         if segment.get("stop"):
-            why = STOP_REASONS.get(segment["stop"], segment["stop"])
+            why = STOP_REASONS.get(segment["stop"], REQUEUE_STOP)
         elif last:
             why = "finished" if finished else "running"
         else:

@@ -21,7 +21,7 @@ from zoobot_hpc.training.wandb_figures import wandb_logger_of
 log = logging.getLogger(__name__)
 
 THUMBNAIL_PX = 64
-COLUMNS = ["kind", "index", "thumbnail", "truth", "prediction", "loss"]
+COLUMNS = ["kind", "index", "id", "thumbnail", "truth", "prediction", "loss"]
 
 
 @dataclass
@@ -29,6 +29,7 @@ class GalaxyRow:
     """One galaxy of the table (CPU data only)."""
 
     index: int
+    galaxy_id: str  # the catalogue id (the shards' `id` column); the position where a batch carries none
     thumbnail: torch.Tensor | None  # uint8 (H, W, C)
     truth: str
     prediction: str
@@ -114,6 +115,7 @@ class GalaxyTable(Callback):
         with torch.no_grad():
             losses = pl_module.per_galaxy_loss(head_outputs, batch).float()
         positions = [int(i) for i in batch["index"]]
+        ids = [str(i) for i in batch.get("id", positions)]
         keep = [row for row, position in enumerate(positions) if position in self._positions]
         if self.worst:
             keep += losses.topk(min(self.worst, len(positions))).indices.tolist()
@@ -127,6 +129,7 @@ class GalaxyTable(Callback):
         for slot, row in enumerate(keep):
             galaxy = GalaxyRow(
                 positions[row],
+                ids[row],
                 images[slot] if images is not None else None,
                 truth[slot],
                 prediction[slot],
@@ -168,5 +171,5 @@ def galaxy_table(sample: list[GalaxyRow], worst: list[GalaxyRow]) -> Any:
     for kind, rows in (("sample", sorted(sample, key=lambda row: row.index)), ("worst", worst)):
         for row in rows:
             image = wandb.Image(row.thumbnail.numpy()) if row.thumbnail is not None else None
-            table.add_data(kind, row.index, image, row.truth, row.prediction, row.loss)
+            table.add_data(kind, row.index, row.galaxy_id, image, row.truth, row.prediction, row.loss)
     return table

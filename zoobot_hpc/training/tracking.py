@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from zoobot_hpc.training.wandb_history import offline_segments
 
 if TYPE_CHECKING:
     from zoobot_hpc.training.segment_logger import SegmentWandbLogger
+
+log = logging.getLogger(__name__)
 
 
 def scheduler_job_key() -> str:
@@ -68,6 +71,7 @@ def create_wandb_logger(
     # W&B records this process's command line as run metadata (`args`, from sys.argv when the run starts):
     # `zoobot-hpc train CONFIG 'resources.setup=[...]'` must not put a secret there.
     sys.argv[1:] = redact_argv(sys.argv[1:])
+    finish_leftover_run()
     return SegmentWandbLogger(
         project=tracking.project,
         entity=tracking.entity,
@@ -85,6 +89,16 @@ def create_wandb_logger(
         },
         run_dir=run_dir,
     )
+
+
+def finish_leftover_run() -> None:
+    """Finish a W&B run an earlier run in this process left open (one that stopped on a signal, in a notebook or a
+    test): Lightning's logger would otherwise log this run into it, under the other run's id and directory."""
+    import wandb
+
+    if wandb.run is not None:
+        log.info("finishing the W&B run %s left open in this process", wandb.run.id)
+        wandb.finish()
 
 
 def sync_command(run_dir: Path, config: RunConfig) -> list[str] | None:

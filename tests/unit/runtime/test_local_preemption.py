@@ -93,7 +93,7 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
 
     records = runs[-1].config["segments"]
     assert [r["job"] for r in records] == [s["job"] for s in starts]
-    assert [r["stopped_because"] for r in records] == ["preemption or time limit"] * 2 + ["finished"]
+    assert [r["stopped_because"] for r in records] == ["time limit (requeue signal)"] * 2 + ["finished"]
     assert [r["start"] for r in records] == [s["start"] for s in starts]
     assert [r["stop"] for r in records[:2]] == [s["stopped"] for s in starts[:2]]
     assert all(r["redone_steps_after"] == 0 for r in records)
@@ -101,7 +101,10 @@ def test_local_job_preempted_twice_mid_epoch_ends_with_the_weights_of_an_uninter
     assert runs[-1].summary["gpu_hours/lost"] == 0 and runs[-1].summary["segments"] == 3
 
     status = CliRunner().invoke(main, ["status", str(run_dir)])
-    assert "segments 1: preemption or time limit, 2: preemption or time limit, 3: finished; GPU-h used" in status.output
+    assert (
+        "segments 1: time limit (requeue signal), 2: time limit (requeue signal), 3: finished; GPU-h used"
+        in status.output
+    )
 
     sync = CliRunner().invoke(main, ["sync", "--dry-run", str(run_dir)])
     assert sync.exit_code == 0, sync.output

@@ -161,13 +161,16 @@ def test_galaxy_table_shows_the_same_sample_every_pass_and_the_worst_predicted(r
     tables = logged_tables(runs[kind])
     assert len(tables) == 2, "one table per validation pass"
     for table in tables:
-        assert table["columns"] == ["kind", "index", "thumbnail", "truth", "prediction", "loss"]
+        assert table["columns"] == ["kind", "index", "id", "thumbnail", "truth", "prediction", "loss"]
     samples = [[row[1] for row in table["data"] if row[0] == "sample"] for table in tables]
     assert samples[0] and samples[0] == samples[1] == sorted(samples[0])
+    sample_ids = [[row[2] for row in table["data"] if row[0] == "sample"] for table in tables]
+    assert sample_ids[0] == sample_ids[1] and all(isinstance(i, str) and i for i in sample_ids[0])
+    assert len(set(sample_ids[0])) == len(sample_ids[0]), "catalogue ids of distinct galaxies"
     worst = [row for row in tables[-1]["data"] if row[0] == "worst"]
-    losses = [row[5] for row in worst]
+    losses = [row[6] for row in worst]
     assert worst and losses == sorted(losses, reverse=True)
-    assert losses[0] >= max(row[5] for row in tables[-1]["data"])
+    assert losses[0] >= max(row[6] for row in tables[-1]["data"])
     staged = [Image.open(path) for path in (runs[kind] / "wandb" / "artifacts" / "staging").iterdir() if is_image(path)]
     rows = sum(len(table["data"]) for table in tables)
     assert len(staged) >= len({row[1] for table in tables for row in table["data"]}), (len(staged), rows)
