@@ -97,11 +97,21 @@ def read_checked(dataset: Any, shard_index: int, read: Callable[[], None]) -> No
             _forget_handle(dataset, shard_index)
             time.sleep(RETRY_DELAY_S * 2**attempt)
     try:
-        size = os.stat(path).st_size
+        size = _open_size(dataset, shard_index, path)
     except FileNotFoundError:
         raise ShardChanged(f"shard {path} is gone (removed while the job read it)") from None
     if size != expected:
         raise ShardChanged(f"shard {path} is {size} bytes, the manifest says {expected}: it changed under the job")
+
+
+def _open_size(dataset: Any, shard_index: int, path: str | os.PathLike) -> int:
+    """The shard's size through the descriptor the read used (`fstat`: no path lookup on the metadata server in
+    the loader's hot path), else through its path."""
+    shard = dataset._handles.get(shard_index)
+    try:
+        return os.fstat(shard.file.id.get_vfd_handle()).st_size
+    except (AttributeError, OSError, ValueError, TypeError):
+        return os.stat(path).st_size
 
 
 def _forget_handle(dataset: Any, shard_index: int) -> None:
