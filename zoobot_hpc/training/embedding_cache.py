@@ -384,7 +384,7 @@ class EmbeddingCacheDataModule(SplitLoaders):
             seed=config.trainer.seed,
             augment=data.augment.model_copy(update={"greyscale": config.model.greyscale}),
             views=data.embedding_cache_views,
-            num_workers=data.num_workers,
+            build_workers=data.num_workers,
             locking=data.hdf5_locking,
             flag=flag,
             partial_tag=partial_tag,
@@ -401,6 +401,7 @@ class EmbeddingCacheDataModule(SplitLoaders):
         augment: AugmentConfig | None = None,
         views: int = 0,
         num_workers: int = 0,
+        build_workers: int = 0,
         locking: bool | None = False,
         cache_dir: str | os.PathLike | None = None,
         flag: PreemptionFlag | None = None,
@@ -416,7 +417,8 @@ class EmbeddingCacheDataModule(SplitLoaders):
         self.label_cols = tuple(label_cols)
         self.seed = seed
         self.augment = augment if augment is not None else AugmentConfig()
-        self.num_workers = num_workers
+        self.num_workers = num_workers  # serving the stored embeddings: small reads, the main process by default
+        self.build_workers = build_workers  # decoding and augmenting images for the build
         self.locking = locking
         self.flag = flag
         self.partial_tag = partial_tag
@@ -441,7 +443,7 @@ class EmbeddingCacheDataModule(SplitLoaders):
             self.dataset_dir,
             self.augment,
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=self.build_workers,
             locking=self.locking,
             should_stop=(lambda: self.flag.received) if self.flag is not None else None,
             partial_tag=self.partial_tag,
