@@ -244,7 +244,11 @@ class ResumeCheckpointer(Callback):
         self._finite_watch = FiniteWatch()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Open the flag group, and move this callback after every other one, wherever the list put it: its
+        `on_train_batch_end` is the step's one stop-and-save decision, so every other callback has seen (counted,
+        logged) the step at which a stop happens, and no hook of another callback runs after a stop."""
         self._flag_group = host_flag_group()
+        trainer.callbacks = [callback for callback in trainer.callbacks if callback is not self] + [self]
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         loader = trainer.train_dataloader

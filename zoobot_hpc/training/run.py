@@ -38,6 +38,7 @@ from zoobot_hpc.data.shard_identity import (
     one_line,
 )
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
+from zoobot_hpc.model.schedulers import updates_per_epoch
 from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
 from zoobot_hpc.training.checkpoint_digest import read_digest
@@ -297,7 +298,7 @@ def build_callbacks(
         every_n_steps=config.trainer.checkpoint_every_n_steps,
         every_minutes=config.trainer.checkpoint_every_minutes,
     )
-    return [*callbacks, resume]  # last: the other callbacks see (and log) the step at which a stop happens
+    return [*callbacks, resume]  # ResumeCheckpointer moves itself after every other callback at setup
 
 
 def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
@@ -455,7 +456,6 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(config, model, flag, run_dir)
-    model.count_train_batches = datamodule.train_batches_per_epoch
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
     trainer = build_training_trainer(
@@ -467,6 +467,11 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
         interactive,
     )
     keep_own_signal_handlers(trainer)
+    model.updates_per_epoch = updates_per_epoch(
+        datamodule.train_batches_per_epoch(trainer.world_size),
+        trainer.limit_train_batches,
+        trainer.accumulate_grad_batches,
+    )
     startup.phase("trainer, loggers")
 
     resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
