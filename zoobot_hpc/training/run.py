@@ -29,7 +29,7 @@ from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.data.shard_format import read_manifest
+from zoobot_hpc.data.shard_format import DatasetError, read_manifest
 from zoobot_hpc.data.shard_identity import (
     ShardChanged,
     check_same_dataset,
@@ -46,6 +46,7 @@ from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
     NoValidCheckpoint,
     ResumeCheckpointer,
+    ResumeVerdict,
     RNGStateCallback,
     keep_own_signal_handlers,
     last_state_checkpoint,
@@ -474,8 +475,15 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     )
     startup.phase("trainer, loggers")
 
-    resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
-    if trainer.global_rank == 0:
+    resume_from, refusal = None, None
+    try:
+        resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
+    except (NoValidCheckpoint, DatasetError) as error:
+        if trainer.world_size == 1:
+            raise
+        refusal = error  # raised on every rank together, inside fit (ResumeVerdict)
+    trainer.callbacks.append(ResumeVerdict(refusal))
+    if trainer.global_rank == 0 and refusal is None:
         record_segment(run_dir, config, resume_from, job_key)
     preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
 
