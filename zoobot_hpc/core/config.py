@@ -38,6 +38,9 @@ class DataSettings(_Section):
     augment: AugmentConfig = AugmentConfig()
     embedding_cache: bool = Field(False, description="head_only: train the head on cached encoder embeddings")
     embedding_cache_views: int = Field(0, ge=0, description="augmented views to cache (0: the evaluation view)")
+    allow_missing_labels: bool = Field(
+        False, description="a regressor's label may be NaN where the manifest allows it (trainer.nonfinite decides)"
+    )
 
 
 class _ModelCommon(_Section):
