@@ -349,7 +349,10 @@ def _results_text(run_dir) -> str:
 
     summary = layout.read_json(run_dir / layout.SUMMARY)
     if summary is None:
-        return f"the run did not finish; see {run_dir}"
+        from zoobot_hpc.login.status import collect_status
+
+        why = next((row.why for row in collect_status(run_dir) if row.why), "")
+        return f"the run did not finish ({why}); see {run_dir}" if why else f"the run did not finish; see {run_dir}"
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["metrics"].items()) if k.startswith("validation/"))
     lines = [
         f"validation: {metrics}",
@@ -386,6 +389,8 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
+    from torch import OutOfMemoryError
+
     from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.runtime.run_lease import RunDirOwned
@@ -394,7 +399,7 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 
     try:
         run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
-    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned) as error:
+    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned, OutOfMemoryError) as error:
         _fail(error)
     click.echo(_results_text(target))
 

@@ -63,6 +63,7 @@ from zoobot_hpc.training.monitoring import (
     StartupPhases,
     ThroughputMonitor,
 )
+from zoobot_hpc.training.rank_errors import RankErrorRecorder, explained
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
 from zoobot_hpc.training.wandb_figures import ValidationFigures
@@ -260,6 +261,7 @@ def build_callbacks(
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
     monitor, mode = config.monitored
     callbacks: list[Callback] = [
+        RankErrorRecorder(run_dir, config),
         RNGStateCallback(),
         ElasticResume(),
         ModelCheckpoint(
@@ -472,7 +474,10 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
     if trainer.global_rank == 0:
         record_segment(run_dir, config, resume_from, job_key)
-    preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
+    try:
+        preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
+    except torch.OutOfMemoryError as error:
+        raise explained(error, config, model.device) from None
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     outcome = TrainingOutcome(
