@@ -14,7 +14,7 @@ RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the 
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 RUN_DIR/job_result.json     how the submitted job ended (success, or the first failing rank's error), for `status`
-RUN_DIR/rank_errors/        JOB-rankR.json: the error each rank raised, its host and time (`status` names the root cause)
+RUN_DIR/rank_errors/        JOB-rankR.json: each rank's error, host and time (`status` names the root cause)
 ```
 
 `config.yaml` keeps the config's secrets (the run's only file that does, with the sbatch script): it is written
