@@ -105,6 +105,9 @@ class TrainerSettings(_Section):
     seed: int = 42
     gradient_clip_val: float | None = Field(None, gt=0)
     accumulate_grad_batches: int = Field(1, gt=0)
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient: stop the run, or skip that optimiser step (counted)"
+    )
     early_stopping_patience: int | None = Field(None, gt=0)
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)

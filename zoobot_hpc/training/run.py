@@ -298,6 +298,7 @@ def build_callbacks(
         flag=flag,
         every_n_steps=config.trainer.checkpoint_every_n_steps,
         every_minutes=config.trainer.checkpoint_every_minutes,
+        skip_nonfinite=config.trainer.nonfinite == "skip",
     )
     return [*callbacks, resume]  # last: the other callbacks see (and log) the step at which a stop happens
 
@@ -380,6 +381,7 @@ def write_summary(
     """RUN_DIR/summary.json of a finished run (rank 0)."""
     checkpoint = trainer.checkpoint_callback
     throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
+    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpointer)), None)
     best_score = checkpoint.best_model_score if checkpoint else None
     layout.write_json(
         run_dir / layout.SUMMARY,
@@ -394,6 +396,7 @@ def write_summary(
             "requeues": requeue_count,
             "redone_steps": sum(redo.steps for redo in layout.redone_work(layout.read_segments(run_dir))),
             "images_per_sec": throughput.images_per_sec if throughput else None,
+            "skipped_nonfinite_batches": resume.skipped_nonfinite if resume else 0,
             "metrics": outcome.metrics,
             "finished": time.time(),
         },
