@@ -285,4 +285,17 @@ def preflight(
             seen_encoders.add(encoder_key)
     run_heavy_checks(configs)
     check_writable(output_dir, create=not dry_run)
-    return warnings
+    return warnings + space_warnings(configs, output_dir)
+
+
+def space_warnings(configs: list[RunConfig], output_dir: Path) -> list[str]:
+    """One line when the output filesystem is too small for the runs (their encoders' parameters counted on the
+    meta device, in a child process, remembered)."""
+    from zoobot_hpc.login.check_cache import check_values
+    from zoobot_hpc.login.space_needed import output_space_warnings, parameters_request
+
+    requests = [parameters_request(config) for config in configs]
+    asked = list({json.dumps(r, sort_keys=True): r for r in requests if r is not None}.values())
+    counts = dict(zip((json.dumps(r, sort_keys=True) for r in asked), check_values(asked), strict=True))
+    parameters = [counts.get(json.dumps(r, sort_keys=True)) if r is not None else None for r in requests]
+    return output_space_warnings(configs, output_dir, parameters)

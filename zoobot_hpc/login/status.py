@@ -14,6 +14,7 @@ from pathlib import Path
 from zoobot_hpc.backends.base import JobRecord, JobStart, Phase, SchedulerBackend
 from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.disk_space import format_free
 from zoobot_hpc.core.job_result import JOB_RESULT, read_result, root_cause
 from zoobot_hpc.core.segment_records import segments_note
 
@@ -30,6 +31,7 @@ class RunStatus:
     best: str
     latest_checkpoint: str | None
     why: str = ""
+    free: str = ""  # the run dir's filesystem: `12.3 GB free`
 
     def line(self) -> str:
         checkpoint = Path(self.latest_checkpoint).name if self.latest_checkpoint else "-"
@@ -37,6 +39,7 @@ class RunStatus:
             f"{self.name:<40} {self.job_id or '-':>12} {self.state:<11} requeues={self.requeues:<2} "
             f"epoch={self.epoch:<7} best={self.best:<22} ckpt={checkpoint}"
         )
+        line = f"{line} ({self.free})" if self.free else line
         return f"{line}  ({self.why})" if self.why else line
 
 
@@ -184,6 +187,7 @@ def collect_status(path: Path) -> list[RunStatus]:
                 epoch=epoch,
                 best=_format_best(progress, summary),
                 latest_checkpoint=(progress or {}).get("latest_checkpoint"),
+                free=format_free(run),
                 why="; ".join(
                     part
                     for part in (explain(run, state, sub, segments), segments_note(segments, bool(summary)))

@@ -52,6 +52,8 @@ def test_a_nan_label_batch_is_skipped_and_counted_every_epoch(tmp_path, demo_dat
     assert summary["skipped_nonfinite_batches"] == 2, summary  # the one NaN row, once in each of the 2 epochs
     assert summary["metrics"][SKIPPED_METRIC] == 2, summary["metrics"]
     assert np.isfinite(summary["best"]), summary
-    for checkpoint in sorted((run_dir / layout.CHECKPOINTS).glob("*.ckpt")):
+    checkpoints = sorted((run_dir / layout.CHECKPOINTS).glob("*.ckpt"))
+    assert {path.name for path in checkpoints} == {"best.ckpt", "last.ckpt", "resume.ckpt"}  # none beyond these
+    for checkpoint in checkpoints:
         bad = [name for name, tensor in tensors_of(checkpoint).items() if not torch.isfinite(tensor).all()]
         assert not bad, f"{checkpoint.name} holds non-finite tensors: {bad[:3]}"

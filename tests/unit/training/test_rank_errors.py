@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -56,3 +57,4 @@ def test_rank_1_out_of_memory_is_what_status_shows_and_the_job_is_not_requeued(t
     assert "on rank 1 (host " in status and "trainer.accumulate_grad_batches=1" in status, status
     assert "bf16-mixed" in status and "Connection closed" not in status, status
     assert len(segments(Path(run_dir))) == 1, "the out-of-memory job was started again"
+    assert re.search(r"\(\d+\.\d [MG]B free\)", status), status  # the space left where the run writes
