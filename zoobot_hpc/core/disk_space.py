@@ -65,10 +65,24 @@ def format_free(path: str | Path) -> str:
         return "free space unknown"
 
 
+_SAID_FULL = ("No space left on device", "Disk quota exceeded", "errno = 28", "errno = 122")
+
+
+def says_out_of_space(error: BaseException) -> bool:
+    """The error is a write's ENOSPC / EDQUOT (by its errno, or in the words h5py passes HDF5's on in)."""
+    if isinstance(error, OutOfSpace):
+        return True
+    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
+        return True
+    return isinstance(error, OSError | RuntimeError) and any(words in str(error) for words in _SAID_FULL)
+
+
 def out_of_space(error: BaseException, path: str | Path, what: str, needed_bytes: int) -> OutOfSpace | None:
     """The OutOfSpace to raise instead of `error` when writing `what` to `path` failed for want of room (the error
     says so, or fewer than `needed_bytes` are free), else None."""
-    said_so = isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS
+    if isinstance(error, OutOfSpace) and needed_bytes <= 0:
+        return error
+    said_so = says_out_of_space(error)
     free = free_bytes(path)
     if not (said_so or free < needed_bytes):
         return None

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zoobot_hpc.core import atomic
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ def append_segment(run_dir: Path, record: dict[str, Any]) -> None:
             line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
+    except OSError as error:
+        full = out_of_space(error, path, "a segment record to", len(line)) if says_out_of_space(error) else None
+        if full is None:
+            raise
+        raise full from None
     finally:
         os.close(fd)
 

@@ -27,6 +27,7 @@ from zoobot_hpc.backends.registry import running_backend, task_rank
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.shard_format import read_manifest
@@ -481,6 +482,10 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
         preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
     except torch.OutOfMemoryError as error:
         raise explained(error, config, model.device) from None
+    except OSError as error:  # a log, metrics or W&B file that ran out of room: one line, not a traceback
+        if not says_out_of_space(error):
+            raise
+        raise (out_of_space(error, run_dir, "the run's files under", 0) or error) from None
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     outcome = TrainingOutcome(
