@@ -8,6 +8,7 @@ Standard library only: `status` reads it on the login node.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import time
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.redaction import redact_text
+
+log = logging.getLogger(__name__)
 
 JOB_RESULT = "job_result.json"
 RANK_ERRORS = "rank_errors"  # RUN_DIR/rank_errors/JOB-rankR.json: the error each rank raised, when it raised it
@@ -50,8 +53,11 @@ def record_rank_error(run_dir: str | Path, job_id: str, rank: int, line: str) ->
         return
     _recorded.add((str(run_dir), job_id))
     record = {"job_id": job_id, "rank": rank, "host": socket.gethostname(), "time": time.time(), "error": line}
-    (run_dir / RANK_ERRORS).mkdir(exist_ok=True)
-    layout.write_json(run_dir / RANK_ERRORS / f"{job_id or 'run'}-rank{rank}.json", record)
+    try:
+        (run_dir / RANK_ERRORS).mkdir(exist_ok=True)
+        layout.write_json(run_dir / RANK_ERRORS / f"{job_id or 'run'}-rank{rank}.json", record)
+    except OSError as error:  # a full disk: the error being raised is the one to keep
+        log.warning("could not record rank %d's error in %s (%s)", rank, run_dir, error)
 
 
 def _is_record_of(record: Any, job_id: str | None, since: float | None) -> bool:
@@ -96,7 +102,10 @@ def record_outcome(run_dir: str | Path, work: Callable[[], T], rank: int, job_id
         record_rank_error(run_dir, job_id, rank, last_line(error))
         if rank == 0:
             cause = root_cause(run_dir, job_id, started) or last_line(error)
-            write_result(run_dir, job_id, "error", cause, started)
+            try:
+                write_result(run_dir, job_id, "error", cause, started)
+            except OSError as failed:  # a full disk: the error being raised is the one to keep
+                log.warning("could not record the job's error in %s (%s)", run_dir, failed)
         raise
     if rank == 0:
         write_result(run_dir, job_id, "success", started=started)
