@@ -117,6 +117,7 @@ def shard(
 ) -> None:
     """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
     `save_to_disk` folder) whose --image-col holds encoded images."""
+    from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.build import build_dataset, failure_lines
     from zoobot_hpc.data.stretch import ImageScaling
 
@@ -148,6 +149,8 @@ def shard(
             allow_nan=allow_nan,
             scaling=scaling,
         )
+    except OutOfSpace as error:
+        _fail(error)
     except ValueError as error:
         if "unreadable images" in str(error):
             for line in failure_lines(out_dir):

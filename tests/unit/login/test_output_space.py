@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from click.testing import CliRunner
 
 from tests.support.jobs import write_test_config
 from tests.unit.login.test_fail_fast import run_submit
+from zoobot_hpc.cli import main
 
 
 @pytest.fixture
@@ -37,3 +39,18 @@ def test_submit_does_not_warn_where_the_run_fits(tmp_path, demo_dataset):
     result = run_submit(config, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "warning: output_dir=" not in result.output, result.output
+
+
+def test_shard_warns_of_an_output_dir_too_small_for_the_shards(tmp_path, tiny_disk, caplog):
+    from tests.unit.data.conftest import write_catalog_images
+
+    catalog = tmp_path / "catalog.csv"
+    write_catalog_images(tmp_path, 40).to_csv(catalog, index=False)
+    out = tiny_disk / "shards"
+    args = ["shard", str(catalog), "--out", str(out), "--label-col", "label", "--size", "128", "--no-progress"]
+    with caplog.at_level("WARNING", logger="zoobot_hpc.data.build"):
+        result = CliRunner().invoke(main, args)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "zoobot_hpc.data.build"]
+    assert str(out) in warning and "40 images of 128x128x3" in warning and "MB free of the about" in warning
+    assert result.exit_code != 0 and "out of disk space" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
