@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.jobs import segments, write_test_config
+from tests.support.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.job_result import RANK_ERRORS, record_rank_error, root_cause
@@ -43,7 +44,7 @@ def test_rank_1_out_of_memory_is_what_status_shows_and_the_job_is_not_requeued(t
         resources__executor="local",
         resources__tasks_per_node=2,
         data__num_workers=0,
-        tracking__mode="disabled",
+        tracking__galaxy_table=0,
         trainer__callbacks=[oom],
     )
     submitted = submit_plan(plan_runs(config))
@@ -57,4 +58,8 @@ def test_rank_1_out_of_memory_is_what_status_shows_and_the_job_is_not_requeued(t
     assert "on rank 1 (host " in status and "trainer.accumulate_grad_batches=1" in status, status
     assert "bf16-mixed" in status and "Connection closed" not in status, status
     assert len(segments(Path(run_dir))) == 1, "the out-of-memory job was started again"
+    [offline] = offline_run_files(Path(run_dir))
+    summary_error = read_offline_run(offline).summary.get("error", "")
+    assert summary_error.startswith("OutOfMemoryError: out of memory at data.batch_size=8"), summary_error
+    assert "on rank 1 (host " in summary_error, summary_error
     assert re.search(r"\(\d+\.\d [MG]B free\)", status), status  # the space left where the run writes
