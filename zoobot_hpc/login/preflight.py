@@ -99,9 +99,15 @@ def check_label_values(config: RunConfig) -> list[str]:
         )
     rule = label_rule(config.model, config.data.allow_missing_labels)
     try:
-        return require_trainable_labels(config.data.dataset_dir, rule, config.data.hdf5_locking)
+        warnings = require_trainable_labels(config.data.dataset_dir, rule, config.data.hdf5_locking)
     except LabelValueError as exc:
         raise PreflightError(f"data.dataset_dir: {exc}") from None
+    if config.data.allow_missing_labels and config.trainer.nonfinite == "stop":
+        warnings.append(
+            "data.allow_missing_labels=true with trainer.nonfinite=stop: the first batch holding a NaN label stops "
+            "the run; set trainer.nonfinite=skip to skip such batches instead"
+        )
+    return warnings
 
 
 def check_encoder(config: RunConfig, allow_download: bool) -> None:

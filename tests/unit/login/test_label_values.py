@@ -76,6 +76,9 @@ def test_a_nan_regressor_label_is_refused_unless_allowed(tmp_path, dataset):
     assert_one_line_error(refused, "'axis_ratio'", galaxy_id, "data.allow_missing_labels")
     allowed = run_submit(config, "--dry-run", "data.allow_missing_labels=true")
     assert allowed.exit_code == 0, allowed.output
+    assert "warning: data.allow_missing_labels=true with trainer.nonfinite=stop" in allowed.output, allowed.output
+    skipped = run_submit(config, "--dry-run", "data.allow_missing_labels=true", "trainer.nonfinite=skip")
+    assert skipped.exit_code == 0 and "warning: data.allow_missing_labels" not in skipped.output, skipped.output
 
 
 def test_many_tree_rows_without_votes_warn(tmp_path, dataset):
