@@ -509,6 +509,7 @@ def _infer(mode: str, options: dict) -> None:
     from pathlib import Path
 
     from zoobot_hpc.core.config import ConfigError
+    from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.inference.job import run_request_here, submit_request
     from zoobot_hpc.inference.request import InferenceError, InferenceRequest, default_output
@@ -532,7 +533,7 @@ def _infer(mode: str, options: dict) -> None:
             click.echo(f"wrote {run_request_here(request, config_path, options['overrides'])}")
             return
         job, plan = submit_request(request, config_path, options["overrides"])
-    except (ConfigError, DatasetError, InferenceError) as error:
+    except (ConfigError, DatasetError, InferenceError, OutOfSpace) as error:
         _fail(error)
     click.echo(f"submitted {mode} job {job.job_id} over {plan.total} galaxies; log: {job.paths.stdout}")
     if options["wait"]:

@@ -54,3 +54,22 @@ def test_shard_warns_of_an_output_dir_too_small_for_the_shards(tmp_path, tiny_di
     assert str(out) in warning and "40 images of 128x128x3" in warning and "MB free of the about" in warning
     assert result.exit_code != 0 and "out of disk space" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_predict_warns_of_an_output_dir_too_small_for_its_parts(tmp_path, tiny_disk):
+    import torch
+
+    from zoobot_hpc.core.model_kinds import CHECKPOINT_KIND_KEY
+    from zoobot_hpc.inference.request import InferencePlan, InferenceRequest, space_warnings
+
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save({CHECKPOINT_KIND_KEY: "classifier", "hyper_parameters": {"num_classes": 3}}, checkpoint)
+    request = InferenceRequest(checkpoint=checkpoint, dataset_dir=tmp_path, out=tiny_disk / "predictions.h5")
+    plan = InferencePlan(
+        "predict", "classifier", "test_convnext", str(checkpoint), "", str(tmp_path), "", ("test",), (100_000,),
+        (32, 32, 3), None, None, 4096, 1, 8, 0,
+    )  # fmt: skip
+    [warning] = space_warnings(request, plan)
+    assert warning.startswith(f"out={tiny_disk}: ") and "the predict output of 100000 galaxies" in warning, warning
+    assert "MB free of the about 15.2 MB" in warning, warning
+    assert not space_warnings(InferenceRequest(checkpoint, tmp_path, tmp_path / "predictions.h5"), plan)
