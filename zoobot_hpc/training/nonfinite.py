@@ -39,14 +39,18 @@ class FiniteWatch:
 
     def __init__(self, skip: bool = False) -> None:
         self.skip = skip
-        self.skipped = 0  # steps skipped (skip mode), over the whole run
+        self.skipped = 0  # optimiser steps skipped (skip mode), over the whole run
         self._skipping = False
+        self._boundary = False
+        self._window = 0  # steps recorded since the last optimiser step (an accumulation window's batches)
         self._grads_ok: torch.Tensor | None = None
         self._steps: list[tuple[int, torch.Tensor, torch.Tensor, dict[str, Any]]] = []
 
     def record_gradients(self, module: torch.nn.Module) -> None:
         """Before the optimiser step: are the (already all-reduced, equal on every rank) gradients finite. In
-        skip mode, drop them when they are not (the optimiser then skips every parameter)."""
+        skip mode, drop them when they are not (the optimiser then skips every parameter), with the record of the
+        accumulation window's batches."""
+        self._boundary = True
         grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
         if not grads:
             return
@@ -54,12 +58,15 @@ class FiniteWatch:
         if self.skip and not bool(finite):
             for parameter in module.parameters():
                 parameter.grad = None
+            del self._steps[max(0, len(self._steps) - self._window) :]
             self.skipped += 1
             self._skipping = True
             return
         self._grads_ok = finite
 
     def record_step(self, step: int, outputs: Any, batch: Any) -> None:
+        boundary, self._boundary = self._boundary, False
+        self._window = 0 if boundary else self._window + 1
         if self._skipping:  # skipped whole: nothing of it reaches the weights
             self._skipping = False
             return

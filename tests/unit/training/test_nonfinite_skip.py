@@ -22,7 +22,8 @@ from zoobot_hpc.training.nonfinite import SKIPPED_METRIC
 
 
 @pytest.mark.timeout(180)
-def test_a_nan_label_batch_is_skipped_and_counted_every_epoch(tmp_path, demo_dataset):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_nan_label_batch_is_skipped_and_counted_every_epoch(tmp_path, demo_dataset, accumulate):
     dataset = Path(shutil.copytree(demo_dataset, tmp_path / "nan-data"))
     manifest = json.loads((dataset / MANIFEST_NAME).read_text())
     (dataset / MANIFEST_NAME).write_text(json.dumps({**manifest, "allow_nan": ["axis_ratio"]}))
@@ -36,6 +37,7 @@ def test_a_nan_label_batch_is_skipped_and_counted_every_epoch(tmp_path, demo_dat
         data__num_workers=0,
         data__allow_missing_labels=True,
         trainer__nonfinite="skip",
+        trainer__accumulate_grad_batches=accumulate,
         trainer__checkpoint_every_n_steps=3,
         tracking__mode="disabled",
     )
@@ -49,7 +51,7 @@ def test_a_nan_label_batch_is_skipped_and_counted_every_epoch(tmp_path, demo_dat
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "skip"
     summary = layout.read_json(run_dir / layout.SUMMARY)
-    assert summary["skipped_nonfinite_batches"] == 2, summary  # the one NaN row, once in each of the 2 epochs
+    assert summary["skipped_nonfinite_batches"] == 2, summary  # the NaN row's step, once in each of the 2 epochs
     assert summary["metrics"][SKIPPED_METRIC] == 2, summary["metrics"]
     assert np.isfinite(summary["best"]), summary
     checkpoints = sorted((run_dir / layout.CHECKPOINTS).glob("*.ckpt"))
