@@ -14,7 +14,6 @@ from tests.support.wandb_records import offline_run_files, read_offline_run
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.job_result import RANK_ERRORS, record_rank_error, root_cause
-from zoobot_hpc.login.submit import plan_runs, submit_plan
 
 
 def test_the_root_cause_is_the_earliest_error_that_is_not_a_lost_peer(tmp_path):
@@ -47,10 +46,11 @@ def test_rank_1_out_of_memory_is_what_status_shows_and_the_job_is_not_requeued(t
         tracking__galaxy_table=0,
         trainer__callbacks=[oom],
     )
-    submitted = submit_plan(plan_runs(config))
-    job, run_dir = submitted.jobs[0], submitted.plan.runs[0].run_dir
-    with pytest.raises(Exception):  # noqa: B017 (rank 0 ends on whatever it met)
-        job.result()
+    followed = CliRunner().invoke(main, ["submit", str(config), "--follow"]).output
+    run_dir = tmp_path / "runs" / "oom"
+    last = followed.strip().splitlines()[-1]
+    assert last.startswith("the run did not finish (OutOfMemoryError: out of memory at data.batch_size=8"), last
+    assert "on rank 1 (host " in last, last
 
     status = CliRunner().invoke(main, ["status", str(run_dir)]).output
     assert "FAILED" in status, status
