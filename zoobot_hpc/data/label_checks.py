@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,9 +23,7 @@ import numpy as np
 from zoobot_hpc.core.atomic import write_text
 from zoobot_hpc.core.model_kinds import kind_spec
 from zoobot_hpc.data.shard_format import IDS_KEY, LABELS_GROUP, ShardInfo, open_shard, read_manifest
-from zoobot_hpc.data.validate import _stat_key, check_state_dir
-
-log = logging.getLogger(__name__)
+from zoobot_hpc.data.validate import check_state_dir, stat_key
 
 CACHE_NAME = "label_checks.json"
 NO_VOTES_WARN_FRACTION = 0.10  # warn when more of a tree's rows than this have no votes at all
@@ -134,7 +131,7 @@ class _Remembered:
 
     @staticmethod
     def identity(path: Path, split: str, shard: ShardInfo) -> list:
-        return [_stat_key(path), split, shard.count, shard.sha256]
+        return [stat_key(path), split, shard.count, shard.sha256]
 
     def get(self, identity: list, file: str) -> dict | None:
         entry = self.entries.get(self.rule, {}).get(file)
