@@ -17,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from zoobot_hpc.backends.registry import job_id
 from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.core.job_result import is_communication_error, last_line, rank_errors, record_rank_error, root_cause
+from zoobot_hpc.runtime.preemption import PreemptedStop
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class RankErrorRecorder(Callback):
         self.started = time.time()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, PreemptedStop | KeyboardInterrupt):
+            return  # a stop with its progress saved, not a failure
         line = last_line(explained(exception, self.config, pl_module.device))
         job = job_id()
         record_rank_error(self.run_dir, job, trainer.global_rank, line)
