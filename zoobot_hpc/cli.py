@@ -117,6 +117,7 @@ def shard(
 ) -> None:
     """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
     `save_to_disk` folder) whose --image-col holds encoded images."""
+    from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.build import build_dataset, failure_lines
     from zoobot_hpc.data.stretch import ImageScaling
 
@@ -148,6 +149,8 @@ def shard(
             allow_nan=allow_nan,
             scaling=scaling,
         )
+    except OutOfSpace as error:
+        _fail(error)
     except ValueError as error:
         if "unreadable images" in str(error):
             for line in failure_lines(out_dir):
@@ -349,7 +352,10 @@ def _results_text(run_dir) -> str:
 
     summary = layout.read_json(run_dir / layout.SUMMARY)
     if summary is None:
-        return f"the run did not finish; see {run_dir}"
+        from zoobot_hpc.login.status import collect_status
+
+        why = next((row.why for row in collect_status(run_dir) if row.why), "")
+        return f"the run did not finish ({why}); see {run_dir}" if why else f"the run did not finish; see {run_dir}"
     metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["metrics"].items()) if k.startswith("validation/"))
     lines = [
         f"validation: {metrics}",
@@ -386,6 +392,8 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
     except PreflightError as error:
         _fail(error)
     configure_job_logging()
+    from torch import OutOfMemoryError
+
     from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.runtime.run_lease import RunDirOwned
@@ -394,7 +402,7 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 
     try:
         run_preemptible(lambda flag: run_training(run_config, target, flag=flag), submitted=False)
-    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned) as error:
+    except (OutOfSpace, NonFiniteTraining, DatasetError, NoValidCheckpoint, RunDirOwned, OutOfMemoryError) as error:
         _fail(error)
     click.echo(_results_text(target))
 
@@ -501,6 +509,7 @@ def _infer(mode: str, options: dict) -> None:
     from pathlib import Path
 
     from zoobot_hpc.core.config import ConfigError
+    from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.inference.job import run_request_here, submit_request
     from zoobot_hpc.inference.request import InferenceError, InferenceRequest, default_output
@@ -524,7 +533,7 @@ def _infer(mode: str, options: dict) -> None:
             click.echo(f"wrote {run_request_here(request, config_path, options['overrides'])}")
             return
         job, plan = submit_request(request, config_path, options["overrides"])
-    except (ConfigError, DatasetError, InferenceError) as error:
+    except (ConfigError, DatasetError, InferenceError, OutOfSpace) as error:
         _fail(error)
     click.echo(f"submitted {mode} job {job.job_id} over {plan.total} galaxies; log: {job.paths.stdout}")
     if options["wait"]:

@@ -177,6 +177,8 @@ def test_a_crashing_rank_ends_the_job_promptly_with_failure(tmp_path, demo_datas
     [record] = slurm_cluster.sacct(job_id, allocations_only=True)
     ended = datetime.fromisoformat(record["End"])
     assert (ended - crashed_at).total_seconds() < 60, "the surviving rank hung instead of ending the job"
+    status = cli("status", str(tmp_path / "runs" / "crash")).stdout
+    assert "FAILED" in status and "RuntimeError: rank 1 crashed on purpose at step 3 on rank 1 (host " in status, status
 
 
 @pytest.mark.timeout(180)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space
+
 
 def fsync_file(path: Path) -> None:
     """Flush a written file's data to stable storage."""
@@ -49,12 +51,18 @@ def atomic_path(target: str | os.PathLike[str], tmp_suffix: str = ".tmp") -> Ite
     error it becomes `target` (see `commit`), otherwise it is deleted and `target` is left as it was.
 
     `tmp_suffix` should be unique to the writer where several processes may write the same target at once.
+    A write that runs out of room (ENOSPC, EDQUOT) raises `OutOfSpace`: one line naming the file and the space left.
     """
     target = Path(target)
     tmp = target.with_name(target.name + tmp_suffix)
     try:
         yield tmp
         commit(tmp, target)
+    except OSError as error:
+        if not says_out_of_space(error):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        raise (out_of_space(error, target, "the file", written) or error) from None
     finally:
         tmp.unlink(missing_ok=True)
 

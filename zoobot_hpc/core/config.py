@@ -38,6 +38,9 @@ class DataSettings(_Section):
     augment: AugmentConfig = AugmentConfig()
     embedding_cache: bool = Field(False, description="head_only: train the head on cached encoder embeddings")
     embedding_cache_views: int = Field(0, ge=0, description="augmented views to cache (0: the evaluation view)")
+    allow_missing_labels: bool = Field(
+        False, description="a regressor's label may be NaN where the manifest allows it (trainer.nonfinite decides)"
+    )
 
 
 class _ModelCommon(_Section):
@@ -102,6 +105,9 @@ class TrainerSettings(_Section):
     seed: int = 42
     gradient_clip_val: float | None = Field(None, gt=0)
     accumulate_grad_batches: int = Field(1, gt=0)
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a non-finite loss or gradient: stop the run, or skip that optimiser step (counted)"
+    )
     early_stopping_patience: int | None = Field(None, gt=0)
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)

@@ -13,7 +13,8 @@ RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the 
                             with NAME.digest.json beside it (sha256, size, step, dataset manifest checksum)
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
-RUN_DIR/job_result.json     how the submitted job ended (success, or its error's last line), for `status`
+RUN_DIR/job_result.json     how the submitted job ended (success, or the first failing rank's error), for `status`
+RUN_DIR/rank_errors/        JOB-rankR.json: each rank's error, host and time (`status` names the root cause)
 ```
 
 `config.yaml` keeps the config's secrets (the run's only file that does, with the sbatch script): it is written
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zoobot_hpc.core import atomic
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ def append_segment(run_dir: Path, record: dict[str, Any]) -> None:
             line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
+    except OSError as error:
+        full = out_of_space(error, path, "a segment record to", len(line)) if says_out_of_space(error) else None
+        if full is None:
+            raise
+        raise full from None
     finally:
         os.close(fd)
 

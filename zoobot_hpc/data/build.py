@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from zoobot_hpc.core.atomic import write_text
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space, space_warning
 from zoobot_hpc.data.build_planning import plan_build
 from zoobot_hpc.data.build_state import (
     PLAN_ATTR,
@@ -51,6 +53,8 @@ from zoobot_hpc.data.shard_format import (
     write_manifest,
 )
 from zoobot_hpc.data.stretch import ImageScaling
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "build_report.json"
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -503,6 +507,7 @@ def build_dataset(  # noqa: PLR0913 (the `shard` command's options; a BuildReque
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     image_shape = (size, size, channels)
     plan = plan_build(scan, out_dir, image_shape, shard_size_bytes, split_fractions, allow_nan)
+    warn_of_space(out_dir, plan.rows, image_shape, len(plan.label_dtypes), len(plan.units))
     embedded_col = image_col if scan.embedded is not None else None
     tasks = [
         UnitTask(
@@ -519,12 +524,27 @@ def build_dataset(  # noqa: PLR0913 (the `shard` command's options; a BuildReque
         )
         for unit in plan.units
     ]
-    results = _run_tasks(tasks, [unit.count for unit in plan.units], num_workers, progress)
+    try:
+        results = _run_tasks(tasks, [unit.count for unit in plan.units], num_workers, progress)
+    except OSError as error:  # a shard that ran out of room: the one line of core.disk_space, not HDF5's words
+        if not says_out_of_space(error):
+            raise
+        raise (out_of_space(error, out_dir, "the shards into", 0) or error) from None
     manifest = _finish_dataset(
         out_dir, catalog, on_error, tasks, results, plan.label_dtypes, image_shape, allow_nan, id_col, provenance
     )
     remove_units(out_dir)
     return manifest
+
+
+def warn_of_space(out_dir: Path, rows: int, image_shape: tuple[int, int, int], labels: int, shards: int) -> None:
+    """Log one line when `out_dir`'s filesystem holds less space or fewer inodes than the shards will take
+    (uint8 pixels, ids and labels; HDF5's own overhead is small)."""
+    needed = rows * (int(np.prod(image_shape)) + 8 * labels + 64)
+    what = f"{rows} images of {'x'.join(map(str, image_shape))} in {shards} shards"
+    warning = space_warning(out_dir, needed, 2 * shards + 8, what)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _finish_dataset(  # noqa: PLR0913 (the build's outcome parts, written together)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -133,7 +134,7 @@ class ShardWriter:
             )
         self.split = split
         self.ids: list[str] = []
-        self._file = h5py.File(self.tmp_path, "w")
+        self._file = h5py.File(self.tmp_path, "w", rdcc_nbytes=0)  # whole-image chunks: nothing to cache
         self._images = self._file.create_dataset(
             IMAGES_KEY,
             shape=(0, *self.image_shape),
@@ -195,10 +196,15 @@ class ShardWriter:
         return info
 
     def abort(self) -> None:
-        """Close and delete the temporary file unless the shard was finished."""
-        if self._file.id.valid:
-            self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Close and delete the temporary file unless the shard was finished. Its data is given up first (truncated):
+        on a full disk the close then finds room for its last metadata; HDF5 crashes on a file whose close failed."""
+        try:
+            if self._file.id.valid:
+                with contextlib.suppress(OSError, RuntimeError):
+                    os.ftruncate(self._file.id.get_vfd_handle(), 0)
+                self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 def write_shard(

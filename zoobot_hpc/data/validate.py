@@ -79,7 +79,7 @@ class CheckedShards:
         self.changed = False
 
     def _identity(self, path: Path, split: str, shard: ShardInfo) -> list:
-        return [_stat_key(path), split, shard.count, shard.size_bytes, shard.sha256, self.context]
+        return [stat_key(path), split, shard.count, shard.size_bytes, shard.sha256, self.context]
 
     def load(self, path: Path, split: str, shard: ShardInfo) -> tuple[dict, np.ndarray] | None:
         entry = self.entries.get(shard.file)
@@ -109,7 +109,7 @@ class CheckedShards:
                 write_text(self.folder / "index.json", json.dumps(self.entries) + "\n")
 
 
-def _stat_key(path: Path) -> list[int] | None:
+def stat_key(path: Path) -> list[int] | None:
     try:
         stat = path.stat()
     except OSError:
@@ -130,7 +130,7 @@ class VerifiedShards:
 
     def is_verified(self, path: Path, sha256: str) -> bool:
         entry = self.entries.get(path.name)
-        return entry is not None and entry.get("sha256") == sha256 and entry.get("stat") == _stat_key(path)
+        return entry is not None and entry.get("sha256") == sha256 and entry.get("stat") == stat_key(path)
 
     def add(self, path: Path, sha256: str, stat: list[int] | None) -> None:
         self.entries[path.name] = {"sha256": sha256, "stat": stat}
@@ -351,12 +351,12 @@ class _DatasetChecker:
                 if not path.is_file() or path.stat().st_size != shard.size_bytes:
                     continue  # reported by check_shard
                 if rehash or not cache.is_verified(path, shard.sha256):
-                    todo.append((path, shard, _stat_key(path)))
+                    todo.append((path, shard, stat_key(path)))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             digests = list(pool.map(lambda item: _sha256_or_none(item[0]), todo))
         self.hashed = len(todo)
         for (path, shard, stat), digest in zip(todo, digests, strict=True):
-            if digest == shard.sha256 and _stat_key(path) == stat:
+            if digest == shard.sha256 and stat_key(path) == stat:
                 cache.add(path, shard.sha256, stat)
             elif digest != shard.sha256:
                 self.checksum_failures.add(shard.file)

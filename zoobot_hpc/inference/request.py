@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import ConfigError, RunConfig, apply_override, build_config, load_yaml, parse_override
+from zoobot_hpc.core.disk_space import space_warning
 from zoobot_hpc.core.model_kinds import MODEL_KINDS, stored_kind
 from zoobot_hpc.core.redaction import redact_config
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, file_sha256, read_manifest
@@ -28,6 +30,9 @@ MODES = ("predict", "embed")
 EXPORT_FORMATS = ("csv", "parquet", "zoobot-csv")
 PLAN_FILE = "plan.json"
 PARTS_DIR = "parts"
+
+
+log = logging.getLogger(__name__)
 
 
 class InferenceError(ValueError):
@@ -267,9 +272,35 @@ def build_plan(request: InferenceRequest, config: RunConfig, trained: RunConfig)
     )
 
 
+ASSUMED_EMBEDDING_FLOATS = 1024  # an embedding's width, for the space estimate (encoders give 256-2048)
+
+
+def outputs_per_galaxy(mode: str, kind: str, hyper_parameters: dict[str, Any]) -> int:
+    """The float32 values written per galaxy (per MC sample): the head's outputs, or an embedding."""
+    if mode == "embed":
+        return ASSUMED_EMBEDDING_FLOATS
+    if kind == "classifier":
+        return int(hyper_parameters.get("num_classes") or 1)
+    if kind == "tree":
+        return sum(len(answers) for answers in (hyper_parameters.get("question_answer_pairs") or {}).values()) or 1
+    return 1
+
+
+def space_warnings(request: InferenceRequest, plan: InferencePlan) -> list[str]:
+    """One line when the output's filesystem holds less space or fewer inodes than the parts and the merged
+    output will take (each about galaxies x outputs x float32, plus the ids)."""
+    _, hyper_parameters = read_model_header(request.checkpoint)
+    per_galaxy = 4 * outputs_per_galaxy(plan.mode, plan.kind, hyper_parameters) * max(1, plan.mc_samples or 1) + 64
+    what = f"the {plan.mode} output of {plan.total} galaxies"
+    warning = space_warning(request.out.parent, 2 * plan.total * per_galaxy, plan.num_chunks + 8, what)
+    return [f"out={warning}"] if warning else []
+
+
 def prepare_inference(request: InferenceRequest, config: RunConfig, trained: RunConfig) -> InferencePlan:
     """Check everything, then write the plan; part files of an earlier, different plan are discarded."""
     plan = build_plan(request, config, trained)
+    for warning in space_warnings(request, plan):
+        log.warning("%s", warning)
     request.work_dir.mkdir(parents=True, exist_ok=True)
     plan_path = request.work_dir / PLAN_FILE
     if read_plan(request.work_dir) != plan:

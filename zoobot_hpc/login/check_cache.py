@@ -1,14 +1,15 @@
 """Login-node checks that need torch/timm, run once per distinct input and remembered.
 
 A check is a kind (`scheduler`: timm builds the scheduler; `architecture`: timm builds the encoder on the meta
-device; `encoder`: the pretrained weights are in the local caches, fetched when allowed) and its JSON payload.
+device; `encoder`: the pretrained weights are in the local caches, fetched when allowed; `parameters`: the
+encoder's parameter count, from its architecture on the meta device) and its JSON payload.
 Checks not passed before run together in one child process, so the login-node process itself never imports
 torch or timm; those that pass are remembered in the user's cache, keyed by the payload, the versions of torch
 and timm and the source of the code that checks (an encoder check also by the weight files it found: it holds
 while they exist). A second submit, and each point of a sweep with the same scheduler and encoder, pays nothing.
 
-`python -m zoobot_hpc.login.check_cache` is the child: JSON requests on stdin, one [problem or None, files]
-each on stdout.
+`python -m zoobot_hpc.login.check_cache` is the child: JSON requests on stdin, one [problem or None, files, value]
+each on stdout (`value`: what a check measures, such as the parameter count; None for the others).
 """
 
 from __future__ import annotations
@@ -76,9 +77,18 @@ def _save(entries: dict[str, Any]) -> None:
 
 def run_checks(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str | None]:
     """The problem each (kind, payload) check finds (None: it passes); passed checks are not run again."""
+    return [problem for problem, _ in _answered(requests)]
+
+
+def check_values(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """What each (kind, payload) check measured (None where it found a problem); remembered like `run_checks`."""
+    return [value for _, value in _answered(requests)]
+
+
+def _answered(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[str | None, Any]]:
     entries = _load()
     keys = [check_key(kind, payload) for kind, payload in requests]
-    results: list[str | None] = [None] * len(requests)
+    results: list[tuple[str | None, Any]] = [(None, (entries.get(key) or {}).get("value")) for key in keys]
     todo = [index for index, key in enumerate(keys) if not _still_valid(entries.get(key))]
     if not todo:
         return results
@@ -87,11 +97,13 @@ def run_checks(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str | Non
     answers = _run_child([requests[first[key]] for key in unique])
     by_key = dict(zip(unique, answers, strict=True))
     for index in todo:
-        results[index] = by_key[keys[index]][0]
-    for key, (problem, files) in by_key.items():
+        problem, _, value = by_key[keys[index]]
+        results[index] = (problem, value)
+    for key, (problem, files, value) in by_key.items():
         if problem is None:
-            entries[key] = {"kind": requests[first[key]][0], "versions": library_versions(), "files": files}
-    if any(problem is None for problem, _ in answers):
+            kind = requests[first[key]][0]
+            entries[key] = {"kind": kind, "versions": library_versions(), "files": files, "value": value}
+    if any(problem is None for problem, _, _ in answers):
         _save(entries)
     return results
 
@@ -100,7 +112,7 @@ def _still_valid(entry: dict | None) -> bool:
     return entry is not None and all(Path(file).exists() for file in entry.get("files") or ())
 
 
-def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[str | None, list[str]]]:
+def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[str | None, list[str], Any]]:
     payload = json.dumps([[kind, body] for kind, body in requests])
     child = subprocess.run(
         [sys.executable, "-m", "zoobot_hpc.login.check_cache"],
@@ -113,21 +125,29 @@ def _run_child(requests: list[tuple[str, dict[str, Any]]]) -> list[tuple[str | N
     lines = [line for line in child.stdout.splitlines() if line.startswith("CHECKS=")]
     if child.returncode != 0 or not lines:
         tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        return [(f"the torch/timm checks could not run ({tail})", [])] * len(requests)
-    return [(problem, files) for problem, files in json.loads(lines[-1].partition("=")[2])]
+        return [(f"the torch/timm checks could not run ({tail})", [], None)] * len(requests)
+    return [(problem, files, value) for problem, files, value in json.loads(lines[-1].partition("=")[2])]
 
 
-def _answer(kind: str, body: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """(problem or None, files the result depends on)."""
-    from zoobot_hpc.login.heavy_checks import architecture_problem, encoder_problem, scheduler_problem
+def _answer(kind: str, body: dict[str, Any]) -> tuple[str | None, list[str], Any]:
+    """(problem or None, files the result depends on, the value measured or None)."""
+    from zoobot_hpc.login.heavy_checks import (
+        architecture_problem,
+        encoder_problem,
+        parameter_count,
+        scheduler_problem,
+    )
 
     if kind == "scheduler":
-        return scheduler_problem(body["scheduler_kwargs"]), []
+        return scheduler_problem(body["scheduler_kwargs"]), [], None
     if kind == "architecture":
-        return architecture_problem(body["name"], body["timm_kwargs"], body["greyscale"]), []
+        return architecture_problem(body["name"], body["timm_kwargs"], body["greyscale"]), [], None
     if kind == "encoder":
-        return encoder_problem(body["name"], body["allow_download"])
-    return f"unknown check {kind!r}", []
+        return (*encoder_problem(body["name"], body["allow_download"]), None)
+    if kind == "parameters":
+        count = parameter_count(body["name"], body["timm_kwargs"], body["greyscale"])
+        return (None, [], count) if count is not None else (f"{body['name']}: parameters not counted", [], None)
+    return f"unknown check {kind!r}", [], None
 
 
 def main() -> None:

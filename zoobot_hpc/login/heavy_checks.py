@@ -56,3 +56,19 @@ def architecture_problem(name: str, timm_kwargs: dict | None, greyscale: bool) -
     except (ValueError, RuntimeError, AssertionError) as exc:
         return f"model.timm_kwargs={timm_kwargs}: encoder {name!r} rejects them ({exc})"
     return None
+
+
+def parameter_count(name: str, timm_kwargs: dict | None, greyscale: bool) -> int | None:
+    """The parameter count of encoder `name` (built on the meta device: no memory, no download; the head adds
+    little); None when its architecture cannot be read here. Imports torch and timm."""
+    import timm
+    import torch
+
+    from zoobot_hpc.model.encoders import encoder_timm_kwargs
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **encoder_timm_kwargs(timm_kwargs, greyscale))
+    except (OSError, ValueError, RuntimeError, TypeError, AssertionError):
+        return None
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -88,6 +88,28 @@ def check_dataset(config: RunConfig) -> list[str]:
     return [warning] if warning and not data.embedding_cache else []
 
 
+def check_label_values(config: RunConfig) -> list[str]:
+    """The label values are ones the model can train on (`data.label_checks`); returns the warnings."""
+    from zoobot_hpc.data.label_checks import LabelValueError, label_rule, require_trainable_labels
+
+    if config.data.allow_missing_labels and config.model.kind != "regressor":
+        raise PreflightError(
+            f"data.allow_missing_labels=true is for a regressor's label (model.kind={config.model.kind!r}: "
+            "a tree reads NaN as no votes, a classifier needs a class index)"
+        )
+    rule = label_rule(config.model, config.data.allow_missing_labels)
+    try:
+        warnings = require_trainable_labels(config.data.dataset_dir, rule, config.data.hdf5_locking)
+    except LabelValueError as exc:
+        raise PreflightError(f"data.dataset_dir: {exc}") from None
+    if config.data.allow_missing_labels and config.trainer.nonfinite == "stop":
+        warnings.append(
+            "data.allow_missing_labels=true with trainer.nonfinite=stop: the first batch holding a NaN label stops "
+            "the run; set trainer.nonfinite=skip to skip such batches instead"
+        )
+    return warnings
+
+
 def check_encoder(config: RunConfig, allow_download: bool) -> None:
     """Pretrained weights are in the local cache now (fetched here when allowed), not on the compute node. Checked
     in a child process (timm resolves the files) and remembered while the files it found exist."""
@@ -246,6 +268,7 @@ def preflight(
     warnings = []
     seen_datasets: set[tuple] = set()
     seen_encoders: set[tuple] = set()
+    seen_labels: set[tuple] = set()
     for config in configs:
         warnings += check_resources(config, executor, dry_run)
         check_callbacks(config)
@@ -257,10 +280,28 @@ def preflight(
 
                 check_writable(Path(config.data.dataset_dir) / CACHE_DIR_NAME, "embedding cache", create=not dry_run)
             seen_datasets.add(key)
+        label_key = (str(config.data.dataset_dir), config.model.kind, *required_label_columns(config))
+        label_key += (getattr(config.model, "num_classes", None), config.data.allow_missing_labels)
+        if label_key not in seen_labels:
+            warnings += check_label_values(config)
+            seen_labels.add(label_key)
         encoder_key = (config.model.name, config.model.pretrained, str(config.model.zoobot_checkpoint_loc))
         if encoder_key not in seen_encoders:
             check_encoder(config, allow_download)
             seen_encoders.add(encoder_key)
     run_heavy_checks(configs)
     check_writable(output_dir, create=not dry_run)
-    return warnings
+    return warnings + space_warnings(configs, output_dir)
+
+
+def space_warnings(configs: list[RunConfig], output_dir: Path) -> list[str]:
+    """One line when the output filesystem is too small for the runs (their encoders' parameters counted on the
+    meta device, in a child process, remembered)."""
+    from zoobot_hpc.login.check_cache import check_values
+    from zoobot_hpc.login.space_needed import output_space_warnings, parameters_request
+
+    requests = [parameters_request(config) for config in configs]
+    asked = list({json.dumps(r, sort_keys=True): r for r in requests if r is not None}.values())
+    counts = dict(zip((json.dumps(r, sort_keys=True) for r in asked), check_values(asked), strict=True))
+    parameters = [counts.get(json.dumps(r, sort_keys=True)) if r is not None else None for r in requests]
+    return output_space_warnings(configs, output_dir, parameters)

@@ -14,7 +14,8 @@ from pathlib import Path
 from zoobot_hpc.backends.base import JobRecord, JobStart, Phase, SchedulerBackend
 from zoobot_hpc.backends.registry import get_backend
 from zoobot_hpc.core import run_dir as layout
-from zoobot_hpc.core.job_result import JOB_RESULT, read_result
+from zoobot_hpc.core.disk_space import format_free
+from zoobot_hpc.core.job_result import JOB_RESULT, read_result, root_cause
 from zoobot_hpc.core.segment_records import segments_note
 
 
@@ -30,6 +31,7 @@ class RunStatus:
     best: str
     latest_checkpoint: str | None
     why: str = ""
+    free: str = ""  # the run dir's filesystem: `12.3 GB free`
 
     def line(self) -> str:
         checkpoint = Path(self.latest_checkpoint).name if self.latest_checkpoint else "-"
@@ -37,15 +39,22 @@ class RunStatus:
             f"{self.name:<40} {self.job_id or '-':>12} {self.state:<11} requeues={self.requeues:<2} "
             f"epoch={self.epoch:<7} best={self.best:<22} ckpt={checkpoint}"
         )
+        line = f"{line} ({self.free})" if self.free else line
         return f"{line}  ({self.why})" if self.why else line
 
 
-def job_error(run_dir: Path, job_id: str) -> str | None:
-    """The last line of the error a job ended with, as it recorded it in its run dir (redacted), if it did."""
+def job_error(run_dir: Path, job_id: str, segments: list[dict] | None = None) -> str | None:
+    """The error a job ended with, as its ranks recorded it in its run dir (redacted): the first failing rank's
+    (`root_cause`: not a lost peer's symptom), else rank 0's last line."""
     result = read_result(run_dir, job_id)
-    if result is None or result.get("outcome") == "success":
+    if result is not None and result.get("outcome") == "success":
         return None
-    return result.get("error") or str(result.get("outcome"))
+    if result is None:
+        last_start = (segments or [{}])[-1].get("start")
+        return root_cause(run_dir, job_id, last_start if isinstance(last_start, float) else None)
+    started = result.get("started")
+    cause = root_cause(run_dir, job_id, started) if isinstance(started, float) else None
+    return cause or result.get("error") or str(result.get("outcome"))
 
 
 def unread_pickle_note(submitit_folder: Path, job_id: str) -> str:
@@ -102,7 +111,7 @@ def _stop_reason(run: Path, state: str, phase: Phase, submission: dict, segments
     if phase is Phase.CANCELLED:
         return f"cancelled; saved after {stop}; {resume_hint}" if stop else f"cancelled; {resume_hint}"
     if phase is Phase.FAILED:
-        error = job_error(run, str(submission.get("job_id")))
+        error = job_error(run, str(submission.get("job_id")), segments)
         if error and "timed-out too many times" in error:
             return f"time-limit requeues exhausted (resources.max_time_limit_requeues); {resume_hint}"
         if error is None and state == "ENDED":
@@ -178,6 +187,7 @@ def collect_status(path: Path) -> list[RunStatus]:
                 epoch=epoch,
                 best=_format_best(progress, summary),
                 latest_checkpoint=(progress or {}).get("latest_checkpoint"),
+                free=format_free(run),
                 why="; ".join(
                     part
                     for part in (explain(run, state, sub, segments), segments_note(segments, bool(summary)))

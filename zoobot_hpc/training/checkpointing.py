@@ -39,6 +39,7 @@ from zoobot_hpc.training.checkpoint_digest import (
 )
 from zoobot_hpc.training.nonfinite import (
     FINITE_CHECK_EVERY_N_STEPS,
+    SKIPPED_METRIC,
     FiniteWatch,
     NonFiniteTraining,
     nonfinite_message,
@@ -248,6 +249,7 @@ class ResumeCheckpointer(Callback):
         flag: PreemptionFlag | None = None,
         every_n_steps: int | None = None,
         every_minutes: float | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.path = Path(checkpoint_dir) / RESUME_CHECKPOINT
         self.flag = flag
@@ -257,7 +259,7 @@ class ResumeCheckpointer(Callback):
         self._last_save = time.monotonic()
         self._rerun_validation = False
         self._resumed_before_validation = False
-        self._finite_watch = FiniteWatch()
+        self._finite_watch = FiniteWatch(skip=skip_nonfinite)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Open the flag group, and move this callback after every other one, wherever the list put it: its
@@ -279,6 +281,8 @@ class ResumeCheckpointer(Callback):
     ) -> None:
         step = trainer.global_step
         self._finite_watch.record_step(step, outputs, batch)
+        if self._finite_watch.skip:
+            pl_module.log(SKIPPED_METRIC, float(self._finite_watch.skipped), on_step=True, on_epoch=False)
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._check_finite(trainer, step)
             loader = trainer.train_dataloader
@@ -331,6 +335,17 @@ class ResumeCheckpointer(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._rerun_validation:
             mark_validation_not_run(checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_nonfinite": self._finite_watch.skipped} if self._finite_watch.skip else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._finite_watch.skipped = int(state_dict.get("skipped_nonfinite", 0))
+
+    @property
+    def skipped_nonfinite(self) -> int:
+        """Optimiser steps skipped for non-finite gradients (trainer.nonfinite=skip), over the whole run."""
+        return self._finite_watch.skipped
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._resumed_before_validation = bool(checkpoint.get(VALIDATION_RERUN_KEY))

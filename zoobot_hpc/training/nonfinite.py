@@ -4,6 +4,11 @@
 FINITE_CHECK_EVERY_N_STEPS steps, before every save and at each epoch's end, in one all-reduce of the ranks: every
 rank stops at the same step, nothing from the first non-finite step on is ever saved, and the newest checkpoint
 (finite) stays the one to resume from.
+
+With `trainer.nonfinite: skip` a step whose gradients are not finite is skipped instead: its gradients are
+dropped before the optimiser step (no parameter or moment moves), and counted. The decision needs no vote: the
+gradients it reads are the all-reduced ones, the same on every rank (a NaN loss on one rank makes them NaN on
+all), so every rank skips the same steps. It costs one host sync per step.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class NonFiniteTraining(RuntimeError):
 
 
 FINITE_CHECK_EVERY_N_STEPS = 10  # and before every save and at each epoch's end: one host sync per check
+SKIPPED_METRIC = "train/skipped_nonfinite_batches"  # trainer.nonfinite=skip: the optimiser steps skipped so far
 
 
 def _loss_of(outputs: Any) -> torch.Tensor | None:
@@ -31,17 +37,39 @@ class FiniteWatch:
     `first_bad()` reads the steps since the last call at once. Keeps each step's ids and labels (not its images)
     so that the step which went wrong can be named."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip: bool = False) -> None:
+        self.skip = skip
+        self.skipped = 0  # optimiser steps skipped (skip mode), over the whole run
+        self._skipping = False
+        self._boundary = False
+        self._window = 0  # steps recorded since the last optimiser step (an accumulation window's batches)
         self._grads_ok: torch.Tensor | None = None
         self._steps: list[tuple[int, torch.Tensor, torch.Tensor, dict[str, Any]]] = []
 
     def record_gradients(self, module: torch.nn.Module) -> None:
-        """Before the optimiser step: are the (already all-reduced, equal on every rank) gradients finite."""
+        """Before the optimiser step: are the (already all-reduced, equal on every rank) gradients finite. In
+        skip mode, drop them when they are not (the optimiser then skips every parameter), with the record of the
+        accumulation window's batches."""
+        self._boundary = True
         grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-        if grads:
-            self._grads_ok = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if not grads:
+            return
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if self.skip and not bool(finite):
+            for parameter in module.parameters():
+                parameter.grad = None
+            del self._steps[max(0, len(self._steps) - self._window) :]
+            self.skipped += 1
+            self._skipping = True
+            return
+        self._grads_ok = finite
 
     def record_step(self, step: int, outputs: Any, batch: Any) -> None:
+        boundary, self._boundary = self._boundary, False
+        self._window = 0 if boundary else self._window + 1
+        if self._skipping:  # skipped whole: nothing of it reaches the weights
+            self._skipping = False
+            return
         loss, grads_ok = _loss_of(outputs), self._grads_ok
         device = loss.device if loss is not None else grads_ok.device if grads_ok is not None else torch.device("cpu")
         finite = torch.ones((), dtype=torch.bool, device=device)

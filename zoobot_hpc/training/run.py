@@ -27,6 +27,7 @@ from zoobot_hpc.backends.registry import running_backend, task_rank
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
+from zoobot_hpc.core.disk_space import out_of_space, says_out_of_space
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
 from zoobot_hpc.data.shard_format import DatasetError, read_manifest
@@ -65,6 +66,7 @@ from zoobot_hpc.training.monitoring import (
     StartupPhases,
     ThroughputMonitor,
 )
+from zoobot_hpc.training.rank_errors import RankErrorRecorder, explained
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
 from zoobot_hpc.training.wandb_figures import ValidationFigures
@@ -262,6 +264,7 @@ def build_callbacks(
     """The training callbacks, in the order their hooks run (see docs/architecture.md, "A training step")."""
     monitor, mode = config.monitored
     callbacks: list[Callback] = [
+        RankErrorRecorder(run_dir, config),
         RNGStateCallback(),
         ElasticResume(),
         ModelCheckpoint(
@@ -298,6 +301,7 @@ def build_callbacks(
         flag=flag,
         every_n_steps=config.trainer.checkpoint_every_n_steps,
         every_minutes=config.trainer.checkpoint_every_minutes,
+        skip_nonfinite=config.trainer.nonfinite == "skip",
     )
     return [*callbacks, resume]  # ResumeCheckpointer moves itself after every other callback at setup
 
@@ -380,6 +384,7 @@ def write_summary(
     """RUN_DIR/summary.json of a finished run (rank 0)."""
     checkpoint = trainer.checkpoint_callback
     throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
+    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpointer)), None)
     best_score = checkpoint.best_model_score if checkpoint else None
     layout.write_json(
         run_dir / layout.SUMMARY,
@@ -394,6 +399,7 @@ def write_summary(
             "requeues": requeue_count,
             "redone_steps": sum(redo.steps for redo in layout.redone_work(layout.read_segments(run_dir))),
             "images_per_sec": throughput.images_per_sec if throughput else None,
+            "skipped_nonfinite_batches": resume.skipped_nonfinite if resume else 0,
             "metrics": outcome.metrics,
             "finished": time.time(),
         },
@@ -485,7 +491,14 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     trainer.callbacks.append(ResumeVerdict(refusal))
     if trainer.global_rank == 0 and refusal is None:
         record_segment(run_dir, config, resume_from, job_key)
-    preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
+    try:
+        preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
+    except torch.OutOfMemoryError as error:
+        raise explained(error, config, model.device) from None
+    except OSError as error:  # a log, metrics or W&B file that ran out of room: one line, not a traceback
+        if not says_out_of_space(error):
+            raise
+        raise (out_of_space(error, run_dir, "the run's files under", 0) or error) from None
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     outcome = TrainingOutcome(

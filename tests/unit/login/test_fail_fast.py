@@ -207,7 +207,8 @@ def test_torch_checks_are_cached_by_versions_and_kwargs(tmp_path, demo_dataset):
     try:
         entries = json.loads(cache_path().read_text())
         key = check_key("scheduler", {"scheduler_kwargs": {"sched": "cosine", "num_epochs": 2, "warmup_epochs": 0}})
-        assert list(entries) == [key], "one check for the whole sweep"
+        kinds = sorted(entry["kind"] for entry in entries.values())
+        assert key in entries and kinds == ["parameters", "scheduler"], "one check of each kind for the whole sweep"
     finally:
         del os.environ["XDG_CACHE_HOME"]
     assert not (tmp_path / "runs").exists()

@@ -20,6 +20,7 @@ from tests.support.jobs import (
 from tests.support.wandb_records import logged_tables, offline_run_files, read_offline_run
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.core.job_result import RANK_ERRORS
 from zoobot_hpc.login.submit import plan_runs, submit_plan
 from zoobot_hpc.training.checkpointing import stored_step
 
@@ -145,3 +146,4 @@ def test_cancel_of_a_local_job_saves_its_progress(tmp_path, demo_dataset):
     [start] = segments(run_dir)
     assert start["stop"] == "SIGTERM" and start["stop_step"] >= 1, start
     assert stored_step(run_dir / layout.CHECKPOINTS / "resume.ckpt") == start["stop_step"]
+    assert not (run_dir / RANK_ERRORS).exists(), "a saved stop was recorded as a rank's error"
