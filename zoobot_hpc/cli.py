@@ -406,6 +406,7 @@ def status(path: str) -> None:
     search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
     from pathlib import Path
 
+    from zoobot_hpc.login.arrays import arrays_line
     from zoobot_hpc.login.status import collect_status
     from zoobot_hpc.search.study import is_search_dir
 
@@ -421,6 +422,9 @@ def status(path: str) -> None:
     rows = collect_status(Path(path))
     if not rows:
         _fail(ValueError(f"{path}: no run directories (with config.yaml) found"))
+    header = arrays_line(Path(path))
+    if header:
+        click.echo(header)
     for row in rows:
         click.echo(row.line())
 

@@ -82,6 +82,14 @@ class Partition:
         return "CANCEL" in self.preempt_mode.split(",")
 
 
+@dataclass(frozen=True)
+class ArrayLimits:
+    """How large the scheduler lets a job array be and how many jobs it holds at once (None: no limit)."""
+
+    max_array_size: int | None = None  # task indices run 0 .. max_array_size - 1; 0: arrays are switched off
+    max_job_count: int | None = None  # job records the scheduler holds at once (an array's pending tasks: one)
+
+
 class SchedulerBackend(Protocol):
     """One scheduler: the login node's side (executors, job states, cancel, partitions) and the compute node's
     side (this job's identity, requeue myself, was this stop the time limit).
@@ -116,6 +124,21 @@ class SchedulerBackend(Protocol):
         self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         """The script the scheduler would receive (for --dry-run), None when it takes none."""
+        ...
+
+    def array_limits(self) -> ArrayLimits:
+        """The scheduler's limits on job arrays, as its configuration says now."""
+        ...
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: str | None = None
+    ) -> list[submitit.Job[Any]]:
+        """Submit `calls` as one job array running at most `parallelism` tasks at once, starting once every task
+        of the array whose job id is `after` has ended (any outcome); one job per call."""
+        ...
+
+    def array_job_id(self, job_id: str) -> str:
+        """The id of the array a job id belongs to (the job's own id where it is no array task)."""
         ...
 
     def job_states(self, jobs: Sequence[JobRecord]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase
+from zoobot_hpc.backends.base import ArrayLimits, JobRecord, JobStart, Partition, Phase
 from zoobot_hpc.backends.job_setup import job_setup
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core.job_result import read_result
@@ -122,6 +122,23 @@ class LocalBackend:
         self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         return None
+
+    def array_limits(self) -> ArrayLimits:
+        return ArrayLimits()
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: str | None = None
+    ) -> list[submitit.Job[Any]]:
+        """Every call at once, each its own controller process (the local executor has no arrays to limit)."""
+        if after is not None:
+            raise ValueError("the local executor cannot make a job wait for another")
+        if len(calls) == 1:
+            return [executor.submit(calls[0])]
+        with executor.batch():
+            return [executor.submit(call) for call in calls]
+
+    def array_job_id(self, job_id: str) -> str:
+        return job_id
 
     def job_state(self, job: JobRecord) -> str:
         """Its controller process, else the outcome the job wrote in its run dir."""

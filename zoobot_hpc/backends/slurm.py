@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase, SchedulerMissing
+from zoobot_hpc.backends.base import ArrayLimits, JobRecord, JobStart, Partition, Phase, SchedulerMissing
 from zoobot_hpc.backends.job_setup import job_setup
+from zoobot_hpc.backends.slurm_config import read_array_limits
 from zoobot_hpc.backends.slurm_partition import read_partition
 
 if TYPE_CHECKING:
@@ -132,6 +133,23 @@ class SlurmBackend:
             executor.parameters["map_count"] = array_size
         return executor._make_submission_file_text(executor._submitit_command_str, "DRYRUN")
 
+    def array_limits(self) -> ArrayLimits:
+        return read_array_limits()
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: str | None = None
+    ) -> list[submitit.Job[Any]]:
+        """One `sbatch --array=0-N%P` (a plain job for one call), `--dependency=afterany:ARRAY` after `after`."""
+        dependency = f"afterany:{self.array_job_id(after)}" if after else None
+        executor.update_parameters(array_parallelism=parallelism, dependency=dependency)
+        if len(calls) == 1:
+            return [executor.submit(calls[0])]
+        with executor.batch():
+            return [executor.submit(call) for call in calls]
+
+    def array_job_id(self, job_id: str) -> str:
+        return job_id.partition("_")[0]
+
     def job_states(self, jobs: Sequence[JobRecord]) -> dict[str, str]:
         """From sacct, through submitit's job watcher (one call for every array), and squeue for jobs sacct does
         not know yet."""
@@ -159,8 +177,9 @@ class SlurmBackend:
         return PHASES.get(state, Phase.UNKNOWN)
 
     def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
-        """`scancel` of every job, once per array (an array task's id names its whole array)."""
-        ids = sorted({job.job_id.split("_")[0] if "_" in job.job_id else job.job_id for job in jobs})
+        """`scancel` of every job, once per array (an array task's id names its whole array); the newest first, so
+        that no array waiting on an older one starts as that one ends."""
+        ids = sorted({self.array_job_id(job.job_id) for job in jobs}, key=lambda job: (len(job), job), reverse=True)
         if ids:
             subprocess.run(["scancel", *ids], check=True)
         return ids
