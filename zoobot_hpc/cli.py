@@ -94,6 +94,14 @@ class Numbers(click.ParamType):
 @click.option("--asinh-softening", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--bands", type=Numbers(int), default=None, help="FITS image planes to use as channels, e.g. 2,1,0.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--submit", is_flag=True, help="Write the shards as a job array (resources.executor; local without one).")
+@click.option(
+    "--config", "job_config", type=click.Path(exists=True, dir_okay=False), help="--submit: YAML with resources."
+)
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. partition=low.")
+@click.option(
+    "--images-per-task", default=100_000, show_default=True, type=click.IntRange(min=1), help="--submit: task size."
+)
 def shard(
     catalog: str,
     out_dir: str,
@@ -114,11 +122,18 @@ def shard(
     asinh_softening: float,
     bands: tuple[int, ...] | None,
     progress: bool,
+    submit: bool,
+    job_config: str | None,
+    resources: tuple[str, ...],
+    images_per_task: int,
 ) -> None:
     """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
-    `save_to_disk` folder) whose --image-col holds encoded images."""
+    `save_to_disk` folder) whose --image-col holds encoded images. With --submit the shards are written by a job
+    array (tasks of --images-per-task images, each with resources.cpus_per_task processes) and the manifest by
+    its last step; the catalog is planned here."""
     from zoobot_hpc.data.build import build_dataset, failure_lines
     from zoobot_hpc.data.stretch import ImageScaling
+    from zoobot_hpc.login.preflight import PreflightError
 
     try:
         if schema is not None:
@@ -131,24 +146,24 @@ def shard(
             scaling = ImageScaling(stretch, *percentiles, asinh_softening=asinh_softening, bands=bands)
         elif bands is not None:
             raise ValueError("--bands selects FITS planes, which need --stretch as well")
-        manifest = build_dataset(
-            catalog,
-            out_dir,
-            image_col=image_col,
-            id_col=id_col,
-            label_cols=label_cols,
-            size=size,
-            channels=int(channels),
-            split_fractions=split_fractions,
-            split_col=split_col,
-            num_workers=workers,
-            shard_size_bytes=shard_size,
-            on_error=on_error,
-            progress=progress,
-            allow_nan=allow_nan,
-            scaling=scaling,
-        )
-    except ValueError as error:
+        options = {
+            "image_col": image_col,
+            "id_col": id_col,
+            "label_cols": label_cols,
+            "size": size,
+            "channels": int(channels),
+            "split_fractions": split_fractions,
+            "split_col": split_col,
+            "shard_size_bytes": shard_size,
+            "on_error": on_error,
+            "allow_nan": allow_nan,
+            "scaling": scaling,
+        }
+        if submit:
+            _submit_shard(catalog, out_dir, options, job_config, resources, images_per_task)
+            return
+        manifest = build_dataset(catalog, out_dir, num_workers=workers, progress=progress, **options)
+    except (ValueError, PreflightError) as error:
         if "unreadable images" in str(error):
             for line in failure_lines(out_dir):
                 click.echo(line, err=True)
@@ -157,6 +172,27 @@ def shard(
         click.echo(line, err=True)
     counts = ", ".join(f"{split} {manifest.split_count(split)}" for split in manifest.splits)
     click.echo(f"wrote {out_dir}: {counts}")
+
+
+def _submit_shard(
+    catalog: str, out_dir: str, options: dict, job_config: str | None, resources: tuple[str, ...], images_per_task: int
+) -> None:
+    """`shard --submit`: plan here, submit the build's array and its last step."""
+    from zoobot_hpc.core.config import load_job_config
+    from zoobot_hpc.data.build import prepare_build
+    from zoobot_hpc.login.shard_submit import submit_build
+
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"shard-{Path(out_dir).name}")
+    config = load_job_config(job_config, resources, name=name)
+    prepared = prepare_build(catalog, out_dir, **options)
+    done = submit_build(prepared, config, images_per_task)
+    click.echo(
+        f"submitted {len(done.tasks)} build task(s) for {len(prepared.tasks)} shard(s) and the last step "
+        f"{done.finish.job_id} (it writes the manifest) with the {done.executor} executor; record: {done.record}"
+    )
+    for job in done.tasks:
+        click.echo(f"  job {job.job_id}  log: {job.paths.stdout}")
+    click.echo(f"  job {done.finish.job_id}  last step, log: {done.finish.paths.stdout}")
 
 
 @main.command("demo-data")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import RunConfig
+    from zoobot_hpc.core.config import JobSettings
 
 
 class SchedulerMissing(ValueError):
@@ -109,19 +109,19 @@ class SchedulerBackend(Protocol):
         """The scheduler can take jobs from here (its clients are installed and its controller answers)."""
         ...
 
-    def check_resources(self, config: RunConfig) -> None:
+    def check_resources(self, config: JobSettings) -> None:
         """Raise `ValueError` (one line naming the key) when the config's resources do not fit this scheduler,
         `SchedulerMissing` when its clients are not installed here."""
         ...
 
     def make_executor(
-        self, config: RunConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: JobSettings, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.Executor:
         """A submitit executor for the config's resources, writing its files to `folder`."""
         ...
 
     def job_script(
-        self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: JobSettings, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         """The script the scheduler would receive (for --dry-run), None when it takes none."""
         ...
@@ -131,10 +131,10 @@ class SchedulerBackend(Protocol):
         ...
 
     def submit_array(
-        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: str | None = None
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: Sequence[str] = ()
     ) -> list[submitit.Job[Any]]:
         """Submit `calls` as one job array running at most `parallelism` tasks at once, starting once every task
-        of the array whose job id is `after` has ended (any outcome); one job per call."""
+        of the arrays whose job ids are `after` has ended (any outcome); one job per call."""
         ...
 
     def array_job_id(self, job_id: str) -> str:

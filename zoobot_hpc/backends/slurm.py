@@ -20,7 +20,7 @@ from zoobot_hpc.backends.slurm_partition import read_partition
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import RunConfig
+    from zoobot_hpc.core.config import JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ class SlurmBackend:
             return False
         return probe.returncode == 0
 
-    def check_resources(self, config: RunConfig) -> None:
+    def check_resources(self, config: JobSettings) -> None:
         if shutil.which("sbatch") is None:
             raise SchedulerMissing("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
 
     def make_executor(
-        self, config: RunConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: JobSettings, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.SlurmExecutor:
         import submitit
 
@@ -125,7 +125,7 @@ class SlurmBackend:
         return executor
 
     def job_script(
-        self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: JobSettings, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str:
         """The sbatch script SLURM receives, as submitit writes it."""
         executor = self.make_executor(config, folder, job_name, extra_setup)
@@ -137,10 +137,10 @@ class SlurmBackend:
         return read_array_limits()
 
     def submit_array(
-        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: str | None = None
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: Sequence[str] = ()
     ) -> list[submitit.Job[Any]]:
-        """One `sbatch --array=0-N%P` (a plain job for one call), `--dependency=afterany:ARRAY` after `after`."""
-        dependency = f"afterany:{self.array_job_id(after)}" if after else None
+        """One `sbatch --array=0-N%P` (a plain job for one call), `--dependency=afterany:A:B` after `after`."""
+        dependency = "afterany:" + ":".join(self.array_job_id(job) for job in after) if after else None
         executor.update_parameters(array_parallelism=parallelism, dependency=dependency)
         if len(calls) == 1:
             return [executor.submit(calls[0])]

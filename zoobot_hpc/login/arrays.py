@@ -88,7 +88,8 @@ def submit_arrays(
     records: list[dict[str, Any]] = []
     for part in parts:
         after = records[part.after]["job_id"] if part.after is not None else None
-        submitted = backend.submit_array(executor, calls[part.start : part.stop], part.parallelism, after)
+        waits = [after] if after else []
+        submitted = backend.submit_array(executor, calls[part.start : part.stop], part.parallelism, waits)
         array_id = backend.array_job_id(submitted[0].job_id)
         records.append(
             {"job_id": array_id, "runs": [part.start, part.stop], "parallelism": part.parallelism, "after": after}
