@@ -1,0 +1,56 @@
+"""`shard --submit` with the local executor: the same dataset as a build here, the manifest by the last step."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.support.jobs import wait_for
+from tests.unit.data.conftest import write_catalog_images
+from zoobot_hpc.cli import main
+from zoobot_hpc.data.build import build_dataset
+from zoobot_hpc.data.shard_format import MANIFEST_NAME, STATE_DIR, read_manifest
+from zoobot_hpc.login.shard_submit import SUBMISSION
+from zoobot_hpc.runtime.build_job import pack_tasks
+
+OPTIONS = {"label_cols": ["label", "redshift"], "size": 16, "shard_size_bytes": 16 * 16 * 3 * 5}
+
+
+def shard_digests(dataset: Path) -> dict[str, tuple[str, int]]:
+    manifest = read_manifest(dataset)
+    return {shard.file: (shard.sha256, shard.count) for shards in manifest.splits.values() for shard in shards}
+
+
+def test_shards_are_packed_into_tasks_of_about_equal_images():
+    counts = [100, 100, 100, 40, 30, 20, 10, 5]
+    groups = pack_tasks(counts, 3)
+    assert sorted(index for group in groups for index in group) == list(range(len(counts)))
+    loads = [sum(counts[index] for index in group) for group in groups]
+    assert max(loads) - min(loads) <= max(counts[3:])
+    assert all(group == sorted(group) for group in groups)
+    assert pack_tasks(counts, 20) == [[index] for index in range(len(counts))]
+    assert pack_tasks([7], 0) == [[0]]
+
+
+@pytest.mark.timeout(180)
+def test_shard_submit_with_the_local_executor_builds_the_same_dataset(tmp_path: Path):
+    catalog = tmp_path / "catalog.csv"
+    write_catalog_images(tmp_path, 40).to_csv(catalog, index=False)
+    here = build_dataset(catalog, tmp_path / "here", progress=False, **OPTIONS)
+    out = tmp_path / "job"
+    args = ["shard", str(catalog), "--out", str(out), "--label-col", "label", "--label-col", "redshift"]
+    args += ["--size", "16", "--shard-size", str(OPTIONS["shard_size_bytes"]), "--no-progress"]
+    resources = ["--resource", "executor=local", "--resource", "cpus_per_task=1", "--resource", "time_min=5"]
+    started = time.monotonic()
+    result = CliRunner().invoke(main, [*args, "--submit", "--images-per-task", "12", *resources])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / STATE_DIR / SUBMISSION).read_text())
+    assert len(record["tasks"]) == 4 and len(here.splits["train"]) >= 5
+    wait_for(lambda: (out / MANIFEST_NAME).exists(), timeout=150, what="the last step's manifest")
+    print(f"local shard --submit took {time.monotonic() - started:.1f} s")
+    assert shard_digests(out) == shard_digests(tmp_path / "here")
+    assert read_manifest(out).splits == here.splits
