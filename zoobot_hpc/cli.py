@@ -227,16 +227,33 @@ def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers
     "--locking/--no-locking", default=False, show_default=True, help="HDF5 file locking (off for Lustre/GPFS/NFS)."
 )
 @click.option("--label-col", "label_cols", multiple=True, help="Label column that must exist (repeatable).")
+@click.option("--submit", is_flag=True, help="With --checksums: hash in a job (resources.executor), not here.")
+@click.option(
+    "--config", "job_config", type=click.Path(exists=True, dir_okay=False), help="--submit: YAML with resources."
+)
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. partition=low.")
 def inspect(
-    dataset_dir: str, checksums: bool, rehash: bool, workers: int | None, locking: bool, label_cols: tuple[str, ...]
+    dataset_dir: str,
+    checksums: bool,
+    rehash: bool,
+    workers: int | None,
+    locking: bool,
+    label_cols: tuple[str, ...],
+    submit: bool,
+    job_config: str | None,
+    resources: tuple[str, ...],
 ) -> None:
     """Validate a shard dataset and print its summary; exit code 0 only when it is valid.
 
     By default: structure, counts, ids (unique), labels and a sample of every shard's pixels, read from the
-    shards' metadata (seconds for millions of images)."""
+    shards' metadata (seconds for millions of images). `--checksums --submit` hashes every shard in a job, whose
+    verdict is written to DATASET/.zoobot-build/checksum_job.json."""
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import inspect_dataset
 
+    if submit:
+        _submit_checksums(dataset_dir, checksums, rehash, label_cols, job_config, resources)
+        return
     try:
         summary = inspect_dataset(
             dataset_dir,
@@ -251,6 +268,35 @@ def inspect(
     click.echo(summary.format())
     if not summary.is_valid:
         raise SystemExit(1)
+
+
+def _submit_checksums(
+    dataset_dir: str,
+    checksums: bool,
+    rehash: bool,
+    label_cols: tuple[str, ...],
+    job_config: str | None,
+    resources: tuple[str, ...],
+) -> None:
+    """`inspect --checksums --submit`: the checksum job, submitted."""
+    from pathlib import Path
+
+    from zoobot_hpc.core.config import ConfigError, load_job_config
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.login.shard_submit import submit_checksums
+    from zoobot_hpc.runtime.inspect_job import result_path
+
+    if not checksums:
+        _fail(
+            ValueError("--submit runs the checksums as a job: add --checksums (the default checks take seconds here)")
+        )
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"checksums-{Path(dataset_dir).name}")
+    try:
+        job = submit_checksums(Path(dataset_dir), load_job_config(job_config, resources, name), label_cols, rehash)
+    except (ConfigError, DatasetError) as error:
+        _fail(error)
+    click.echo(f"submitted checksum job {job.job_id}; log: {job.paths.stdout}")
+    click.echo(f"  its verdict: {result_path(Path(dataset_dir))}")
 
 
 def _fail(error: Exception) -> None:

@@ -75,3 +75,21 @@ def submit_build(prepared: PreparedBuild, config: JobConfig, images_per_task: in
     )
     log.info("submitted %d build task(s) and the last step %s", len(jobs), finish.job_id)
     return BuildSubmission(executor_name, jobs, finish, record)
+
+
+def submit_checksums(dataset_dir: Path, config: JobConfig, label_cols: tuple[str, ...], rehash: bool) -> Any:
+    """`inspect --checksums --submit`: one job hashing every shard with `resources.cpus_per_task` threads."""
+    from zoobot_hpc.data.shard_format import read_manifest
+    from zoobot_hpc.data.validate import check_state_dir
+    from zoobot_hpc.runtime.inspect_job import ChecksumJob, result_path
+
+    read_manifest(dataset_dir)  # a missing or broken manifest is a one-line error here, not in the job
+    backend = get_backend(resolve_backend(config.resources.executor))
+    backend.check_resources(config)
+    folder = atomic.private_directory(check_state_dir(dataset_dir) / "submitit")
+    result_path(dataset_dir).unlink(missing_ok=True)
+    executor = backend.make_executor(config, folder, config.name)
+    call = ChecksumJob(dataset_dir.resolve(), label_cols, config.resources.cpus_per_task, rehash)
+    [job] = backend.submit_array(executor, [call], 1)
+    protect_submission_files(folder)
+    return job

@@ -54,3 +54,22 @@ def test_shard_submit_with_the_local_executor_builds_the_same_dataset(tmp_path: 
     print(f"local shard --submit took {time.monotonic() - started:.1f} s")
     assert shard_digests(out) == shard_digests(tmp_path / "here")
     assert read_manifest(out).splits == here.splits
+
+
+@pytest.mark.timeout(120)
+def test_inspect_checksums_submit_with_the_local_executor_writes_the_verdict(tmp_path: Path):
+    from zoobot_hpc.data.demo import write_demo_dataset
+    from zoobot_hpc.runtime.inspect_job import result_path
+
+    dataset = tmp_path / "demo"
+    write_demo_dataset(dataset, n_galaxies=60, image_size=16, seed=0, shard_size_bytes=16 * 16 * 3 * 20)
+    resources = ["--resource", "executor=local", "--resource", "cpus_per_task=2", "--resource", "time_min=5"]
+    refused = CliRunner().invoke(main, ["inspect", str(dataset), "--submit", *resources])
+    assert refused.exit_code == 1 and "add --checksums" in refused.output
+    result = CliRunner().invoke(main, ["inspect", str(dataset), "--checksums", "--submit", *resources])
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: result_path(dataset).exists(), timeout=100, what="the checksum job's verdict")
+    verdict = json.loads(result_path(dataset).read_text())
+    assert verdict["valid"] and "checksums verified" in verdict["summary"]
+    again = CliRunner().invoke(main, ["inspect", str(dataset), "--checksums"])
+    assert again.exit_code == 0 and "checksums: 0 shard(s) hashed now" in again.output
