@@ -202,9 +202,33 @@ def _submit_shard(
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--shard-size", default="2GB", show_default=True, type=ByteSize(), help="Max bytes per shard.")
-def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers: int, shard_size: int) -> None:
+@click.option("--submit", is_flag=True, help="Write it in a job (resources.executor; local without a scheduler).")
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. cpus_per_task=8.")
+def demo_data(
+    out_dir: str,
+    n_galaxies: int,
+    image_size: int,
+    seed: int,
+    workers: int,
+    shard_size: int,
+    submit: bool,
+    resources: tuple[str, ...],
+) -> None:
     """Write a synthetic galaxy dataset to OUT_DIR (no download needed)."""
     from zoobot_hpc.data.demo import write_demo_dataset
+
+    if submit:
+        from zoobot_hpc.core.config import ConfigError, load_job_config
+        from zoobot_hpc.login.shard_submit import submit_demo
+
+        name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"demo-{Path(out_dir).name}")
+        try:
+            config = load_job_config(None, resources, name)
+            job = submit_demo(Path(out_dir), config, n_galaxies, image_size, seed, shard_size)
+        except ConfigError as error:
+            _fail(error)
+        click.echo(f"submitted demo-data job {job.job_id}; log: {job.paths.stdout}")
+        return
 
     manifest = write_demo_dataset(
         out_dir, n_galaxies, image_size, seed, num_workers=workers, shard_size_bytes=shard_size

@@ -25,13 +25,13 @@ PIXELS = 3000  # each row decodes a 3000-px JPEG (~60 ms): a task is still writi
 
 
 def write_catalog(folder: Path) -> Path:
-    """ROWS rows over four large smooth JPEGs (small files, real decoding work), with a label."""
+    """ROWS rows over two large smooth JPEGs (small files, real decoding work), with a label."""
     y, x = np.mgrid[0:PIXELS, 0:PIXELS]
     (folder / "images").mkdir(parents=True)
-    for index in range(4):
+    for index in range(2):
         base = ((np.sin(x / (40.0 + index)) + np.cos(y / 70.0)) * 60 + 128).astype(np.uint8)
         Image.fromarray(np.stack([base, base.T, base[::-1]], -1)).save(folder / f"images/{index}.jpg", quality=90)
-    rows = [{"file_loc": f"images/{i % 4}.jpg", "id_str": f"g{i}", "label": i % 3} for i in range(ROWS)]
+    rows = [{"file_loc": f"images/{i % 2}.jpg", "id_str": f"g{i}", "label": i % 3} for i in range(ROWS)]
     catalog = folder / "catalog.csv"
     pd.DataFrame(rows).to_csv(catalog, index=False)
     return catalog

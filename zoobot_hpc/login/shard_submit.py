@@ -93,3 +93,19 @@ def submit_checksums(dataset_dir: Path, config: JobConfig, label_cols: tuple[str
     [job] = backend.submit_array(executor, [call], 1)
     protect_submission_files(folder)
     return job
+
+
+def submit_demo(out_dir: Path, config: JobConfig, n_galaxies: int, image_size: int, seed: int, shard_size: int) -> Any:
+    """`demo-data --submit`: one job writing the demo dataset with `resources.cpus_per_task` processes."""
+    from zoobot_hpc.runtime.build_job import DemoDataJob
+
+    backend = get_backend(resolve_backend(config.resources.executor))
+    backend.check_resources(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = atomic.private_directory(out_dir / STATE_DIR / "submitit")
+    executor = backend.make_executor(config, folder, config.name)
+    workers = config.resources.cpus_per_task
+    call = DemoDataJob(out_dir.resolve(), n_galaxies, image_size, seed, workers, shard_size)
+    [job] = backend.submit_array(executor, [call], 1)
+    protect_submission_files(folder)
+    return job

@@ -136,3 +136,30 @@ class FinishBuildJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass
+class DemoDataJob(submitit.helpers.Checkpointable):
+    """`demo-data --submit`: the synthetic dataset written in a job, `workers` shards at a time. A requeued job
+    writes it again from the start (it is a demo: minutes, not hours); the manifest is written last."""
+
+    out_dir: Path
+    n_galaxies: int
+    image_size: int
+    seed: int
+    workers: int
+    shard_size_bytes: int
+
+    def __call__(self) -> str:
+        from zoobot_hpc.data.demo import write_demo_dataset
+
+        configure_job_logging()
+        manifest = write_demo_dataset(
+            self.out_dir, self.n_galaxies, self.image_size, self.seed, self.workers, self.shard_size_bytes
+        )
+        counts = ", ".join(f"{split} {manifest.split_count(split)}" for split in manifest.splits)
+        log.info("wrote %s: %s", self.out_dir, counts)
+        return f"wrote {self.out_dir}: {counts}"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(self)

@@ -73,3 +73,17 @@ def test_inspect_checksums_submit_with_the_local_executor_writes_the_verdict(tmp
     assert verdict["valid"] and "checksums verified" in verdict["summary"]
     again = CliRunner().invoke(main, ["inspect", str(dataset), "--checksums"])
     assert again.exit_code == 0 and "checksums: 0 shard(s) hashed now" in again.output
+
+
+@pytest.mark.timeout(120)
+def test_demo_data_submit_with_the_local_executor_writes_the_dataset_written_here(tmp_path: Path):
+    from zoobot_hpc.data.demo import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "here", n_galaxies=60, image_size=16, seed=3, shard_size_bytes=16 * 16 * 3 * 20)
+    out = tmp_path / "job"
+    resources = ["--resource", "executor=local", "--resource", "cpus_per_task=1", "--resource", "time_min=5"]
+    args = ["demo-data", str(out), "--n", "60", "--size", "16", "--seed", "3", "--shard-size", str(16 * 16 * 3 * 20)]
+    result = CliRunner().invoke(main, [*args, "--submit", *resources])
+    assert result.exit_code == 0, result.output
+    wait_for(lambda: (out / MANIFEST_NAME).exists(), timeout=100, what="the demo job's manifest")
+    assert shard_digests(out) == shard_digests(tmp_path / "here")
