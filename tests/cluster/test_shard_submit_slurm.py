@@ -20,7 +20,7 @@ from zoobot_hpc.login.shard_submit import SUBMISSION
 
 pytestmark = pytest.mark.slurm
 
-ROWS, PER_SHARD, SIZE = 200, 20, 16
+ROWS, PER_SHARD, SIZE = 120, 12, 16
 PIXELS = 3000  # each row decodes a 3000-px JPEG (~60 ms): a task is still writing when its preemption arrives
 
 
@@ -47,15 +47,6 @@ def test_shard_submit_with_a_preempted_task_builds_the_dataset_a_build_here_does
     slurm_cluster.require_preemption()
     catalog = write_catalog(tmp_path)
     shard_bytes = SIZE * SIZE * 3 * PER_SHARD
-    build_dataset(
-        catalog,
-        tmp_path / "here",
-        label_cols=["label"],
-        size=SIZE,
-        shard_size_bytes=shard_bytes,
-        num_workers=2,
-        progress=False,
-    )
     out = tmp_path / "job"
     started = time.monotonic()
     result = cli(
@@ -72,6 +63,16 @@ def test_shard_submit_with_a_preempted_task_builds_the_dataset_a_build_here_does
     assert not all((records / f"{s}.json").exists() for s in first["shards"])
     node_list = slurm_cluster.run("squeue", "-h", "-o", "%N", "-j", first["job_id"]).stdout.strip()
     slurm_cluster.preempt_low_jobs_on(slurm_cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()[0])
+    # the build here runs while the preempted task waits out its grace time and its requeue
+    build_dataset(
+        catalog,
+        tmp_path / "here",
+        label_cols=["label"],
+        size=SIZE,
+        shard_size_bytes=shard_bytes,
+        num_workers=2,
+        progress=False,
+    )
 
     slurm_cluster.wait_for_state(record["finish"]["job_id"], ["COMPLETED"], timeout=240)
     print(f"shard --submit with a preemption took {time.monotonic() - started:.1f} s")
