@@ -159,6 +159,9 @@ def shard(
             "allow_nan": allow_nan,
             "scaling": scaling,
         }
+        from zoobot_hpc.login.shard_submit import refuse_active_build
+
+        refuse_active_build(Path(out_dir))
         if submit:
             _submit_shard(catalog, out_dir, options, job_config, resources, images_per_task)
             return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +89,30 @@ def test_demo_data_submit_with_the_local_executor_writes_the_dataset_written_her
     assert result.exit_code == 0, result.output
     wait_for(lambda: (out / MANIFEST_NAME).exists(), timeout=100, what="the demo job's manifest")
     assert shard_digests(out) == shard_digests(tmp_path / "here")
+
+
+def test_a_second_build_is_refused_while_the_first_ones_job_runs(tmp_path: Path):
+    """The recorded build job is a live local controller (a stand-in process with its command line)."""
+    from zoobot_hpc.backends.local import process_start_ticks
+    from zoobot_hpc.core import run_dir as layout
+
+    catalog = tmp_path / "catalog.csv"
+    write_catalog_images(tmp_path, 8).to_csv(catalog, index=False)
+    out = tmp_path / "dataset"
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "submitit.local._local"])
+    try:
+        job = {"job_id": str(controller.pid), "submitit_folder": str(tmp_path), "process_start": None}
+        job["process_start"] = process_start_ticks(controller.pid)
+        (out / STATE_DIR).mkdir(parents=True)
+        layout.write_json(out / STATE_DIR / SUBMISSION, {"executor": "local", "tasks": [job], "finish": {}})
+        refused = CliRunner().invoke(main, ["shard", str(catalog), "--out", str(out), "--label-col", "label"])
+        assert refused.exit_code == 1
+        assert refused.output.strip() == (
+            f"Error: {out}: its build job {controller.pid} is queued or running (RUNNING): one dataset, one build "
+            "(wait for it to end)"
+        )
+    finally:
+        controller.kill()
+        controller.wait()
+    built = CliRunner().invoke(main, ["shard", str(catalog), "--out", str(out), "--label-col", "label", "--size", "8"])
+    assert built.exit_code == 0, built.output
