@@ -6,7 +6,7 @@ import pytest
 
 from zoobot_hpc.backends.base import ArrayLimits
 from zoobot_hpc.backends.slurm_config import parse_array_limits
-from zoobot_hpc.login.arrays import ArrayLimitError, split_arrays
+from zoobot_hpc.login.arrays import ArrayLimitError, describe_arrays, split_arrays
 
 
 def most_running_at_once(parts) -> int:
@@ -67,3 +67,18 @@ def test_scontrol_show_config_gives_the_limits():
     text = "Configuration data as of 2026-01-01\nMaxArraySize            = 4\nMaxJobCount             = 10000\n"
     assert parse_array_limits(text) == ArrayLimits(max_array_size=4, max_job_count=10000)
     assert parse_array_limits("MaxJobCount = 0\n") == ArrayLimits(max_array_size=None, max_job_count=None)
+
+
+def test_dry_run_lines_name_each_array_and_what_it_waits_on():
+    limits = ArrayLimits(max_array_size=3)
+    text = describe_arrays(split_arrays(10, 2, limits), limits)
+    assert text.splitlines() == [
+        "# 4 job arrays (the scheduler's MaxArraySize=3):",
+        "#   array 0: runs 0-1, 1 at a time",
+        "#   array 1: runs 2-4, 1 at a time",
+        "#   array 2: runs 5-6, 1 at a time, after array 0 has ended",
+        "#   array 3: runs 7-9, 1 at a time, after array 1 has ended",
+    ]
+    assert describe_arrays(split_arrays(5, 8, ArrayLimits()), ArrayLimits()) == (
+        "# one job array: tasks 0-4, 8 at a time"
+    )
