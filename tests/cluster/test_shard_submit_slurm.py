@@ -62,6 +62,7 @@ def test_shard_submit_with_a_preempted_task_builds_the_dataset_a_build_here_does
     wait_for(lambda: any((records / f"{s}.json").exists() for s in first["shards"]), 120, "the first task's shard")
     assert not all((records / f"{s}.json").exists() for s in first["shards"])
     node_list = slurm_cluster.run("squeue", "-h", "-o", "%N", "-j", first["job_id"]).stdout.strip()
+    before = {path.name: path.read_text() for path in records.glob("*.json")}
     slurm_cluster.preempt_low_jobs_on(slurm_cluster.run("scontrol", "show", "hostnames", node_list).stdout.split()[0])
     # the build here runs while the preempted task waits out its grace time and its requeue
     build_dataset(
@@ -82,5 +83,6 @@ def test_shard_submit_with_a_preempted_task_builds_the_dataset_a_build_here_does
     [task_log] = log.glob(f"{first['job_id']}_0_log.out")
     assert "stop signal after" in task_log.read_text()
     assert (out / MANIFEST_NAME).exists() and not (out / STATE_DIR / "units").exists()
+    assert {name: (records / name).read_text() for name in before} == before  # not written again by the requeue
     assert shard_digests(out) == shard_digests(tmp_path / "here")
     assert read_manifest(out).splits == read_manifest(tmp_path / "here").splits
