@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import JobSettings
+    from zoobot_hpc.core.config import SubmittedConfig
 
 
 class SchedulerMissing(ValueError):
@@ -109,19 +109,19 @@ class SchedulerBackend(Protocol):
         """The scheduler can take jobs from here (its clients are installed and its controller answers)."""
         ...
 
-    def check_resources(self, config: JobSettings) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         """Raise `ValueError` (one line naming the key) when the config's resources do not fit this scheduler,
         `SchedulerMissing` when its clients are not installed here."""
         ...
 
     def make_executor(
-        self, config: JobSettings, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.Executor:
         """A submitit executor for the config's resources, writing its files to `folder`."""
         ...
 
     def job_script(
-        self, config: JobSettings, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         """The script the scheduler would receive (for --dry-run), None when it takes none."""
         ...

@@ -19,7 +19,7 @@ from zoobot_hpc.core.job_result import read_result
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import JobSettings
+    from zoobot_hpc.core.config import SubmittedConfig
 
 LOCAL_SETUP = "local_submission.sh"
 LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every submitit local job's controller
@@ -92,7 +92,7 @@ class LocalBackend:
     def reachable(self) -> bool:
         return True
 
-    def check_resources(self, config: JobSettings) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         res = config.resources
         if res.nodes > 1:
             raise ValueError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
@@ -103,7 +103,7 @@ class LocalBackend:
             )
 
     def make_executor(
-        self, config: JobSettings, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.LocalExecutor:
         import submitit
 
@@ -119,7 +119,7 @@ class LocalBackend:
         return executor
 
     def job_script(
-        self, config: JobSettings, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         return None
 

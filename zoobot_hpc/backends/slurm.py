@@ -20,7 +20,7 @@ from zoobot_hpc.backends.slurm_partition import read_partition
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import JobSettings
+    from zoobot_hpc.core.config import SubmittedConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ class SlurmBackend:
             return False
         return probe.returncode == 0
 
-    def check_resources(self, config: JobSettings) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         if shutil.which("sbatch") is None:
             raise SchedulerMissing("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
 
     def make_executor(
-        self, config: JobSettings, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.SlurmExecutor:
         import submitit
 
@@ -125,7 +125,7 @@ class SlurmBackend:
         return executor
 
     def job_script(
-        self, config: JobSettings, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str:
         """The sbatch script SLURM receives, as submitit writes it."""
         executor = self.make_executor(config, folder, job_name, extra_setup)

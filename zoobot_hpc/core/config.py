@@ -256,7 +256,7 @@ class JobConfig(_Section):
     resources: ResourceSettings = ResourceSettings()
 
 
-JobSettings = RunConfig | JobConfig  # what a scheduler backend makes an executor for
+SubmittedConfig = RunConfig | JobConfig  # what a scheduler backend makes an executor for
 
 
 def split_override(text: str) -> tuple[str, str]:
