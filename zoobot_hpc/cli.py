@@ -159,7 +159,7 @@ def shard(
             "allow_nan": allow_nan,
             "scaling": scaling,
         }
-        from zoobot_hpc.login.shard_submit import refuse_active_build
+        from zoobot_hpc.login.build_status import refuse_active_build
 
         refuse_active_build(Path(out_dir))
         if submit:
@@ -512,13 +512,19 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def status(path: str) -> None:
     """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint; for a
-    search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
+    search, one line per trial (parameters, state, epochs, best metric) and the best so far; for a dataset built
+    by `shard --submit`, one line per task and the last step."""
     from pathlib import Path
 
+    from zoobot_hpc.data.shard_format import STATE_DIR
     from zoobot_hpc.login.arrays import arrays_line
+    from zoobot_hpc.login.build_status import SUBMISSION, build_status_lines
     from zoobot_hpc.login.status import collect_status
     from zoobot_hpc.search.study import is_search_dir
 
+    if (Path(path) / STATE_DIR / SUBMISSION).exists():
+        click.echo("\n".join(build_status_lines(Path(path))))
+        return
     if is_search_dir(Path(path)):
         from zoobot_hpc.core.config import ConfigError
         from zoobot_hpc.search.status import status_lines

@@ -16,7 +16,7 @@ from tests.cluster.test_slurm_jobs import cli
 from tests.support.jobs import wait_for
 from zoobot_hpc.data.build import build_dataset
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, STATE_DIR, read_manifest
-from zoobot_hpc.login.shard_submit import SUBMISSION
+from zoobot_hpc.login.build_status import SUBMISSION
 
 pytestmark = pytest.mark.slurm
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoobot_hpc.backends.base import JobRecord, Phase
 from zoobot_hpc.backends.job_setup import protect_submission_files
 from zoobot_hpc.backends.registry import get_backend, resolve_backend
 from zoobot_hpc.core import atomic
@@ -24,34 +23,11 @@ from zoobot_hpc.core.config import JobConfig
 from zoobot_hpc.data.build import PreparedBuild
 from zoobot_hpc.data.shard_format import STATE_DIR
 from zoobot_hpc.login.arrays import plan_arrays, submit_arrays
-from zoobot_hpc.login.preflight import PreflightError
+from zoobot_hpc.login.build_status import SUBMISSION
 from zoobot_hpc.runtime.build_job import BuildShardsJob, FinishBuildJob, pack_tasks
 
 log = logging.getLogger(__name__)
 IMAGES_PER_TASK = 100_000  # about 4 CPU-minutes of 424 -> 224 px JPEG decoding (2.6 ms an image on one core)
-SUBMISSION = "build_submission.json"
-
-
-def refuse_active_build(out_dir: Path) -> None:
-    """One dataset, one build: a PreflightError (one line) while a submitted build's job is queued or running, since
-    planning again rewrites the work units its tasks read."""
-    submitted = layout.read_json(Path(out_dir) / STATE_DIR / SUBMISSION) or {}
-    try:
-        backend = get_backend(str(submitted["executor"]))
-    except (KeyError, ValueError):
-        return
-    jobs = [
-        JobRecord(str(job["job_id"]), Path(job.get("submitit_folder", ".")), job.get("process_start"))
-        for job in [*submitted.get("tasks", []), submitted.get("finish", {})]
-        if job.get("job_id")
-    ]
-    states = backend.job_states(jobs)
-    active = [job.job_id for job in jobs if backend.phase(states.get(job.job_id, "UNKNOWN")) is Phase.ACTIVE]
-    if active:
-        raise PreflightError(
-            f"{out_dir}: its build job {active[0]} is queued or running ({states[active[0]]}): one dataset, one "
-            "build (wait for it to end)"
-        )
 
 
 @dataclass

@@ -16,7 +16,7 @@ from tests.unit.data.conftest import write_catalog_images
 from zoobot_hpc.cli import main
 from zoobot_hpc.data.build import build_dataset
 from zoobot_hpc.data.shard_format import MANIFEST_NAME, STATE_DIR, read_manifest
-from zoobot_hpc.login.shard_submit import SUBMISSION
+from zoobot_hpc.login.build_status import SUBMISSION
 from zoobot_hpc.runtime.build_job import pack_tasks
 
 OPTIONS = {"label_cols": ["label", "redshift"], "size": 16, "shard_size_bytes": 16 * 16 * 3 * 5}
@@ -38,6 +38,14 @@ def test_shards_are_packed_into_tasks_of_about_equal_images():
     assert pack_tasks([7], 0) == [[0]]
 
 
+def ended_status(out: Path) -> list[str] | None:
+    """`status` of a build once its last step has ended."""
+    status = CliRunner().invoke(main, ["status", str(out)])
+    assert status.exit_code == 0, status.output
+    lines = status.output.strip().splitlines()
+    return lines if "last step" in lines[-1] and " ENDED " in lines[-1] else None
+
+
 @pytest.mark.timeout(180)
 def test_shard_submit_with_the_local_executor_builds_the_same_dataset(tmp_path: Path):
     catalog = tmp_path / "catalog.csv"
@@ -56,6 +64,11 @@ def test_shard_submit_with_the_local_executor_builds_the_same_dataset(tmp_path: 
     print(f"local shard --submit took {time.monotonic() - started:.1f} s")
     assert shard_digests(out) == shard_digests(tmp_path / "here")
     assert read_manifest(out).splits == here.splits
+    lines = wait_for(lambda: ended_status(out), timeout=60, what="the last step's end")
+    head, *tasks, _ = lines
+    shards = sum(len(task["shards"]) for task in record["tasks"])
+    assert head == f"build of {out}: {shards}/{shards} shards written, manifest written"
+    assert len(tasks) == 4 and all("ENDED" in line for line in tasks), lines
 
 
 @pytest.mark.timeout(120)
