@@ -94,6 +94,14 @@ class Numbers(click.ParamType):
 @click.option("--asinh-softening", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--bands", type=Numbers(int), default=None, help="FITS image planes to use as channels, e.g. 2,1,0.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--submit", is_flag=True, help="Write the shards as a job array (resources.executor; local without one).")
+@click.option(
+    "--config", "job_config", type=click.Path(exists=True, dir_okay=False), help="--submit: YAML with resources."
+)
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. partition=low.")
+@click.option(
+    "--images-per-task", default=100_000, show_default=True, type=click.IntRange(min=1), help="--submit: task size."
+)
 def shard(
     catalog: str,
     out_dir: str,
@@ -114,12 +122,19 @@ def shard(
     asinh_softening: float,
     bands: tuple[int, ...] | None,
     progress: bool,
+    submit: bool,
+    job_config: str | None,
+    resources: tuple[str, ...],
+    images_per_task: int,
 ) -> None:
     """Build HDF5 shards from a CSV/parquet CATALOG or a Hugging Face dataset (parquet file or folder, or a
-    `save_to_disk` folder) whose --image-col holds encoded images."""
+    `save_to_disk` folder) whose --image-col holds encoded images. With --submit the shards are written by a job
+    array (tasks of --images-per-task images, each with resources.cpus_per_task processes) and the manifest by
+    its last step; the catalog is planned here."""
     from zoobot_hpc.core.disk_space import OutOfSpace
     from zoobot_hpc.data.build import build_dataset, failure_lines
     from zoobot_hpc.data.stretch import ImageScaling
+    from zoobot_hpc.login.preflight import PreflightError
 
     try:
         if schema is not None:
@@ -132,26 +147,29 @@ def shard(
             scaling = ImageScaling(stretch, *percentiles, asinh_softening=asinh_softening, bands=bands)
         elif bands is not None:
             raise ValueError("--bands selects FITS planes, which need --stretch as well")
-        manifest = build_dataset(
-            catalog,
-            out_dir,
-            image_col=image_col,
-            id_col=id_col,
-            label_cols=label_cols,
-            size=size,
-            channels=int(channels),
-            split_fractions=split_fractions,
-            split_col=split_col,
-            num_workers=workers,
-            shard_size_bytes=shard_size,
-            on_error=on_error,
-            progress=progress,
-            allow_nan=allow_nan,
-            scaling=scaling,
-        )
+        options = {
+            "image_col": image_col,
+            "id_col": id_col,
+            "label_cols": label_cols,
+            "size": size,
+            "channels": int(channels),
+            "split_fractions": split_fractions,
+            "split_col": split_col,
+            "shard_size_bytes": shard_size,
+            "on_error": on_error,
+            "allow_nan": allow_nan,
+            "scaling": scaling,
+        }
+        from zoobot_hpc.login.build_status import refuse_active_build
+
+        refuse_active_build(Path(out_dir))
+        if submit:
+            _submit_shard(catalog, out_dir, options, job_config, resources, images_per_task)
+            return
+        manifest = build_dataset(catalog, out_dir, num_workers=workers, progress=progress, **options)
     except OutOfSpace as error:
         _fail(error)
-    except ValueError as error:
+    except (ValueError, PreflightError) as error:
         if "unreadable images" in str(error):
             for line in failure_lines(out_dir):
                 click.echo(line, err=True)
@@ -162,6 +180,27 @@ def shard(
     click.echo(f"wrote {out_dir}: {counts}")
 
 
+def _submit_shard(
+    catalog: str, out_dir: str, options: dict, job_config: str | None, resources: tuple[str, ...], images_per_task: int
+) -> None:
+    """`shard --submit`: plan here, submit the build's array and its last step."""
+    from zoobot_hpc.core.config import load_job_config
+    from zoobot_hpc.data.build import prepare_build
+    from zoobot_hpc.login.shard_submit import submit_build
+
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"shard-{Path(out_dir).name}")
+    config = load_job_config(job_config, resources, name=name)
+    prepared = prepare_build(catalog, out_dir, **options)
+    done = submit_build(prepared, config, images_per_task)
+    click.echo(
+        f"submitted {len(done.tasks)} build task(s) for {len(prepared.tasks)} shard(s) and the last step "
+        f"{done.finish.job_id} (it writes the manifest) with the {done.executor} executor; record: {done.record}"
+    )
+    for job in done.tasks:
+        click.echo(f"  job {job.job_id}  log: {job.paths.stdout}")
+    click.echo(f"  job {done.finish.job_id}  last step, log: {done.finish.paths.stdout}")
+
+
 @main.command("demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n_galaxies", default=1200, show_default=True, type=click.IntRange(min=1))
@@ -169,9 +208,33 @@ def shard(
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--shard-size", default="2GB", show_default=True, type=ByteSize(), help="Max bytes per shard.")
-def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers: int, shard_size: int) -> None:
+@click.option("--submit", is_flag=True, help="Write it in a job (resources.executor; local without a scheduler).")
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. cpus_per_task=8.")
+def demo_data(
+    out_dir: str,
+    n_galaxies: int,
+    image_size: int,
+    seed: int,
+    workers: int,
+    shard_size: int,
+    submit: bool,
+    resources: tuple[str, ...],
+) -> None:
     """Write a synthetic galaxy dataset to OUT_DIR (no download needed)."""
     from zoobot_hpc.data.demo import write_demo_dataset
+
+    if submit:
+        from zoobot_hpc.core.config import ConfigError, load_job_config
+        from zoobot_hpc.login.shard_submit import submit_demo
+
+        name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"demo-{Path(out_dir).name}")
+        try:
+            config = load_job_config(None, resources, name)
+            job = submit_demo(Path(out_dir), config, n_galaxies, image_size, seed, shard_size)
+        except ConfigError as error:
+            _fail(error)
+        click.echo(f"submitted demo-data job {job.job_id}; log: {job.paths.stdout}")
+        return
 
     manifest = write_demo_dataset(
         out_dir, n_galaxies, image_size, seed, num_workers=workers, shard_size_bytes=shard_size
@@ -194,16 +257,33 @@ def demo_data(out_dir: str, n_galaxies: int, image_size: int, seed: int, workers
     "--locking/--no-locking", default=False, show_default=True, help="HDF5 file locking (off for Lustre/GPFS/NFS)."
 )
 @click.option("--label-col", "label_cols", multiple=True, help="Label column that must exist (repeatable).")
+@click.option("--submit", is_flag=True, help="With --checksums: hash in a job (resources.executor), not here.")
+@click.option(
+    "--config", "job_config", type=click.Path(exists=True, dir_okay=False), help="--submit: YAML with resources."
+)
+@click.option("--resource", "resources", multiple=True, help="--submit: a resources KEY=VALUE, e.g. partition=low.")
 def inspect(
-    dataset_dir: str, checksums: bool, rehash: bool, workers: int | None, locking: bool, label_cols: tuple[str, ...]
+    dataset_dir: str,
+    checksums: bool,
+    rehash: bool,
+    workers: int | None,
+    locking: bool,
+    label_cols: tuple[str, ...],
+    submit: bool,
+    job_config: str | None,
+    resources: tuple[str, ...],
 ) -> None:
     """Validate a shard dataset and print its summary; exit code 0 only when it is valid.
 
     By default: structure, counts, ids (unique), labels and a sample of every shard's pixels, read from the
-    shards' metadata (seconds for millions of images)."""
+    shards' metadata (seconds for millions of images). `--checksums --submit` hashes every shard in a job, whose
+    verdict is written to DATASET/.zoobot-build/checksum_job.json."""
     from zoobot_hpc.data.shard_format import DatasetError
     from zoobot_hpc.data.validate import inspect_dataset
 
+    if submit:
+        _submit_checksums(dataset_dir, checksums, rehash, label_cols, job_config, resources)
+        return
     try:
         summary = inspect_dataset(
             dataset_dir,
@@ -218,6 +298,35 @@ def inspect(
     click.echo(summary.format())
     if not summary.is_valid:
         raise SystemExit(1)
+
+
+def _submit_checksums(
+    dataset_dir: str,
+    checksums: bool,
+    rehash: bool,
+    label_cols: tuple[str, ...],
+    job_config: str | None,
+    resources: tuple[str, ...],
+) -> None:
+    """`inspect --checksums --submit`: the checksum job, submitted."""
+    from pathlib import Path
+
+    from zoobot_hpc.core.config import ConfigError, load_job_config
+    from zoobot_hpc.data.shard_format import DatasetError
+    from zoobot_hpc.login.shard_submit import submit_checksums
+    from zoobot_hpc.runtime.inspect_job import result_path
+
+    if not checksums:
+        _fail(
+            ValueError("--submit runs the checksums as a job: add --checksums (the default checks take seconds here)")
+        )
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]", "-", f"checksums-{Path(dataset_dir).name}")
+    try:
+        job = submit_checksums(Path(dataset_dir), load_job_config(job_config, resources, name), label_cols, rehash)
+    except (ConfigError, DatasetError) as error:
+        _fail(error)
+    click.echo(f"submitted checksum job {job.job_id}; log: {job.paths.stdout}")
+    click.echo(f"  its verdict: {result_path(Path(dataset_dir))}")
 
 
 def _fail(error: Exception) -> None:
@@ -411,12 +520,19 @@ def train(config: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def status(path: str) -> None:
     """One line per run of a sweep or run directory: state, requeues, epoch, best metric, checkpoint; for a
-    search, one line per trial (parameters, state, epochs, best metric) and the best so far."""
+    search, one line per trial (parameters, state, epochs, best metric) and the best so far; for a dataset built
+    by `shard --submit`, one line per task and the last step."""
     from pathlib import Path
 
+    from zoobot_hpc.data.shard_format import STATE_DIR
+    from zoobot_hpc.login.arrays import arrays_line
+    from zoobot_hpc.login.build_status import SUBMISSION, build_status_lines
     from zoobot_hpc.login.status import collect_status
     from zoobot_hpc.search.study import is_search_dir
 
+    if (Path(path) / STATE_DIR / SUBMISSION).exists():
+        click.echo("\n".join(build_status_lines(Path(path))))
+        return
     if is_search_dir(Path(path)):
         from zoobot_hpc.core.config import ConfigError
         from zoobot_hpc.search.status import status_lines
@@ -429,6 +545,9 @@ def status(path: str) -> None:
     rows = collect_status(Path(path))
     if not rows:
         _fail(ValueError(f"{path}: no run directories (with config.yaml) found"))
+    header = arrays_line(Path(path))
+    if header:
+        click.echo(header)
     for row in rows:
         click.echo(row.line())
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,36 @@ class SlurmCluster:
     def reboot_node(self, node: str) -> None:
         """`node` comes back empty (`cluster.sh reboot-node`), and idle once this returns."""
         _check(_cluster_command("reboot-node", self.root, node, timeout=START_TIMEOUT_S))
+
+    def config_value(self, key: str) -> str | None:
+        """`KEY` as the controller reports it now (`scontrol show config`)."""
+        shown = self.run("scontrol", "show", "config").stdout
+        found = re.search(rf"^{key}\s*=\s*(\S+)", shown, flags=re.MULTILINE)
+        return found.group(1) if found else None
+
+    @contextmanager
+    def configured(self, key: str, value: str, timeout: float = 30) -> Iterator[None]:
+        """slurm.conf with `KEY=VALUE` (`scontrol reconfigure`) for the block, then the original file again.
+        Only what the controller reports changes at once; some values (MaxArraySize) it enforces only after a
+        restart."""
+        conf = Path(self.env["SLURM_CONF"])
+        original = conf.read_text()
+        before = self.config_value(key)
+        conf.write_text(f"{original}{key}={value}\n")
+        try:
+            self._reconfigure_until(key, value, timeout)
+            yield
+        finally:
+            conf.write_text(original)
+            self._reconfigure_until(key, before, timeout)
+
+    def _reconfigure_until(self, key: str, value: str | None, timeout: float) -> None:
+        self.run("scontrol", "reconfigure")
+        deadline = time.monotonic() + timeout
+        while self.config_value(key) != value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{key} still {self.config_value(key)} after reconfigure, not {value}")
+            time.sleep(0.1)
 
     def wait_for_state(self, job_id: str | int, states: Iterable[str], timeout: float = 60) -> str:
         """Wait until the job (every task of an array) is in one of `states`; return that state.

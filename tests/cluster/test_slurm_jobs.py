@@ -117,30 +117,35 @@ def test_ddp_two_nodes_of_two_tasks_split_data_evenly_and_stay_in_sync(tmp_path,
 
 
 @pytest.mark.timeout(480)
-def test_grid_is_one_array_job_with_its_own_run_dirs_and_wandb_names(tmp_path, demo_dataset, slurm_cluster):
+def test_grid_past_max_array_size_is_two_arrays_of_one_sweep_with_its_own_run_dirs_and_wandb_names(
+    tmp_path, demo_dataset, slurm_cluster
+):
     config = write_test_config(
         tmp_path,
         demo_dataset,
         name="grid",
         resources__executor="slurm",
+        resources__array_parallelism=4,  # two lanes of 2: the four runs at once, as one array ran them
         trainer__max_epochs=1,
         trainer__limit_train_batches=3,
         trainer__limit_val_batches=2,
         data__num_workers=0,
     )
     grid = Path(__file__).resolve().parents[2] / "configs" / "grids" / "lr_layer_decay.yaml"
-    result = cli("submit", str(config), "--grid", str(grid), "--sweep-name", "lr-ld")
+    with slurm_cluster.configured("MaxArraySize", "2"):
+        result = cli("submit", str(config), "--grid", str(grid), "--sweep-name", "lr-ld")
     assert result.returncode == 0, result.stderr
     job_ids = submitted_job_ids(result.stdout)
     assert len(job_ids) == 4
-    array_ids = {job.split("_")[0] for job in job_ids}
-    assert len(array_ids) == 1, job_ids
-    assert sorted(job.split("_")[1] for job in job_ids) == ["0", "1", "2", "3"]
-    [array_id] = array_ids
-    slurm_cluster.wait_for_state(array_id, ["COMPLETED"], timeout=420)
+    array_ids = sorted({job.split("_")[0] for job in job_ids})
+    assert len(array_ids) == 2, job_ids
+    assert sorted(job.split("_")[1] for job in job_ids) == ["0", "0", "1", "1"]
+    for array_id in array_ids:
+        slurm_cluster.wait_for_state(array_id, ["COMPLETED"], timeout=420)
 
     sweep_dir = tmp_path / "runs" / "lr-ld"
     sweep = layout.read_json(sweep_dir / layout.SWEEP)
+    assert [array["job_id"] for array in sweep["arrays"]] == array_ids
     names = sorted(run["name"] for run in sweep["runs"])
     assert names == sorted(
         f"learning_rate={lr},layer_decay={ld}" for lr in ("0.0003", "0.001") for ld in ("0.5", "0.75")
@@ -152,7 +157,8 @@ def test_grid_is_one_array_job_with_its_own_run_dirs_and_wandb_names(tmp_path, d
 
     status = cli("status", str(sweep_dir))
     assert status.returncode == 0, status.stderr
-    lines = status.stdout.strip().splitlines()
+    header, *lines = status.stdout.strip().splitlines()
+    assert header == f"sweep lr-ld: 4 runs in 2 job arrays ({' '.join(array_ids)}), 4 at a time over all of them"
     assert len(lines) == 4
     assert all("COMPLETED" in line and "epoch=1/1" in line for line in lines), status.stdout
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import RunConfig
+    from zoobot_hpc.core.config import SubmittedConfig
 
 
 class SchedulerMissing(ValueError):
@@ -82,6 +82,14 @@ class Partition:
         return "CANCEL" in self.preempt_mode.split(",")
 
 
+@dataclass(frozen=True)
+class ArrayLimits:
+    """How large the scheduler lets a job array be and how many jobs it holds at once (None: no limit)."""
+
+    max_array_size: int | None = None  # task indices run 0 .. max_array_size - 1; 0: arrays are switched off
+    max_job_count: int | None = None  # job records the scheduler holds at once (an array's pending tasks: one)
+
+
 class SchedulerBackend(Protocol):
     """One scheduler: the login node's side (executors, job states, cancel, partitions) and the compute node's
     side (this job's identity, requeue myself, was this stop the time limit).
@@ -101,21 +109,36 @@ class SchedulerBackend(Protocol):
         """The scheduler can take jobs from here (its clients are installed and its controller answers)."""
         ...
 
-    def check_resources(self, config: RunConfig) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         """Raise `ValueError` (one line naming the key) when the config's resources do not fit this scheduler,
         `SchedulerMissing` when its clients are not installed here."""
         ...
 
     def make_executor(
-        self, config: RunConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.Executor:
         """A submitit executor for the config's resources, writing its files to `folder`."""
         ...
 
     def job_script(
-        self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         """The script the scheduler would receive (for --dry-run), None when it takes none."""
+        ...
+
+    def array_limits(self) -> ArrayLimits:
+        """The scheduler's limits on job arrays, as its configuration says now."""
+        ...
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: Sequence[str] = ()
+    ) -> list[submitit.Job[Any]]:
+        """Submit `calls` as one job array running at most `parallelism` tasks at once, starting once every task
+        of the arrays whose job ids are `after` has ended (any outcome); one job per call."""
+        ...
+
+    def array_job_id(self, job_id: str) -> str:
+        """The id of the array a job id belongs to (the job's own id where it is no array task)."""
         ...
 
     def job_states(self, jobs: Sequence[JobRecord]) -> dict[str, str]:

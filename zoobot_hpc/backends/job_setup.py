@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 from zoobot_hpc.core import atomic
-from zoobot_hpc.core.config import ConfigError, RunConfig
+from zoobot_hpc.core.config import ConfigError, SubmittedConfig
 from zoobot_hpc.core.stop_signals import PREEMPT_SIGNAL_ENV, parse_signal
 
 
-def requeue_signal_name(config: RunConfig) -> str:
+def requeue_signal_name(config: SubmittedConfig) -> str:
     """The signal the scheduler sends before the time limit: a `--signal` in `resources.sbatch_extra`, else
     `SUBMITIT_PREEMPT_SIGNAL` here, else USR2 (submitit's default), as a name without `SIG`."""
     extra = config.resources.sbatch_extra.get("signal")
@@ -22,7 +22,7 @@ def requeue_signal_name(config: RunConfig) -> str:
         raise ConfigError(f"resources.sbatch_extra.signal={extra!r}: {error}") from None
 
 
-def job_setup(config: RunConfig, extra_setup: list[str] | tuple[str, ...] = ()) -> list[str]:
+def job_setup(config: SubmittedConfig, extra_setup: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The job's set-up lines: the config's, after telling submitit on the compute node which signal asks for a
     requeue (its handler, and ours, must listen for the signal the scheduler will actually send), and
     `extra_setup` (a search's storage URL)."""

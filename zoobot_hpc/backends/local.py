@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase
+from zoobot_hpc.backends.base import ArrayLimits, JobRecord, JobStart, Partition, Phase
 from zoobot_hpc.backends.job_setup import job_setup
 from zoobot_hpc.core import atomic
 from zoobot_hpc.core.job_result import read_result
@@ -19,7 +19,7 @@ from zoobot_hpc.core.job_result import read_result
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import RunConfig
+    from zoobot_hpc.core.config import SubmittedConfig
 
 LOCAL_SETUP = "local_submission.sh"
 LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every submitit local job's controller
@@ -92,7 +92,7 @@ class LocalBackend:
     def reachable(self) -> bool:
         return True
 
-    def check_resources(self, config: RunConfig) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         res = config.resources
         if res.nodes > 1:
             raise ValueError(f"resources.nodes={res.nodes}: the local executor runs on one node only")
@@ -103,7 +103,7 @@ class LocalBackend:
             )
 
     def make_executor(
-        self, config: RunConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.LocalExecutor:
         import submitit
 
@@ -119,9 +119,25 @@ class LocalBackend:
         return executor
 
     def job_script(
-        self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str | None:
         return None
+
+    def array_limits(self) -> ArrayLimits:
+        return ArrayLimits()
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: Sequence[str] = ()
+    ) -> list[submitit.Job[Any]]:
+        """Every call at once, each its own controller process: the local executor has no arrays to limit and
+        cannot hold a job back (`after`), so a job that must follow others waits for them itself."""
+        if len(calls) == 1:
+            return [executor.submit(calls[0])]
+        with executor.batch():
+            return [executor.submit(call) for call in calls]
+
+    def array_job_id(self, job_id: str) -> str:
+        return job_id
 
     def job_state(self, job: JobRecord) -> str:
         """Its controller process, else the outcome the job wrote in its run dir."""

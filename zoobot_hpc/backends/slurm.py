@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoobot_hpc.backends.base import JobRecord, JobStart, Partition, Phase, SchedulerMissing
+from zoobot_hpc.backends.base import ArrayLimits, JobRecord, JobStart, Partition, Phase, SchedulerMissing
 from zoobot_hpc.backends.job_setup import job_setup
+from zoobot_hpc.backends.slurm_config import read_array_limits
 from zoobot_hpc.backends.slurm_partition import read_partition
 
 if TYPE_CHECKING:
     import submitit
 
-    from zoobot_hpc.core.config import RunConfig
+    from zoobot_hpc.core.config import SubmittedConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,12 @@ class SlurmBackend:
             return False
         return probe.returncode == 0
 
-    def check_resources(self, config: RunConfig) -> None:
+    def check_resources(self, config: SubmittedConfig) -> None:
         if shutil.which("sbatch") is None:
             raise SchedulerMissing("resources.executor=slurm but `sbatch` is not on PATH (use executor=local)")
 
     def make_executor(
-        self, config: RunConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, extra_setup: Sequence[str] = ()
     ) -> submitit.SlurmExecutor:
         import submitit
 
@@ -124,13 +125,30 @@ class SlurmBackend:
         return executor
 
     def job_script(
-        self, config: RunConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
+        self, config: SubmittedConfig, folder: Path, job_name: str, array_size: int, extra_setup: Sequence[str] = ()
     ) -> str:
         """The sbatch script SLURM receives, as submitit writes it."""
         executor = self.make_executor(config, folder, job_name, extra_setup)
         if array_size > 1:
             executor.parameters["map_count"] = array_size
         return executor._make_submission_file_text(executor._submitit_command_str, "DRYRUN")
+
+    def array_limits(self) -> ArrayLimits:
+        return read_array_limits()
+
+    def submit_array(
+        self, executor: submitit.Executor, calls: Sequence[Any], parallelism: int, after: Sequence[str] = ()
+    ) -> list[submitit.Job[Any]]:
+        """One `sbatch --array=0-N%P` (a plain job for one call), `--dependency=afterany:A:B` after `after`."""
+        dependency = "afterany:" + ":".join(self.array_job_id(job) for job in after) if after else None
+        executor.update_parameters(array_parallelism=parallelism, dependency=dependency)
+        if len(calls) == 1:
+            return [executor.submit(calls[0])]
+        with executor.batch():
+            return [executor.submit(call) for call in calls]
+
+    def array_job_id(self, job_id: str) -> str:
+        return job_id.partition("_")[0]
 
     def job_states(self, jobs: Sequence[JobRecord]) -> dict[str, str]:
         """From sacct, through submitit's job watcher (one call for every array), and squeue for jobs sacct does
@@ -159,8 +177,9 @@ class SlurmBackend:
         return PHASES.get(state, Phase.UNKNOWN)
 
     def cancel(self, jobs: Sequence[JobRecord]) -> list[str]:
-        """`scancel` of every job, once per array (an array task's id names its whole array)."""
-        ids = sorted({job.job_id.split("_")[0] if "_" in job.job_id else job.job_id for job in jobs})
+        """`scancel` of every job, once per array (an array task's id names its whole array); the newest first, so
+        that no array waiting on an older one starts as that one ends."""
+        ids = sorted({self.array_job_id(job.job_id) for job in jobs}, key=lambda job: (len(job), job), reverse=True)
         if ids:
             subprocess.run(["scancel", *ids], check=True)
         return ids

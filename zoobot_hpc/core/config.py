@@ -7,6 +7,7 @@ Login-node code loads configs, so this module (and what it imports) never import
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -254,6 +255,16 @@ class RunConfig(_Section):
         return self.resources.nodes * self.resources.tasks_per_node
 
 
+class JobConfig(_Section):
+    """The config of a job that trains nothing (a shard build): its name and resources."""
+
+    name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
+    resources: ResourceSettings = ResourceSettings()
+
+
+SubmittedConfig = RunConfig | JobConfig  # what a scheduler backend makes an executor for
+
+
 def split_override(text: str) -> tuple[str, str]:
     """Split `a.b.c=value` into ('a.b.c', 'value'), with a one-line error for anything else."""
     key, sep, raw = text.partition("=")
@@ -351,3 +362,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (round-trips through load_config)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def load_job_config(path: str | Path | None, overrides: Sequence[str], name: str) -> JobConfig:
+    """The resources of a job that trains nothing: a YAML file's `resources:` section (a run config will do),
+    then `KEY=VALUE` overrides of it (`partition=low` or `resources.partition=low`)."""
+    raw = load_yaml(path) if path else {}
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{path}: 'resources' must be a mapping")
+    document: dict[str, Any] = {"name": name, "resources": dict(resources)}
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(document["resources"], key[1:] if key[0] == "resources" else key, value)
+    try:
+        return JobConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'resources'}: {_describe(exc)}") from None

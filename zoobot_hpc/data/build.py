@@ -460,6 +460,75 @@ def _open_source(
     return open_catalog(catalog, image_col, id_col, split_col, label_cols)
 
 
+@dataclass
+class PreparedBuild:
+    """A planned build: its work units as tasks, and what the manifest needs once every shard is written."""
+
+    out_dir: Path
+    catalog: Path
+    on_error: str
+    tasks: list[UnitTask]
+    counts: list[int]  # images planned for each task's shard
+    label_dtypes: dict[str, str]
+    image_shape: tuple[int, int, int]
+    allow_nan: tuple[str, ...]
+    id_col: str
+    provenance: dict[str, Any]
+
+
+def prepare_build(  # noqa: PLR0913 (the `shard` command's options; a BuildRequest dataclass would be the next step)
+    catalog: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    image_col: str = "file_loc",
+    id_col: str = "id_str",
+    label_cols: Sequence[str] = (),
+    size: int = 224,
+    channels: int = 3,
+    split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    split_col: str | None = None,
+    shard_size_bytes: int = DEFAULT_SHARD_SIZE_BYTES,
+    on_error: str = "fail",
+    allow_nan: Sequence[str] = (),
+    scaling: ImageScaling | None = None,
+) -> PreparedBuild:
+    """Check the catalog and plan the build in one streaming pass (`build_planning`): one work unit per shard,
+    written under `out_dir`. An old manifest is removed: it is written again only when every shard is done."""
+    catalog, out_dir = Path(catalog), Path(out_dir)
+    _check_build_args(label_cols, allow_nan, channels, size, on_error)
+    scan = _open_source(catalog, image_col, id_col, split_col, label_cols)
+    for name in label_cols:
+        if name in SAMPLE_KEYS:
+            raise DatasetError(f"{catalog}: label column {name!r} clashes with a sample key {SAMPLE_KEYS}; rename it")
+    provenance = dict(scan.provenance)
+    if scaling is not None:
+        provenance["image_scaling"] = scaling.to_dict()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    image_shape = (size, size, channels)
+    plan = plan_build(scan, out_dir, image_shape, shard_size_bytes, split_fractions, allow_nan)
+    warn_of_space(out_dir, plan.rows, image_shape, len(plan.label_dtypes), len(plan.units))
+    embedded_col = image_col if scan.embedded is not None else None
+    tasks = [
+        UnitTask(
+            unit.path,
+            out_dir,
+            unit.shard,
+            unit.split,
+            size,
+            channels,
+            on_error,
+            plan.label_dtypes,
+            scaling,
+            embedded_col,
+        )
+        for unit in plan.units
+    ]
+    counts = [unit.count for unit in plan.units]
+    return PreparedBuild(
+        out_dir, catalog, on_error, tasks, counts, plan.label_dtypes, image_shape, tuple(allow_nan), id_col, provenance
+    )
+
+
 def build_dataset(  # noqa: PLR0913 (the `shard` command's options; a BuildRequest dataclass would be the next step)
     catalog: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -492,49 +561,30 @@ def build_dataset(  # noqa: PLR0913 (the `shard` command's options; a BuildReque
     them are written all the same. With `on_error='skip'` the dataset is finished without them; with 'fail' the
     build raises after every shard is done and keeps them, so a rerun (with 'skip', or after the files are fixed)
     decodes only what is missing. Re-running resumes: finished shards are trusted by their writer records. The
-    manifest is written last.
+    manifest is written last. (`zoobot_hpc.login.shard_submit` runs the same build as a job array.)
     """
-    catalog, out_dir = Path(catalog), Path(out_dir)
-    _check_build_args(label_cols, allow_nan, channels, size, on_error)
-    scan = _open_source(catalog, image_col, id_col, split_col, label_cols)
-    for name in label_cols:
-        if name in SAMPLE_KEYS:
-            raise DatasetError(f"{catalog}: label column {name!r} clashes with a sample key {SAMPLE_KEYS}; rename it")
-    provenance = dict(scan.provenance)
-    if scaling is not None:
-        provenance["image_scaling"] = scaling.to_dict()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    image_shape = (size, size, channels)
-    plan = plan_build(scan, out_dir, image_shape, shard_size_bytes, split_fractions, allow_nan)
-    warn_of_space(out_dir, plan.rows, image_shape, len(plan.label_dtypes), len(plan.units))
-    embedded_col = image_col if scan.embedded is not None else None
-    tasks = [
-        UnitTask(
-            unit.path,
-            out_dir,
-            unit.shard,
-            unit.split,
-            size,
-            channels,
-            on_error,
-            plan.label_dtypes,
-            scaling,
-            embedded_col,
-        )
-        for unit in plan.units
-    ]
+    prepared = prepare_build(
+        catalog,
+        out_dir,
+        image_col,
+        id_col,
+        label_cols,
+        size,
+        channels,
+        split_fractions,
+        split_col,
+        shard_size_bytes,
+        on_error,
+        allow_nan,
+        scaling,
+    )
     try:
-        results = _run_tasks(tasks, [unit.count for unit in plan.units], num_workers, progress)
+        results = _run_tasks(prepared.tasks, prepared.counts, num_workers, progress)
     except OSError as error:  # a shard that ran out of room: the one line of core.disk_space, not HDF5's words
         if not says_out_of_space(error):
             raise
-        raise (out_of_space(error, out_dir, "the shards into", 0) or error) from None
-    manifest = _finish_dataset(
-        out_dir, catalog, on_error, tasks, results, plan.label_dtypes, image_shape, allow_nan, id_col, provenance
-    )
-    remove_units(out_dir)
-    return manifest
+        raise (out_of_space(error, prepared.out_dir, "the shards into", 0) or error) from None
+    return finish_build(prepared, results)
 
 
 def warn_of_space(out_dir: Path, rows: int, image_shape: tuple[int, int, int], labels: int, shards: int) -> None:
@@ -547,22 +597,23 @@ def warn_of_space(out_dir: Path, rows: int, image_shape: tuple[int, int, int], l
         log.warning("%s", warning)
 
 
-def _finish_dataset(  # noqa: PLR0913 (the build's outcome parts, written together)
-    out_dir: Path,
-    catalog: Path,
-    on_error: str,
-    tasks: Sequence[UnitTask],
-    results: Sequence[ShardResult],
-    label_dtypes: dict[str, str],
-    image_shape: tuple[int, int, int],
-    allow_nan: Sequence[str],
-    id_col: str,
-    provenance: dict[str, Any],
-) -> Manifest:
-    """Write the build report; unless images failed (with on_error='fail') or none was read, the manifest."""
-    report = _write_report(out_dir, catalog, on_error, list(results))
+def recorded_result(task: UnitTask) -> ShardResult | None:
+    """What the writer of a task's shard recorded, while the record is trusted (the same plan, the file it
+    finished); None when the shard is not done."""
+    rows = _read_rows(task)
+    record = read_record(task.out_dir, task.shard)
+    if record is None or record.plan_sha256 != rows.digest or not record.matches_file(task.path):
+        return None
+    return ShardResult(record.info(), list(record.failed), reused=True)
+
+
+def finish_build(prepared: PreparedBuild, results: Sequence[ShardResult]) -> Manifest:
+    """Write the build report; unless images failed (with on_error='fail') or none was read, the manifest; then
+    remove the work units."""
+    report = _write_report(prepared.out_dir, prepared.catalog, prepared.on_error, list(results))
     failures = [failure for result in results for failure in result.failures]
-    if failures and on_error == "fail":
+    catalog = prepared.catalog
+    if failures and prepared.on_error == "fail":
         first = failures[0]
         raise DatasetError(
             f"{catalog}: {len(failures)} unreadable images (first {first['path']}: {first['error']}); "
@@ -570,21 +621,22 @@ def _finish_dataset(  # noqa: PLR0913 (the build's outcome parts, written togeth
             "on_error='skip'"
         )
     shard_splits: dict[str, list[ShardInfo]] = {}
-    for task, result in zip(tasks, results, strict=True):
+    for task, result in zip(prepared.tasks, results, strict=True):
         if result.info is not None:
             shard_splits.setdefault(task.split, []).append(result.info)
     if not shard_splits:
         raise DatasetError(f"{catalog}: no image could be read; see {report}")
     manifest = Manifest(
         format_version=FORMAT_VERSION,
-        image_shape=image_shape,
-        label_columns=dict(label_dtypes),
-        allow_nan=tuple(allow_nan),
+        image_shape=prepared.image_shape,
+        label_columns=dict(prepared.label_dtypes),
+        allow_nan=prepared.allow_nan,
         splits={split: tuple(infos) for split, infos in shard_splits.items()},
-        id_column=id_col,
+        id_column=prepared.id_col,
         source=str(catalog.resolve()),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        provenance=provenance,
+        provenance=prepared.provenance,
     )
-    write_manifest(out_dir, manifest)
+    write_manifest(prepared.out_dir, manifest)
+    remove_units(prepared.out_dir)
     return manifest

@@ -1,4 +1,5 @@
-"""`zoobot-hpc submit`: expand a config into runs, check everything on the login node, submit one job or one array."""
+"""`zoobot-hpc submit`: expand a config into runs, check everything on the login node, submit one job or the job
+arrays of a sweep (several where the sweep outgrows the scheduler's MaxArraySize: `zoobot_hpc.login.arrays`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from zoobot_hpc.core.config import (
     load_yaml,
 )
 from zoobot_hpc.core.redaction import literal_secret, redact_config, redact_text, redact_value
+from zoobot_hpc.login.arrays import ArrayPart, describe_arrays, plan_arrays, submit_arrays
 from zoobot_hpc.login.preflight import PreflightError, check_run_dir, preflight, resolve_executor
 from zoobot_hpc.login.save_time import preemption_warnings, save_time_needed
 from zoobot_hpc.login.status import active_job
@@ -51,6 +53,7 @@ class Plan:
     overrides: list[str] = field(default_factory=list)
     grid_file: str | None = None
     resumed: bool = False
+    arrays: list[ArrayPart] = field(default_factory=list)  # set by check_plan
 
     @property
     def submitit_dir(self) -> Path:
@@ -152,6 +155,8 @@ def describe_plan(plan: Plan) -> str:
         parts.append(f"# --- run {run.name}: {run.run_dir}\n{dump_config(redact_config(run.config))}")
     job_name = plan.sweep_name or plan.runs[0].config.name
     config = redact_config(plan.runs[0].config)
+    if len(plan.runs) > 1:
+        parts.append(describe_arrays(*plan_arrays(get_backend(plan.executor), len(plan.runs), parallelism(plan))))
     parts.append(job_script_text(config, plan.executor, plan.submitit_dir, job_name, len(plan.runs)))
     return redact_text("\n".join(part for part in parts if part))
 
@@ -197,10 +202,16 @@ def check_plan(plan: Plan, allow_download: bool = True, dry_run: bool = False) -
     PreflightError or DatasetError on the first problem, returns warnings. A dry run creates nothing."""
     configs = [run.config for run in plan.runs]
     warnings = preflight(configs, plan.executor, plan.base_dir, allow_download=allow_download, dry_run=dry_run)
+    plan.arrays, _ = plan_arrays(get_backend(plan.executor), len(plan.runs), parallelism(plan))
     for run in plan.runs:
         run.config = check_run_dir(run.config, run.run_dir)
         refuse_active_run(run.run_dir)
     return warnings
+
+
+def parallelism(plan: Plan) -> int:
+    """How many of the plan's runs may run at once (`resources.array_parallelism`, one value for the sweep)."""
+    return plan.runs[0].config.resources.array_parallelism
 
 
 def refuse_active_run(run_dir: Path) -> None:
@@ -227,11 +238,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
         TrainingJob(redact_config(run.config).model_dump(mode="json"), str(run.run_dir.resolve()), plan.sweep_name)
         for run in plan.runs
     ]
-    if len(calls) == 1:
-        jobs = [executor.submit(calls[0])]
-    else:
-        with executor.batch():
-            jobs = [executor.submit(call) for call in calls]
+    jobs, arrays = submit_arrays(backend, executor, calls, plan.arrays)
     protect_submission_files(plan.submitit_dir)
     submitted = time.time()
     for run, job in zip(plan.runs, jobs, strict=True):
@@ -260,6 +267,7 @@ def submit_plan(plan: Plan, allow_download: bool = True) -> Submission:
                 "grid_file": plan.grid_file,
                 "executor": plan.executor,
                 "submitted": submitted,
+                "arrays": arrays,
                 "runs": [
                     {"name": r.name, "point": redact_value(r.point), "run_dir": str(r.run_dir), "job_id": j.job_id}
                     for r, j in zip(plan.runs, jobs, strict=True)

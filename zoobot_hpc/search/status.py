@@ -99,8 +99,11 @@ def collect_trials(sweep_dir: Path) -> tuple[list[TrialRow], TrialRow | None, in
 
 def status_lines(sweep_dir: Path) -> list[str]:
     """The text of `zoobot-hpc status` for a search directory."""
+    from zoobot_hpc.login.arrays import arrays_line
+
     rows, best, waiting = collect_trials(sweep_dir)
-    lines = [row.line() for row in rows]
+    header = arrays_line(sweep_dir, "search.json")
+    lines = ([header] if header else []) + [row.line() for row in rows]
     if waiting:
         lines.append(f"{waiting} task(s) not started yet")
     lines.append(f"best so far: trial {best.number} best={best.best:.4g} {best.run_dir}" if best else "no trial done")

@@ -1,5 +1,6 @@
-"""`zoobot-hpc submit CONFIG --search SEARCH.yaml`: check a search on the login node, create its study, submit one
-job array of `trials` tasks, `parallel` at a time; each task asks the study for its trial (compute/trial_job.py)."""
+"""`zoobot-hpc submit CONFIG --search SEARCH.yaml`: check a search on the login node, create its study, submit
+`trials` tasks, `parallel` at a time, as one job array (several where `trials` outgrows the scheduler's
+MaxArraySize: `zoobot_hpc.login.arrays`); each task asks the study for its trial (search/trial_job.py)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def plan_search(
 
 def describe_search(plan: SearchPlan) -> str:
     """The search, the base config and the one job array's script, for --dry-run."""
+    from zoobot_hpc.backends.registry import get_backend
+    from zoobot_hpc.login.arrays import describe_arrays, plan_arrays
     from zoobot_hpc.login.submit import job_script_text
 
     spec = plan.spec
@@ -108,7 +111,7 @@ def describe_search(plan: SearchPlan) -> str:
         f"pruner {spec.pruner} (min_epochs {spec.min_epochs}), executor {plan.executor}",
         f"# objective: {plan.direction} {plan.metric}",
         f"# study: {spec.storage or plan.base_dir / 'study.journal'}",
-        f"# one job array: tasks 0-{spec.trials - 1}, {spec.parallel} at a time",
+        describe_arrays(*plan_arrays(get_backend(plan.executor), spec.trials, spec.parallel)),
     ]
     lines += [f"#   {p.key}: {p.kind} {p.values}" for p in spec.parameters]
     lines.append(f"# --- base config (each trial overrides the keys above)\n{dump_config(hidden)}")
@@ -144,10 +147,13 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     """Check everything, create the study, submit the job array; returns the submitit jobs."""
     from zoobot_hpc.backends.job_setup import protect_submission_files
     from zoobot_hpc.backends.registry import get_backend
+    from zoobot_hpc.login.arrays import plan_arrays, submit_arrays
     from zoobot_hpc.login.preflight import preflight
     from zoobot_hpc.search.trial_job import TrialJob
 
     preflight([plan.config], plan.executor, plan.base_dir, allow_download=allow_download)
+    backend = get_backend(plan.executor)
+    parts, _ = plan_arrays(backend, plan.spec.trials, plan.spec.parallel)
     if (plan.base_dir / SEARCH).exists():
         raise ConfigError(f"{plan.base_dir}: a search of that name exists; choose another --sweep-name")
     plan.base_dir.mkdir(parents=True, exist_ok=True)
@@ -167,17 +173,17 @@ def submit_search(plan: SearchPlan, allow_download: bool = True) -> list[Any]:
     }
     layout.write_json(plan.base_dir / SEARCH, record)
     atomic.private_directory(plan.submitit_dir)
-    executor = get_backend(plan.executor).make_executor(
+    executor = backend.make_executor(
         plan.config, plan.submitit_dir, plan.sweep_name, extra_setup=storage_setup(plan.spec)
     )
     sweep_dir = str(plan.base_dir.resolve())
     calls = [TrialJob(base, sweep_dir, index) for index in range(plan.spec.trials)]
-    with executor.batch():
-        jobs = [executor.submit(call) for call in calls]
+    jobs, arrays = submit_arrays(backend, executor, calls, parts)
     protect_submission_files(plan.submitit_dir)
     record.update(
         submitted=time.time(),
         submitit_folder=str(plan.submitit_dir.resolve()),
+        arrays=arrays,
         jobs=[{"array_task": i, "job_id": job.job_id, "stdout": str(job.paths.stdout)} for i, job in enumerate(jobs)],
     )
     layout.write_json(plan.base_dir / SEARCH, record)
