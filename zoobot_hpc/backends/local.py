@@ -27,6 +27,7 @@ LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every subm
 # forwards it to the tasks, which save and stop. SIGINT would make the controller kill the tasks within a second
 # without a save, and a controller started from a background shell (`&`, nohup) ignores SIGINT altogether.
 CANCEL_SIGNAL = signal.SIGTERM
+LOCAL_REQUEUE_RETURN_CODE = 144  # submitit.local.local's: a task exiting with it makes the controller restart them
 PHASES = {"RUNNING": Phase.ACTIVE, "COMPLETED": Phase.COMPLETED, "FAILED": Phase.FAILED, "ENDED": Phase.FAILED}
 
 
@@ -59,6 +60,23 @@ def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) 
     if started is not None:
         return ticks == started
     return str(submitit_folder).encode() in cmdline
+
+
+def sibling_tasks() -> list[int]:
+    """The other tasks of this local job: the controller's (our parent's) children with this job's id."""
+    controller, job = os.getppid(), os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    siblings = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0") if parent == controller else []
+        except (OSError, ValueError, IndexError):
+            continue
+        if job and f"SUBMITIT_LOCAL_JOB_ID={job}".encode() in environ:
+            siblings.append(int(entry.name))
+    return siblings
 
 
 def visible_gpu_count() -> int:
@@ -183,6 +201,14 @@ class LocalBackend:
 
     def requeue_self(self) -> bool:
         return False
+
+    def end_stalled_job(self, requeue: bool) -> int | None:
+        """SIGKILL this job's other tasks (a stopped task would keep the controller waiting until the time limit);
+        the exit code then asks submitit's controller to start the tasks again, or ends the job."""
+        for pid in sibling_tasks():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return LOCAL_REQUEUE_RETURN_CODE if requeue else 1
 
     def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         return None

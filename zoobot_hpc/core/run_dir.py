@@ -14,6 +14,8 @@ RUN_DIR/checkpoints/        resume.ckpt (periodic / preemption), last.ckpt (the 
 RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read by `report`
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 RUN_DIR/job_result.json     how the submitted job ended (success, or its error's last line), for `status`
+RUN_DIR/ranks/              rank-R.json: each rank's stall-watchdog beat (host, pid, last progress, timeout);
+                            stalled.N: the claim of the rank that ends segment N after a stall
 ```
 
 `config.yaml` keeps the config's secrets (the run's only file that does, with the sbatch script): it is written
@@ -40,6 +42,7 @@ SEGMENTS = "segments.jsonl"
 PROGRESS = "progress.json"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+RANKS = "ranks"  # each rank's stall-watchdog beat (`runtime.stall_watchdog`)
 METRICS = "metrics"
 WANDB = "wandb"
 WANDB_RUN_ID = "wandb_run_id"
