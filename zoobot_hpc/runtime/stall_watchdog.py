@@ -77,7 +77,7 @@ class StallReport:
             how = f"its process does not run (stopped, frozen or dead); seen by rank {self.own.rank} on {self.own.host}"
         else:
             how = "every rank's watchdog runs: a hung collective, a deadlock or a blocking read"
-        return f"stalled: {blamed} ({how}; stall timeout {self.timeout_s:.0f} s)"
+        return f"stalled: {blamed}; {how}; stall timeout {self.timeout_s:.0f} s"
 
 
 def beat_path(beat_dir: Path, rank: int) -> Path:
@@ -137,7 +137,7 @@ class StallWatchdog:
 
     def start(self, rank: int = 0, world_size: int = 1) -> StallWatchdog:
         """Start watching (again, after `stop`); the interval until the first `progress` counts as a step."""
-        global _current  # noqa: PLW0603 (one watchdog per process: the trial heartbeat reads it)
+        global _current  # one watchdog per process: the trial heartbeat reads it
         if self._thread is not None:
             return self
         self.own.rank, self.world_size = rank, world_size
@@ -150,7 +150,7 @@ class StallWatchdog:
 
     def stop(self) -> None:
         """Stop watching (the work ended, or a phase that makes no progress calls begins)."""
-        global _current  # noqa: PLW0603
+        global _current
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
