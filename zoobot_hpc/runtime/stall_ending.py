@@ -3,7 +3,8 @@
 Called from a firing `StallWatchdog`'s thread, while the main thread is blocked (waiting for a stalled peer in a
 collective, or stuck itself). Nothing is saved: a stopped peer cannot take part in a save, and the newest
 checkpoint (of a completed step) stands. One rank acts per job start (the first to create the start's claim
-file in `RUN_DIR/ranks`); it records `stop: stalled` in the segment's record, then asks the backend to end the
+file in `RUN_DIR/ranks`, holding the job's key); it records `stop: stalled` in the segment's record (training),
+then asks the backend to end the
 whole job, stalled ranks included (`SchedulerBackend.end_stalled_job`): requeued while this job's stalls number
 at most `resources.max_stall_requeues`, FAILED with the stall's line in `job_result.json` after that.
 """
@@ -22,7 +23,7 @@ from typing import NoReturn
 from zoobot_hpc.backends.registry import running_backend
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.job_result import write_result
-from zoobot_hpc.runtime.stall_watchdog import StallReport
+from zoobot_hpc.runtime.stall_watchdog import RankProgress, StallReport, read_beats
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,27 @@ def dump_stacks() -> None:
     sys.stdout.flush()
 
 
-def claim(run_dir: Path, segment: int) -> bool:
-    """True for the first rank of this job start to claim ending it (an exclusive create on the shared run dir)."""
-    path = Path(run_dir) / layout.RANKS / f"{STALLED}.{segment}"
+def start_token(segments: list[dict], beats: list[RankProgress]) -> str:
+    """A name for this start of the job that all its ranks derive alike: its segment count and its ranks' pids."""
+    return f"{len(segments)}-" + "-".join(str(beat.pid) for beat in sorted(beats, key=lambda beat: beat.rank))
+
+
+def claim(ranks_dir: Path, token: str, job_key: str) -> bool:
+    """True for the first rank of this job start to claim ending it (an exclusive create in the shared run dir)."""
+    path = Path(ranks_dir) / f"{STALLED}.{token}"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(job_key)
     return True
 
 
-def stalls_of_job(segments: list[dict], job_key: str) -> int:
-    """How many starts of this job ended on a stall."""
-    return sum(1 for segment in segments if segment.get("stop") == STALLED and segment.get("job") == job_key)
+def stalls_of_job(ranks_dir: Path, job_key: str) -> int:
+    """How many starts of this job ended on a stall (the claims it left)."""
+    return sum(1 for path in Path(ranks_dir).glob(f"{STALLED}.*") if path.read_text() == job_key)
 
 
 @dataclass
@@ -67,11 +75,12 @@ class StallEnding:
     def __call__(self, report: StallReport) -> NoReturn:
         dump_stacks()
         log.error("%s", report.line())
-        segments = layout.read_segments(self.run_dir)
-        if not claim(self.run_dir, len(segments)):
+        ranks_dir = self.run_dir / layout.RANKS
+        token = start_token(layout.read_segments(self.run_dir), read_beats(ranks_dir, report.world_size))
+        if not claim(ranks_dir, token, self.job_key):
             self._wait_to_be_ended(report.timeout_s)
         self.record(report)
-        stalls = stalls_of_job(layout.read_segments(self.run_dir), self.job_key)
+        stalls = stalls_of_job(ranks_dir, self.job_key)
         requeue = stalls <= self.max_requeues
         backend = running_backend()
         if not requeue:

@@ -63,6 +63,7 @@ class StallReport:
     own: RankProgress
     timeout_s: float
     frozen_peers: list[RankProgress]
+    world_size: int = 1
     at: float = field(default_factory=time.time)
 
     @property
@@ -182,7 +183,8 @@ class StallWatchdog:
             self._beat()
             if self.idle_s() >= self.timeout_s():
                 self.fired = True
-                self.on_stall(StallReport(own=self.own, timeout_s=self.timeout_s(), frozen_peers=self.frozen_peers()))
+                peers = self.frozen_peers()
+                self.on_stall(StallReport(self.own, self.timeout_s(), peers, world_size=self.world_size))
                 return
 
 
