@@ -466,6 +466,8 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
     ending = StallEnding(run_dir, job_key, config.resources.max_stall_requeues)
     watchdog = StallWatchdog(config.trainer.stall_timeout_s, ending, beat_dir=run_dir / layout.RANKS)
+    if isinstance(datamodule, EmbeddingCacheDataModule):
+        datamodule.watchdog = watchdog
     trainer = build_training_trainer(
         config,
         run_dir,
