@@ -62,20 +62,36 @@ def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) 
     return str(submitit_folder).encode() in cmdline
 
 
-def sibling_tasks() -> list[int]:
+def process_parents() -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(pid: int, parents: dict[int, int]) -> list[int]:
+    """Every process below `pid` (its loader workers' forkserver and the workers)."""
+    below, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        below += children
+        frontier = children
+    return below
+
+
+def sibling_tasks(parents: dict[int, int]) -> list[int]:
     """The other tasks of this local job: the controller's (our parent's) children with this job's id."""
     controller, job = os.getppid(), os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     siblings = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for pid, parent in parents.items():
+        if parent != controller or pid == os.getpid() or not job:
             continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environ = (entry / "environ").read_bytes().split(b"\0") if parent == controller else []
-        except (OSError, ValueError, IndexError):
-            continue
-        if job and f"SUBMITIT_LOCAL_JOB_ID={job}".encode() in environ:
-            siblings.append(int(entry.name))
+        with contextlib.suppress(OSError):
+            if f"SUBMITIT_LOCAL_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                siblings.append(pid)
     return siblings
 
 
@@ -203,9 +219,13 @@ class LocalBackend:
         return False
 
     def end_stalled_job(self, requeue: bool) -> int | None:
-        """SIGKILL this job's other tasks (a stopped task would keep the controller waiting until the time limit);
-        the exit code then asks submitit's controller to start the tasks again, or ends the job."""
-        for pid in sibling_tasks():
+        """SIGKILL this job's other tasks (a stopped task would keep the controller waiting until the time limit)
+        and every process below them and below this one (loader workers under a forkserver outlive a killed
+        task: their parent, the forkserver, lives on); the exit code then asks submitit's controller to start the
+        tasks again, or ends the job."""
+        parents = process_parents()
+        tasks = sibling_tasks(parents)
+        for pid in [*tasks, *(p for task in [*tasks, os.getpid()] for p in descendants(task, parents))]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return LOCAL_REQUEUE_RETURN_CODE if requeue else 1

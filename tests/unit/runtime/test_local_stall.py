@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.jobs import assert_same_weights, final_weights, segments, wait_for, write_test_config
+from zoobot_hpc.backends.local import descendants, process_parents
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.login.submit import plan_runs, submit_plan
@@ -24,14 +25,14 @@ from zoobot_hpc.runtime.stall_watchdog import beat_path, read_beats
 STALL_TIMEOUT_S = 10.0
 
 
-def stall_config(tmp_path: Path, dataset: Path, name: str) -> Path:
+def stall_config(tmp_path: Path, dataset: Path, name: str, workers: int) -> Path:
     return write_test_config(
         tmp_path,
         dataset,
         name=name,
         resources__executor="local",
         resources__tasks_per_node=2,
-        data__num_workers=0,
+        data__num_workers=workers,
         trainer__max_epochs=1,
         trainer__checkpoint_every_n_steps=2,
         trainer__stall_timeout_s=STALL_TIMEOUT_S,
@@ -64,17 +65,22 @@ def process_gone(pid: int) -> bool:
 
 @pytest.mark.timeout(420)
 def test_a_stopped_rank_ends_the_local_job_which_restarts_and_ends_as_an_uninterrupted_run(tmp_path, demo_dataset):
-    stalled = submit_plan(plan_runs(stall_config(tmp_path / "a", demo_dataset, "stalled")))
-    baseline = submit_plan(plan_runs(stall_config(tmp_path / "b", demo_dataset, "baseline")))
+    stalled = submit_plan(plan_runs(stall_config(tmp_path / "a", demo_dataset, "stalled", workers=1)))
+    baseline = submit_plan(plan_runs(stall_config(tmp_path / "b", demo_dataset, "baseline", workers=0)))
     job, run_dir = stalled.jobs[0], stalled.plan.runs[0].run_dir
 
     beat = wait_for(training_beat(run_dir, 1, min_step=3), 240, "rank 1 training past the first checkpoint")
+    rank0 = wait_for(training_beat(run_dir, 0, min_step=1), 60, "rank 0 training")
+    parents = process_parents()
+    first_start = [pid for rank in (beat, rank0) for pid in [rank.pid, *descendants(rank.pid, parents)]]
+    assert len(first_start) >= 6, "each rank runs a forkserver and a loader worker"
     os.kill(beat.pid, signal.SIGSTOP)
     stopped_at = time.time()
     try:
         wait_for(lambda: len(segments(run_dir)) == 2, 180, "the restarted second segment")
         ended_at = time.time()
-        assert process_gone(beat.pid), "the stopped rank outlived its job"
+        left = [pid for pid in first_start if not process_gone(pid)]
+        assert not left, f"processes of the stalled start outlived it: {left}"
     finally:
         if not process_gone(beat.pid):
             os.kill(beat.pid, signal.SIGKILL)
