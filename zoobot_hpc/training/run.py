@@ -41,7 +41,7 @@ from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.process_groups import set_group_timeouts
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
-from zoobot_hpc.runtime.stall_ending import StallEnding
+from zoobot_hpc.runtime.stall_ending import STALLED, StallEnding
 from zoobot_hpc.runtime.stall_watchdog import StallWatchdog
 from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
@@ -320,6 +320,10 @@ def record_stop(run_dir: Path, flag: PreemptionFlag) -> None:
     signal's arrival on rank 0 to the checkpoint on disk), which `submit` compares with the partition's grace time."""
     stop = flag.stopped
     if stop is None:
+        return
+    segments = layout.read_segments(run_dir)
+    if segments and segments[-1].get("stop") == STALLED:  # a stopped rank went on, and saved, at the requeue's kill
+        layout.update_last_segment(run_dir, {"saved_after_stall": stop.signal_name, "saved_step": stop.step})
         return
     record: dict[str, Any] = {"stop": stop.signal_name, "stop_step": stop.step, "stopped": stop.saved_at}
     if flag.first_at is not None:
