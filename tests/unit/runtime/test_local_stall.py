@@ -5,6 +5,7 @@ uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,7 +26,15 @@ from zoobot_hpc.runtime.stall_watchdog import beat_path, read_beats
 STALL_TIMEOUT_S = 10.0
 
 
-def stall_config(tmp_path: Path, dataset: Path, name: str, workers: int) -> Path:
+STOP_STEP = 5  # rank 1 stops after this step, mid-epoch (13 steps), one after the checkpoint of step 4
+
+
+def stop_rank_1(marker: Path) -> list[dict]:
+    init = {"rank": 1, "step": STOP_STEP, "marker": str(marker)}
+    return [{"class_path": "tests.support.probes.StopRankAtStep", "init_args": init}]
+
+
+def stall_config(tmp_path: Path, dataset: Path, name: str, workers: int, **overrides) -> Path:
     return write_test_config(
         tmp_path,
         dataset,
@@ -37,6 +46,7 @@ def stall_config(tmp_path: Path, dataset: Path, name: str, workers: int) -> Path
         trainer__checkpoint_every_n_steps=2,
         trainer__stall_timeout_s=STALL_TIMEOUT_S,
         tracking__mode="disabled",
+        **overrides,
     )
 
 
@@ -45,12 +55,12 @@ def rank_log(job, rank: int) -> str:
     return out.read_text() + (out.with_suffix(".err").read_text() if out.with_suffix(".err").exists() else "")
 
 
-def training_beat(run_dir: Path, rank: int, min_step: int):
-    """The rank's beat once it shows a training step of at least `min_step` (it is mid-epoch), else None."""
+def training_beat(run_dir: Path, rank: int):
+    """The rank's beat once its watchdog runs, else None."""
 
     def check():
         beats = [b for b in read_beats(run_dir / layout.RANKS) if b.rank == rank]
-        return beats[0] if beats and beats[0].what == "training step" and beats[0].step >= min_step else None
+        return beats[0] if beats else None
 
     return check
 
@@ -65,25 +75,27 @@ def process_gone(pid: int) -> bool:
 
 @pytest.mark.timeout(420)
 def test_a_stopped_rank_ends_the_local_job_which_restarts_and_ends_as_an_uninterrupted_run(tmp_path, demo_dataset):
-    stalled = submit_plan(plan_runs(stall_config(tmp_path / "a", demo_dataset, "stalled", workers=1)))
+    marker = tmp_path / "stopped.json"
+    stalled_config = stall_config(tmp_path / "a", demo_dataset, "stalled", 1, trainer__callbacks=stop_rank_1(marker))
+    stalled = submit_plan(plan_runs(stalled_config))
     baseline = submit_plan(plan_runs(stall_config(tmp_path / "b", demo_dataset, "baseline", workers=0)))
     job, run_dir = stalled.jobs[0], stalled.plan.runs[0].run_dir
 
-    beat = wait_for(training_beat(run_dir, 1, min_step=3), 240, "rank 1 training past the first checkpoint")
-    rank0 = wait_for(training_beat(run_dir, 0, min_step=1), 60, "rank 0 training")
+    wait_for(marker.exists, 240, f"rank 1 stopped after step {STOP_STEP}")
+    stop = json.loads(marker.read_text())
+    rank0 = wait_for(training_beat(run_dir, 0), 60, "rank 0's watchdog")
     parents = process_parents()
-    first_start = [pid for rank in (beat, rank0) for pid in [rank.pid, *descendants(rank.pid, parents)]]
+    first_start = [pid for rank in (rank0.pid, stop["pid"]) for pid in [rank, *descendants(rank, parents)]]
     assert len(first_start) >= 6, "each rank runs a forkserver and a loader worker"
-    os.kill(beat.pid, signal.SIGSTOP)
-    stopped_at = time.time()
+    stopped_at = stop["time"]
     try:
         wait_for(lambda: len(segments(run_dir)) == 2, 180, "the restarted second segment")
         ended_at = time.time()
         left = [pid for pid in first_start if not process_gone(pid)]
         assert not left, f"processes of the stalled start outlived it: {left}"
     finally:
-        if not process_gone(beat.pid):
-            os.kill(beat.pid, signal.SIGKILL)
+        if not process_gone(stop["pid"]):
+            os.kill(stop["pid"], signal.SIGKILL)
     first = segments(run_dir)[0]
     assert first["stop"] == "stalled" and first["stalled_ranks"] == [1], first
     rank0_timeout = layout.read_json(beat_path(run_dir / layout.RANKS, 0))["timeout_s"]
@@ -95,12 +107,13 @@ def test_a_stopped_rank_ends_the_local_job_which_restarts_and_ends_as_an_uninter
     assert metrics["validation/loss"] == baseline.jobs[0].results()[0]["validation/loss"]
     assert_same_weights(final_weights(run_dir), final_weights(baseline.plan.runs[0].run_dir))
     starts = segments(run_dir)
-    assert starts[1]["resumed_from"].endswith("resume.ckpt") and starts[1]["resumed_step"] % 2 == 0
+    assert starts[1]["resumed_from"].endswith("resume.ckpt") and starts[1]["resumed_step"] == STOP_STEP - 1
 
     log0 = rank_log(job, 0)
     [line] = re.findall(r"ERROR zoobot_hpc[\w.]*: (stalled: .*)", log0)
     assert line.startswith(f"stalled: rank 1 on {socket.gethostname()} made no progress for "), line
-    assert f"(last: training step {first['stop_step']}, epoch 1)" in line, line
+    last = re.search(r"\(last: training step (\d+), epoch 1\)", line)
+    assert last and int(last.group(1)) == first["stop_step"] <= STOP_STEP, line  # its last beat's step
     assert re.search(r"Thread 0x[0-9a-f]+ \(most recent call first\)", log0), "no stacks in rank 0's log"
     assert "stall_watchdog.py" in log0 and "training/run.py" in log0, "the stacks miss the watchdog or the main thread"
 
