@@ -2,8 +2,9 @@
 
 The workload calls `progress(what, step)` at every unit of work (a training or validation batch, a prediction
 chunk, a cache-build block). No call for `timeout_s()` seconds (the configured `trainer.stall_timeout_s`, or
-`STALL_MARGIN` times the slowest interval between two calls seen so far, whichever is longer) calls `on_stall`
-once, from the watchdog's thread, with a `StallReport`.
+`STALL_MARGIN` times the slowest interval between two calls seen so far, whichever is longer; `FIRST_STEP_MARGIN`
+times that until the first call after `start`) calls `on_stall` once, from the watchdog's thread, with a
+`StallReport`.
 
 A rank stopped by SIGSTOP (or frozen in the kernel) cannot act: its peers' watchdogs fire while they wait for it
 in a collective. To name it, every watchdog thread rewrites its rank's beat file (`RUN_DIR/ranks/rank-R.json`:
@@ -28,6 +29,7 @@ from zoobot_hpc.core import run_dir as layout
 log = logging.getLogger(__name__)
 
 STALL_MARGIN = 4.0  # the effective timeout is at least this many times the slowest step or save seen
+FIRST_STEP_MARGIN = 3.0  # until the first progress after a start: loader workers, cudnn autotuning, compilation
 STALE_BEATS = 3.0  # a peer whose beat is older than this many beat intervals is stopped, frozen or dead
 _current: StallWatchdog | None = None
 
@@ -117,12 +119,14 @@ class StallWatchdog:
         self.world_size = 1
         self.own = RankProgress(rank=0, host=socket.gethostname(), pid=os.getpid())
         self._last = time.monotonic()
+        self._first = True  # no progress yet since the start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fired = False
 
     def timeout_s(self) -> float:
-        return max(self.stall_timeout_s, STALL_MARGIN * self.slowest_s)
+        timeout = max(self.stall_timeout_s, STALL_MARGIN * self.slowest_s)
+        return FIRST_STEP_MARGIN * timeout if self._first else timeout
 
     def idle_s(self) -> float:
         """Seconds since the last progress (or the start)."""
@@ -133,7 +137,7 @@ class StallWatchdog:
         now = time.monotonic()
         if self._thread is not None:
             self.slowest_s = max(self.slowest_s, now - self._last)
-        self._last = now
+        self._last, self._first = now, False
         self.own.what, self.own.step, self.own.epoch, self.own.progress_at = what, step, epoch, time.time()
 
     def start(self, rank: int = 0, world_size: int = 1) -> StallWatchdog:
@@ -142,7 +146,7 @@ class StallWatchdog:
         if self._thread is not None:
             return self
         self.own.rank, self.world_size = rank, world_size
-        self._last, self.own.progress_at = time.monotonic(), time.time()
+        self._last, self._first, self.own.progress_at = time.monotonic(), True, time.time()
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
         self._thread.start()
