@@ -58,8 +58,8 @@ class SplitLoaders(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _new_train_loader(self) -> ResumableDataLoader:
-        world_size, rank = self._replicas()
+    def _new_train_loader(self, replicas: tuple[int, int] | None = None) -> ResumableDataLoader:
+        world_size, rank = replicas or self._replicas()
         dataset = self._dataset("train")
         settings = self._loader_kwargs()
         sampler = ResumableDistributedSampler(
@@ -81,9 +81,10 @@ class SplitLoaders(L.LightningDataModule):
             self._restored_train_position = None
         return loader
 
-    def train_batches_per_epoch(self) -> int:
-        """Batches of one training epoch on each rank (without touching the loader the Trainer will use)."""
-        return len(self._new_train_loader())
+    def train_batches_per_epoch(self, world_size: int) -> int:
+        """Batches of one training epoch on each of `world_size` ranks (without touching the loader the Trainer
+        will use; every rank's share has the same length)."""
+        return len(self._new_train_loader((world_size, 0)))
 
     def state_dict(self) -> dict[str, Any]:
         """The train sampler's position, checkpointed by the datamodule too: Lightning restores the train loader's

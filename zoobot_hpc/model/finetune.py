@@ -31,6 +31,7 @@ from zoobot_hpc.model.schedulers import (
     create_scheduler,
     set_schedule_position,
     steps_on_epochs,
+    updates_per_epoch,
     validate_scheduler_kwargs,
 )
 from zoobot_hpc.model.tree import (
@@ -119,8 +120,9 @@ class FinetuneableZoobotAbstract(L.LightningModule):
             f"encoder={type(encoder).__name__ if encoder is not None else None}",
         )
         self.save_hyperparameters(ignore=["encoder"])
-        # Training batches per epoch, passed in by the training code from its datamodule (see _updates_per_epoch).
-        self.count_train_batches: Callable[[], int] | None = None
+        # Optimiser steps per epoch of a per-update schedule, set by the training code before `fit` (it knows the
+        # train loader's length at the run's world size); None: the Trainer is asked (see _updates_per_epoch).
+        self.updates_per_epoch: int | None = None
         self.hparams.scheduler_kwargs = validate_scheduler_kwargs(scheduler_kwargs)
         self.hparams.timm_kwargs = None if timm_kwargs is None else dict(timm_kwargs)
         self.metrics = nn.ModuleDict()
@@ -306,28 +308,18 @@ class FinetuneableZoobotAbstract(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def _updates_per_epoch(self) -> int:
-        """Optimiser steps per epoch, from `count_train_batches` (the training code's datamodule) when given.
+        """Optimiser steps per epoch: `updates_per_epoch` when the training code set it, else from the Trainer.
 
-        Asking the Trainer instead (`estimated_stepping_batches`) builds its train loader before a checkpoint is
-        restored, and Lightning then never loads the loader's (sampler's) state: a mid-epoch resume would replay
-        the epoch from its first batch. So the Trainer is asked only when no count was passed in.
+        Asking the Trainer (`estimated_stepping_batches`) builds its train loader before a checkpoint is restored,
+        and Lightning then never loads the loader's (sampler's) state: a mid-epoch resume would replay the epoch
+        from its first batch. The package's training code therefore passes the count in; the Trainer is asked only
+        by code that fits the module with its own Trainer.
         """
+        if self.updates_per_epoch is not None:
+            return self.updates_per_epoch
         trainer = self.trainer
-        if self.count_train_batches is not None:
-            batches = self.count_train_batches()
-            limit = trainer.limit_train_batches
-            if isinstance(limit, int):
-                batches = min(batches, limit)
-            elif limit is not None:
-                batches = int(batches * limit)
-        else:
-            _ = trainer.estimated_stepping_batches  # loads the train dataloader, which sets num_training_batches
-            batches = trainer.num_training_batches
-        _check(
-            math.isfinite(batches),
-            "scheduler_kwargs step_on_epochs=False needs updates_per_epoch (train dataloader has no length)",
-        )
-        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        _ = trainer.estimated_stepping_batches  # loads the train dataloader, which sets num_training_batches
+        return updates_per_epoch(trainer.num_training_batches, None, trainer.accumulate_grad_batches)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Advance timm's scheduler: to the next epoch (per-epoch schedules) or to `global_step` updates."""

@@ -6,6 +6,7 @@ after each optimiser step; only the call matching `step_on_epochs` acts.
 
 import difflib
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,20 @@ def create_scheduler(
     except (AssertionError, TypeError, ValueError, ZeroDivisionError) as error:
         raise ValueError(f"scheduler_kwargs={dict(scheduler_kwargs)!r} rejected by timm: {error}") from error
     return scheduler
+
+
+def updates_per_epoch(batches: int | float, limit_train_batches: int | float | None, accumulation: int) -> int:
+    """Optimiser steps in one epoch of `batches` training batches (per rank), cut by Lightning's
+    `limit_train_batches` (a count or a fraction) and divided by the gradient accumulation."""
+    if isinstance(limit_train_batches, int):
+        batches = min(batches, limit_train_batches)
+    elif limit_train_batches is not None:
+        batches = int(batches * limit_train_batches)
+    if not math.isfinite(batches):
+        raise ValueError(
+            "scheduler_kwargs step_on_epochs=False needs updates_per_epoch (the train dataloader has no length)"
+        )
+    return max(1, math.ceil(batches / accumulation))
 
 
 def set_schedule_position(scheduler: Scheduler, epoch: int, num_updates: int) -> None:

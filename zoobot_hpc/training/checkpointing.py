@@ -117,6 +117,22 @@ def agreed_checkpoint(mine: Path) -> Path:
     return Path(chosen[0])
 
 
+class ResumeVerdict(Callback):
+    """Rank 0's refusal to resume (no valid checkpoint, a checkpoint of another dataset), raised on every rank at
+    once. Only rank 0 verifies the checkpoints; without the verdict the other ranks would start `fit` and wait for
+    rank 0 in a collective until the process group's timeout. Broadcast at `setup`, before any checkpoint is read."""
+
+    def __init__(self, refusal: Exception | None) -> None:
+        self.refusal = refusal
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        verdict = [self.refusal]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None:
+            raise verdict[0]
+
+
 def mirror_checkpoint(source: Path, target: Path) -> None:
     """Make `target` hold what `source` holds now, atomically, with its digest: a hard link (no copy) renamed into
     place; a copy where the filesystem has no hard links. A later atomic rewrite of `source` leaves `target` as
@@ -244,7 +260,11 @@ class ResumeCheckpointer(Callback):
         self._finite_watch = FiniteWatch()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Open the flag group, and move this callback after every other one, wherever the list put it: its
+        `on_train_batch_end` is the step's one stop-and-save decision, so every other callback has seen (counted,
+        logged) the step at which a stop happens, and no hook of another callback runs after a stop."""
         self._flag_group = host_flag_group()
+        trainer.callbacks = [callback for callback in trainer.callbacks if callback is not self] + [self]
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         loader = trainer.train_dataloader

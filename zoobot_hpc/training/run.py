@@ -29,7 +29,7 @@ from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig, dump_config
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.data.datamodule import ShardDataModule
-from zoobot_hpc.data.shard_format import read_manifest
+from zoobot_hpc.data.shard_format import DatasetError, read_manifest
 from zoobot_hpc.data.shard_identity import (
     ShardChanged,
     check_same_dataset,
@@ -38,6 +38,7 @@ from zoobot_hpc.data.shard_identity import (
     one_line,
 )
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
+from zoobot_hpc.model.schedulers import updates_per_epoch
 from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.process_groups import set_group_timeouts
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
@@ -48,6 +49,7 @@ from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
     NoValidCheckpoint,
     ResumeCheckpointer,
+    ResumeVerdict,
     RNGStateCallback,
     keep_own_signal_handlers,
     last_state_checkpoint,
@@ -303,7 +305,7 @@ def build_callbacks(
         every_n_steps=config.trainer.checkpoint_every_n_steps,
         every_minutes=config.trainer.checkpoint_every_minutes,
     )
-    return [*callbacks, resume]  # last: the other callbacks see (and log) the step at which a stop happens
+    return [*callbacks, resume]  # ResumeCheckpointer moves itself after every other callback at setup
 
 
 def finish_wandb(trainer: L.Trainer, preempted: bool) -> None:
@@ -465,7 +467,6 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     if config.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     datamodule = build_datamodule(config, model, flag, run_dir)
-    model.count_train_batches = datamodule.train_batches_per_epoch
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
     ending = StallEnding(run_dir, job_key, config.resources.max_stall_requeues)
@@ -481,10 +482,22 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
         interactive,
     )
     keep_own_signal_handlers(trainer)
+    model.updates_per_epoch = updates_per_epoch(
+        datamodule.train_batches_per_epoch(trainer.world_size),
+        trainer.limit_train_batches,
+        trainer.accumulate_grad_batches,
+    )
     startup.phase("trainer, loggers")
 
-    resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
-    if trainer.global_rank == 0:
+    resume_from, refusal = None, None
+    try:
+        resume_from = choose_resume_checkpoint(config, run_dir, trainer.global_rank)
+    except (NoValidCheckpoint, DatasetError) as error:
+        if trainer.world_size == 1:
+            raise
+        refusal = error  # raised on every rank together, inside fit (ResumeVerdict)
+    trainer.callbacks.append(ResumeVerdict(refusal))
+    if trainer.global_rank == 0 and refusal is None:
         record_segment(run_dir, config, resume_from, job_key)
     preempted = fit_segment(trainer, model, datamodule, resume_from, run_dir, flag)
 

@@ -7,7 +7,7 @@ from timm.scheduler import create_scheduler_v2
 
 from tests.support.model_helpers import LrRecorder, cpu_trainer, galaxy_images, loader
 from zoobot_hpc.model import FinetuneableZoobotRegressor
-from zoobot_hpc.model.schedulers import validate_scheduler_kwargs
+from zoobot_hpc.model.schedulers import updates_per_epoch, validate_scheduler_kwargs
 
 LR = 1e-3
 BATCHES_PER_EPOCH = 4
@@ -121,3 +121,24 @@ def test_scheduler_none_keeps_the_layer_decay_without_a_schedule():
     optimizer = regressor({"sched": "none"}).configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(g["lr"] == pytest.approx(LR * g["lr_scale"]) for g in optimizer.param_groups)
+
+
+def test_updates_per_epoch_passed_in_sizes_the_schedule():
+    model = regressor({**SCHEDULE, "step_on_epochs": False})
+    model.updates_per_epoch = 7
+    trainer = cpu_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, train_dataloaders=loader(regression_data(), batch_size=4))
+    assert trainer.lr_scheduler_configs[0].scheduler.t_initial == EPOCHS * 7
+
+
+@pytest.mark.parametrize(
+    ("batches", "limit", "accumulation", "expected"),
+    [(10, None, 1, 10), (10, 3, 2, 2), (10, 0.5, 1, 5), (9, 1.0, 2, 5), (1, None, 4, 1)],
+)
+def test_updates_per_epoch_counts_limited_and_accumulated_batches(batches, limit, accumulation, expected):
+    assert updates_per_epoch(batches, limit, accumulation) == expected
+
+
+def test_updates_per_epoch_needs_a_loader_length():
+    with pytest.raises(ValueError, match="has no length"):
+        updates_per_epoch(float("inf"), None, 1)

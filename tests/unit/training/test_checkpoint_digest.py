@@ -8,13 +8,16 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from tests.support.jobs import write_test_config
 from zoobot_hpc.cli import main
 from zoobot_hpc.core import run_dir as layout
+from zoobot_hpc.login.submit import plan_runs, submit_plan
 from zoobot_hpc.training.checkpoint_digest import digest_path, read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
@@ -126,3 +129,33 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_refuses_another_dataset
     assert "allow_dataset_change" in line
     allowed = runner.invoke(main, ["train", str(config), "trainer.max_epochs=3", "trainer.allow_dataset_change=true"])
     assert allowed.exit_code == 0, allowed.output
+
+
+@pytest.mark.timeout(300)
+def test_every_rank_of_a_job_stops_at_once_when_no_checkpoint_is_valid(tmp_path, demo_dataset):
+    """Only rank 0 verifies the checkpoints: its refusal reaches the other rank, which would otherwise wait for it in
+    a collective until the process group's timeout."""
+    config = write_test_config(
+        tmp_path,
+        demo_dataset,
+        name="all-damaged",
+        data__batch_size=4,
+        trainer__accumulate_grad_batches=2,
+        trainer__max_epochs=1,
+        trainer__limit_train_batches=4,
+        data__num_workers=0,
+        tracking__mode="disabled",
+    )
+    assert CliRunner().invoke(main, ["train", str(config)]).exit_code == 0
+    checkpoints = sorted((tmp_path / "runs" / "all-damaged" / layout.CHECKPOINTS).glob("*.ckpt"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        damage_middle(checkpoint, 64 * 1024)
+
+    overrides = ("resources.executor=local", "resources.tasks_per_node=2", "trainer.max_epochs=2")
+    job = submit_plan(plan_runs(config, overrides)).jobs[0]
+    with pytest.raises(Exception, match=r"no checkpoint in \S+ is valid"):
+        job.result()
+    for rank in (0, 1):
+        err = Path(str(job.paths.stderr).replace("_0_log.err", f"_{rank}_log.err")).read_text()
+        assert "NoValidCheckpoint: no checkpoint in" in err, f"rank {rank} did not stop on the verdict:\n{err[-2000:]}"
