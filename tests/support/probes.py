@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,21 @@ def epoch_indices(out_dir: Path) -> dict[int, list[int]]:
             record = json.loads(line)
             epochs.setdefault(record["epoch"], []).extend(record["indices"])
     return epochs
+
+
+class StopRankAtStep(Callback):
+    """Stops one rank with SIGSTOP once it finished training step `step`, mid-epoch, as a stuck GPU or a frozen
+    read would (once per run directory: `marker`, written first with the pid and the time)."""
+
+    def __init__(self, rank: int, step: int, marker: str) -> None:
+        self.rank = rank
+        self.step = step
+        self.marker = Path(marker)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_rank != self.rank or trainer.global_step != self.step or self.marker.exists():
+            return
+        self.marker.write_text(json.dumps({"pid": os.getpid(), "step": self.step, "time": time.time()}))
+        os.kill(os.getpid(), signal.SIGSTOP)

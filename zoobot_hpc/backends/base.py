@@ -199,6 +199,12 @@ class SchedulerBackend(Protocol):
         """Requeue the job this process runs in (a job the user's own script started, outside submitit)."""
         ...
 
+    def end_stalled_job(self, requeue: bool) -> int | None:
+        """End this whole job from one of its tasks after a stall, the tasks that cannot act (stopped, frozen)
+        included: requeued, or failed. Returns the exit code for this task, None when it is to wait until the
+        scheduler ends it."""
+        ...
+
     def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         """Lightning's ClusterEnvironment for a job this scheduler started without submitit, as an import path
         and keyword arguments (None: none)."""

@@ -27,6 +27,7 @@ LOCAL_CONTROLLER = b"submitit.local._local"  # in the command line of every subm
 # forwards it to the tasks, which save and stop. SIGINT would make the controller kill the tasks within a second
 # without a save, and a controller started from a background shell (`&`, nohup) ignores SIGINT altogether.
 CANCEL_SIGNAL = signal.SIGTERM
+LOCAL_REQUEUE_RETURN_CODE = 144  # submitit.local.local's: a task exiting with it makes the controller restart them
 PHASES = {"RUNNING": Phase.ACTIVE, "COMPLETED": Phase.COMPLETED, "FAILED": Phase.FAILED, "ENDED": Phase.FAILED}
 
 
@@ -59,6 +60,39 @@ def is_job_process(pid: str, submitit_folder: Path, started: int | None = None) 
     if started is not None:
         return ticks == started
     return str(submitit_folder).encode() in cmdline
+
+
+def process_parents() -> dict[int, int]:
+    """pid -> parent pid of every process (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(pid: int, parents: dict[int, int]) -> list[int]:
+    """Every process below `pid` (its loader workers' forkserver and the workers)."""
+    below, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        below += children
+        frontier = children
+    return below
+
+
+def sibling_tasks(parents: dict[int, int]) -> list[int]:
+    """The other tasks of this local job: the controller's (our parent's) children with this job's id."""
+    controller, job = os.getppid(), os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    siblings = []
+    for pid, parent in parents.items():
+        if parent != controller or pid == os.getpid() or not job:
+            continue
+        with contextlib.suppress(OSError):
+            if f"SUBMITIT_LOCAL_JOB_ID={job}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                siblings.append(pid)
+    return siblings
 
 
 def visible_gpu_count() -> int:
@@ -199,6 +233,18 @@ class LocalBackend:
 
     def requeue_self(self) -> bool:
         return False
+
+    def end_stalled_job(self, requeue: bool) -> int | None:
+        """SIGKILL this job's other tasks (a stopped task would keep the controller waiting until the time limit)
+        and every process below them and below this one (loader workers under a forkserver outlive a killed
+        task: their parent, the forkserver, lives on); the exit code then asks submitit's controller to start the
+        tasks again, or ends the job."""
+        parents = process_parents()
+        tasks = sibling_tasks(parents)
+        for pid in [*tasks, *(p for task in [*tasks, os.getpid()] for p in descendants(task, parents))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return LOCAL_REQUEUE_RETURN_CODE if requeue else 1
 
     def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         return None

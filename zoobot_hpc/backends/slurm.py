@@ -248,6 +248,20 @@ class SlurmBackend:
         log.error("could not requeue SLURM job %s (%s); continue with the same command", job_id, done.stderr.strip())
         return False
 
+    def end_stalled_job(self, requeue: bool) -> int | None:
+        """Requeue: `scontrol requeue` (SLURM then kills every task, stopped ones too) and wait for it. Otherwise,
+        or when the requeue is refused: SIGKILL to every task of this job step, so that the step and the job end
+        FAILED rather than wait for a stopped task until the time limit."""
+        if requeue and self.requeue_self():
+            return None
+        step = os.environ.get("SLURM_STEP_ID")
+        if step is not None:
+            target = f"{os.environ['SLURM_JOB_ID']}.{step}"
+            done = subprocess.run(["scancel", "--signal=KILL", target], capture_output=True, text=True, check=False)
+            if done.returncode:
+                log.error("could not kill job step %s (%s)", target, done.stderr.strip())
+        return 1
+
     def lightning_environment(self) -> tuple[str, dict[str, Any]] | None:
         """Lightning's SLURM environment with its own requeue switched off (we own preemption)."""
         return "lightning.fabric.plugins.environments.SLURMEnvironment", {"auto_requeue": False}

@@ -113,6 +113,9 @@ class TrainerSettings(_Section):
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)
     heartbeat_every_s: float = Field(30.0, gt=0)  # how often a job start records how far it got
+    # No progress (a batch, a prediction chunk) for this long (or STALL_MARGIN x the slowest step or save seen,
+    # if longer) ends the job for a requeue; the process groups' timeouts are derived from it.
+    stall_timeout_s: float = Field(300.0, gt=0)
     allow_dataset_change: bool = Field(False, description="resume from checkpoints trained on another dataset")
     monitor: str | None = None  # the validation metric for best.ckpt, early stopping, the summary (None: the kind's)
     log_every_n_steps: int = Field(50, gt=0)
@@ -168,6 +171,7 @@ class ResourceSettings(_Section):
     constraint: str | None = None
     signal_delay_s: int = Field(120, ge=0)
     max_time_limit_requeues: int = Field(10, ge=0)
+    max_stall_requeues: int = Field(3, ge=0)  # requeues after a stalled rank, then the job ends FAILED
     array_parallelism: int = Field(64, gt=0)
     sbatch_extra: dict[str, Any] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)

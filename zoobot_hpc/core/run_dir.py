@@ -15,6 +15,8 @@ RUN_DIR/metrics/            Lightning CSV logs (one version per segment), read b
 RUN_DIR/wandb/              W&B run files (offline segments are synced by `zoobot-hpc sync`)
 RUN_DIR/job_result.json     how the submitted job ended (success, or the first failing rank's error), for `status`
 RUN_DIR/rank_errors/        JOB-rankR.json: each rank's error, host and time (`status` names the root cause)
+RUN_DIR/ranks/              rank-R.json: each rank's stall-watchdog beat (host, pid, last progress, timeout);
+                            stalled.N: the claim of the rank that ends segment N after a stall
 ```
 
 `config.yaml` keeps the config's secrets (the run's only file that does, with the sbatch script): it is written
@@ -42,6 +44,7 @@ SEGMENTS = "segments.jsonl"
 PROGRESS = "progress.json"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+RANKS = "ranks"  # each rank's stall-watchdog beat (`runtime.stall_watchdog`)
 METRICS = "metrics"
 WANDB = "wandb"
 WANDB_RUN_ID = "wandb_run_id"

@@ -22,9 +22,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.environments import ClusterEnvironment
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Sampler
 
+from zoobot_hpc.backends.registry import job_key
+from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.config import RunConfig
 from zoobot_hpc.core.stop_signals import PreemptionFlag, StopRecord
 from zoobot_hpc.data.augment import augment_batch
@@ -43,7 +46,10 @@ from zoobot_hpc.inference.request import (
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.runtime.preemption import PreemptedStop
 from zoobot_hpc.runtime.rank_agreement import host_flag_group
+from zoobot_hpc.runtime.stall_ending import StallEnding
+from zoobot_hpc.runtime.stall_watchdog import StallWatchdog
 from zoobot_hpc.training.checkpointing import keep_own_signal_handlers
+from zoobot_hpc.training.stall_progress import StallProgress
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +269,16 @@ def _wait_for_every_rank(flag: PreemptionFlag | None, group: Any) -> bool:
 def remove_work_dir(request: InferenceRequest) -> None:
     """After a successful merge: the plan goes, and `OUT.work/` with it unless a submitted job's logs are there."""
     (request.work_dir / PLAN_FILE).unlink(missing_ok=True)
+    shutil.rmtree(request.work_dir / layout.RANKS, ignore_errors=True)  # the stall watchdog's beats
     with contextlib.suppress(OSError):  # the submitit folder (the job's own logs) stays
         request.work_dir.rmdir()
+
+
+def stall_progress(request: InferenceRequest, config: RunConfig) -> Callback:
+    """The stall watchdog of a prediction (its beats and claims under the request's work dir)."""
+    ending = StallEnding(request.work_dir, job_key() or "here", config.resources.max_stall_requeues)
+    beats = request.work_dir / layout.RANKS
+    return StallProgress(StallWatchdog(config.trainer.stall_timeout_s, ending, beat_dir=beats))
 
 
 def run_inference(
@@ -288,7 +302,11 @@ def run_inference(
         model = model.to(memory_format=torch.channels_last)
     trainer = make_trainer(
         config,
-        callbacks=[PartWriter(plan, request.parts_dir, flag), *build_extra_callbacks(config)],
+        callbacks=[
+            PartWriter(plan, request.parts_dir, flag),
+            *build_extra_callbacks(config),
+            stall_progress(request, config),
+        ],
         cluster_environment=cluster_environment,
         interactive=interactive,
         logger=False,

@@ -17,6 +17,7 @@ from zoobot_hpc.core import run_dir as layout
 from zoobot_hpc.core.disk_space import format_free
 from zoobot_hpc.core.job_result import JOB_RESULT, read_result, root_cause
 from zoobot_hpc.core.segment_records import segments_note
+from zoobot_hpc.runtime.stall_watchdog import read_beats
 
 
 @dataclass
@@ -122,6 +123,22 @@ def _stop_reason(run: Path, state: str, phase: Phase, submission: dict, segments
     return ""
 
 
+def stall_note(run: Path, state: str, segments: list[dict], now: float | None = None) -> str:
+    """`stalled: no step for N min` when a running job's ranks (their watchdog beats of this start) made no
+    progress for longer than their stall timeout."""
+    if state != "RUNNING" or not segments:
+        return ""
+    started = float(segments[-1].get("start", 0))
+    beats = [beat for beat in read_beats(run / layout.RANKS) if beat.beat_at >= started]
+    if not beats:
+        return ""
+    now = time.time() if now is None else now
+    idle = now - max(beat.progress_at for beat in beats)
+    if idle <= max(beat.timeout_s for beat in beats):
+        return ""
+    return f"stalled: no step for {idle / 60:.0f} min" if idle >= 120 else f"stalled: no step for {idle:.0f} s"
+
+
 def _format_best(progress: dict | None, summary: dict | None) -> str:
     source = summary or progress
     if not source or source.get("best") is None:
@@ -190,7 +207,11 @@ def collect_status(path: Path) -> list[RunStatus]:
                 free=format_free(run),
                 why="; ".join(
                     part
-                    for part in (explain(run, state, sub, segments), segments_note(segments, bool(summary)))
+                    for part in (
+                        stall_note(run, state, segments),
+                        explain(run, state, sub, segments),
+                        segments_note(segments, bool(summary)),
+                    )
                     if part
                 ),
             )

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from zoobot_hpc.core.stop_signals import PreemptionFlag
+from zoobot_hpc.runtime.process_groups import group_timeout
 
 
 def all_reduce_max(values: Sequence[float], group: Any = None) -> list[float]:
@@ -25,10 +26,10 @@ def all_reduce_max(values: Sequence[float], group: Any = None) -> list[float]:
 
 def host_flag_group() -> Any:
     """A gloo process group for host-side flags: under NCCL, agreeing on a flag then needs no GPU sync.
-    A collective: every rank must call it, in the same order."""
+    A collective: every rank must call it, in the same order. Its timeout is the run's (`process_groups`)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_backend() == "gloo":
         return None
-    return dist.new_group(backend="gloo")
+    return dist.new_group(backend="gloo", timeout=group_timeout())
 
 
 def agree_on_stop(flag: PreemptionFlag | None, extra: Sequence[float] = (), group: Any = None) -> list[float]:

@@ -20,6 +20,7 @@ from zoobot_hpc.core.config import RunConfig, apply_override
 from zoobot_hpc.core.stop_signals import PreemptionFlag
 from zoobot_hpc.runtime.node import compute_node_environment, configure_job_logging
 from zoobot_hpc.runtime.preemption import run_preemptible
+from zoobot_hpc.runtime.stall_watchdog import making_progress
 from zoobot_hpc.search.study import (
     TASKS,
     acquire_trial,
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Rewrites the trial's heartbeat file every `interval_s` seconds from a daemon thread until stopped."""
+    """Rewrites the trial's heartbeat file every `interval_s` seconds from a daemon thread until stopped, while the
+    main thread makes progress."""
 
     def __init__(self, sweep_dir: Path, number: int, interval_s: float) -> None:
         self.sweep_dir, self.number, self.interval_s = sweep_dir, number, interval_s
@@ -48,8 +50,10 @@ class Heartbeat:
         return self
 
     def _beat(self) -> None:
+        """Beat only while the training makes progress (the stall watchdog's view): a hung trial goes stale."""
         while not self._stop.wait(self.interval_s):
-            write_heartbeat(self.sweep_dir, self.number)
+            if making_progress():
+                write_heartbeat(self.sweep_dir, self.number)
 
     def stop(self, state: str) -> None:
         """Stop beating, leaving `state` ('requeued' keeps a preempted trial from looking stale in the queue)."""

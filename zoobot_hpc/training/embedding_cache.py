@@ -45,6 +45,7 @@ from zoobot_hpc.data.shard_format import MANIFEST_NAME, DatasetError, read_manif
 from zoobot_hpc.data.workers import loader_settings
 from zoobot_hpc.runtime.preemption import stop_all_ranks
 from zoobot_hpc.runtime.rank_agreement import agree_on_stop, host_flag_group
+from zoobot_hpc.runtime.stall_watchdog import StallWatchdog, note_progress
 
 CACHE_DIR_NAME = "embedding_cache"
 EMBEDDINGS_KEY = "embeddings"
@@ -238,6 +239,7 @@ def _write_split(handle: h5py.File, dataset: ShardDataset, views: int, build: _B
         for name in dataset.label_cols:
             group[LABELS_GROUP][name][start:written] = batch[name].numpy()
         progress.add(dataset.split, written - start)
+        note_progress(f"cache-build block ({dataset.split}) at row", written)
         if time.monotonic() - committed_at >= COMMIT_EVERY_S:
             _commit_rows(handle, group, written)
             committed_at = time.monotonic()
@@ -360,7 +362,8 @@ class EmbeddingCacheDataModule(SplitLoaders):
     the finetuneable models then skip the encoder. The cache is computed in `prepare_data` (global rank 0, on the
     GPU when there is one) unless it exists. `views`: 0 for the evaluation view, N for N augmented training views.
     `flag`: the run's stop signals; the build stops at the next batch and `setup` stops every rank. `partial_tag`
-    (`run_partial_tag` of the run dir): the run's next job continues a stopped build.
+    (`run_partial_tag` of the run dir): the run's next job continues a stopped build. `watchdog` (set by the run):
+    the stall watchdog, fed every batch of the build.
     """
 
     @classmethod
@@ -422,6 +425,7 @@ class EmbeddingCacheDataModule(SplitLoaders):
         self.locking = locking
         self.flag = flag
         self.partial_tag = partial_tag
+        self.watchdog: StallWatchdog | None = None  # the run's stall watchdog watches the build (rank 0)
         manifest = read_manifest(self.dataset_dir)
         self.spec = CacheSpec(
             encoder_name=encoder_name,
@@ -436,6 +440,15 @@ class EmbeddingCacheDataModule(SplitLoaders):
         self.datasets: dict[str, CachedEmbeddings] = {}
 
     def prepare_data(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.start()
+        try:
+            self._build()
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+
+    def _build(self) -> None:
         compute_embedding_cache(
             self.cache_path,
             self.spec,

@@ -41,7 +41,10 @@ from zoobot_hpc.data.shard_identity import (
 from zoobot_hpc.model import MODEL_CLASSES, FinetuneableZoobotAbstract
 from zoobot_hpc.model.schedulers import updates_per_epoch
 from zoobot_hpc.runtime.preemption import PreemptedStop
+from zoobot_hpc.runtime.process_groups import set_group_timeouts
 from zoobot_hpc.runtime.run_lease import check_lease, release_lease, take_lease
+from zoobot_hpc.runtime.stall_ending import STALLED, StallEnding
+from zoobot_hpc.runtime.stall_watchdog import StallWatchdog
 from zoobot_hpc.training.checkpoint_digest import read_digest
 from zoobot_hpc.training.checkpointing import (
     AtomicCheckpointIO,
@@ -68,6 +71,7 @@ from zoobot_hpc.training.monitoring import (
 )
 from zoobot_hpc.training.rank_errors import RankErrorRecorder, explained
 from zoobot_hpc.training.segment_logger import SegmentWandbLogger
+from zoobot_hpc.training.stall_progress import StallProgress
 from zoobot_hpc.training.tracking import create_wandb_logger, scheduler_job_key
 from zoobot_hpc.training.wandb_figures import ValidationFigures
 
@@ -165,15 +169,17 @@ def make_trainer(
 ) -> L.Trainer:
     """The Trainer of a config's resources and precision, for training and inference alike: one process per
     device, started by the scheduler (`cluster_environment`, else SLURM's when detected); our samplers split the
-    data, so Lightning's is off. `settings` are the remaining `L.Trainer` arguments."""
+    data, so Lightning's is off; the process groups time out after `process_groups.group_timeout_s` of the stall
+    timeout. `settings` are the remaining `L.Trainer` arguments."""
     resources = config.resources
     cluster_environment = cluster_environment or default_cluster_environment()
     plugins = [*plugins, *([cluster_environment] if cluster_environment is not None else [])]
+    timeout = set_group_timeouts(config.trainer.stall_timeout_s)
     return L.Trainer(
         accelerator="gpu" if resources.gpus_per_node else "cpu",
         devices=resources.tasks_per_node,
         num_nodes=resources.nodes,
-        strategy=ddp_strategy(config.trainer.deterministic) if config.world_size > 1 else "auto",
+        strategy=ddp_strategy(config.trainer.deterministic, timeout=timeout) if config.world_size > 1 else "auto",
         precision=resolve_precision(config.trainer.precision),
         use_distributed_sampler=False,
         enable_progress_bar=interactive,
@@ -321,6 +327,10 @@ def record_stop(run_dir: Path, flag: PreemptionFlag) -> None:
     stop = flag.stopped
     if stop is None:
         return
+    segments = layout.read_segments(run_dir)
+    if segments and segments[-1].get("stop") == STALLED:  # a stopped rank went on, and saved, at the requeue's kill
+        layout.update_last_segment(run_dir, {"saved_after_stall": stop.signal_name, "saved_step": stop.step})
+        return
     record: dict[str, Any] = {"stop": stop.signal_name, "stop_step": stop.step, "stopped": stop.saved_at}
     if flag.first_at is not None:
         record["stop_and_save_s"] = round(stop.saved_at - flag.first_at, 3)
@@ -465,10 +475,14 @@ def run_training(  # noqa: PLR0913 (the run's seams: stop flag, scheduler enviro
     datamodule = build_datamodule(config, model, flag, run_dir)
     startup.phase("model, datamodule")
     callbacks = build_callbacks(config, run_dir, model, flag, requeue_count, interactive)
+    ending = StallEnding(run_dir, job_key, config.resources.max_stall_requeues)
+    watchdog = StallWatchdog(config.trainer.stall_timeout_s, ending, beat_dir=run_dir / layout.RANKS)
+    if isinstance(datamodule, EmbeddingCacheDataModule):
+        datamodule.watchdog = watchdog
     trainer = build_training_trainer(
         config,
         run_dir,
-        [*callbacks, *extra_callbacks, StartupPhases(startup)],
+        [*callbacks, *extra_callbacks, StartupPhases(startup), StallProgress(watchdog)],
         _loggers(config, run_dir, group, model.kind, tracked_params),
         cluster_environment,
         interactive,
