@@ -14,6 +14,7 @@ device with ``non_blocking=True``, and ``on_after_batch_transfer`` turns ``image
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from zoobot_hpc.data.augment import AugmentConfig, augment_batch
 from zoobot_hpc.data.batch_memory import forget_mappings
 from zoobot_hpc.data.dataset import ShardDataset, collate_samples
 from zoobot_hpc.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from zoobot_hpc.data.shard_format import read_manifest
 from zoobot_hpc.data.workers import loader_settings
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ()}
@@ -43,6 +45,7 @@ class SplitLoaders(L.LightningDataModule):
     """
 
     seed: int
+    dataset_dir: Path
     shuffle_window: int = 4
     _restored_train_position: dict[str, int] | None = None
 
@@ -58,8 +61,8 @@ class SplitLoaders(L.LightningDataModule):
             return 1, 0
         return self.trainer.world_size, self.trainer.global_rank
 
-    def _new_train_loader(self, replicas: tuple[int, int] | None = None) -> ResumableDataLoader:
-        world_size, rank = replicas or self._replicas()
+    def _new_train_loader(self) -> ResumableDataLoader:
+        world_size, rank = self._replicas()
         dataset = self._dataset("train")
         settings = self._loader_kwargs()
         sampler = ResumableDistributedSampler(
@@ -82,9 +85,11 @@ class SplitLoaders(L.LightningDataModule):
         return loader
 
     def train_batches_per_epoch(self, world_size: int) -> int:
-        """Batches of one training epoch on each of `world_size` ranks (without touching the loader the Trainer
-        will use; every rank's share has the same length)."""
-        return len(self._new_train_loader((world_size, 0)))
+        """Batches of one training epoch on each of `world_size` ranks, from the train split's size in the manifest:
+        no loader or dataset is built (the embedding cache's is written only at setup). Every rank's share has the
+        same length: the padded ``ceil(size / world_size)`` samples of `ResumableDistributedSampler`."""
+        samples = math.ceil(read_manifest(self.dataset_dir).split_count("train") / world_size)
+        return math.ceil(samples / self._loader_kwargs()["batch_size"])
 
     def state_dict(self) -> dict[str, Any]:
         """The train sampler's position, checkpointed by the datamodule too: Lightning restores the train loader's

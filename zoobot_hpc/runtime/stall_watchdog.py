@@ -137,8 +137,10 @@ class StallWatchdog:
         now = time.monotonic()
         if self._thread is not None:
             self.slowest_s = max(self.slowest_s, now - self._last)
-        self._last, self._first = now, False
+        first, self._last, self._first = self._first, now, False
         self.own.what, self.own.step, self.own.epoch, self.own.progress_at = what, step, epoch, time.time()
+        if first and self._thread is not None:
+            self._beat()  # the peers learn at once that this rank is past its start-up (and where it is)
 
     def start(self, rank: int = 0, world_size: int = 1) -> StallWatchdog:
         """Start watching (again, after `stop`); the interval until the first `progress` counts as a step."""
@@ -181,11 +183,20 @@ class StallWatchdog:
         beats = read_beats(self.beat_dir, self.world_size)
         return [beat for beat in beats if beat.rank != self.own.rank and beat.beat_at < stale_at]
 
+    def _peers_starting(self) -> bool:
+        """Whether another rank's beat says it has made no progress since its start (still beating)."""
+        if self.beat_dir is None:
+            return False
+        beats = read_beats(self.beat_dir, self.world_size)
+        return any(beat.rank != self.own.rank and beat.what == "start-up" for beat in beats)
+
     def _watch(self) -> None:
         self._beat()
         while not self._stop.wait(self.beat_every_s):
             self._beat()
             if self.idle_s() >= self.timeout_s():
+                if self.idle_s() < FIRST_STEP_MARGIN * self.timeout_s() and self._peers_starting():
+                    continue  # a peer still starts up (a slow node, a busy filesystem): waiting on it is no stall
                 self.fired = True
                 peers = self.frozen_peers()
                 self.on_stall(StallReport(self.own, self.timeout_s(), peers, world_size=self.world_size))

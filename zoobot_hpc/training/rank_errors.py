@@ -69,7 +69,8 @@ class RankErrorRecorder(Callback):
         if is_communication_error(line):
             self._wait_for_cause(job, trainer.world_size)
         cause = root_cause(self.run_dir, job, self.started) or line
-        log.error("the job failed: %s", cause)
+        if not cause.startswith(f"{line} on rank 0 "):  # rank 0's own error is only a symptom: log the cause too
+            log.error("the job failed on another rank: %s", cause)
         for logger in trainer.loggers:
             update = getattr(logger, "update_summary", None)
             if update is not None:

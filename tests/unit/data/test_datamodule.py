@@ -254,3 +254,10 @@ def test_blocked_signals_are_read_from_proc() -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     assert not _blocks_signal(os.getpid(), signal.SIGUSR2)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_the_batches_per_epoch_counted_from_the_manifest_are_the_loaders(dataset_dir, world_size) -> None:
+    root, _ = dataset_dir
+    counted = TwoRankDataModule(root, 0, world_size).train_batches_per_epoch(world_size)
+    assert counted == len(TwoRankDataModule(root, world_size - 1, world_size).train_dataloader())

@@ -54,7 +54,7 @@ def _stop_during_the_build(config, log_path, dataset, signum) -> float:
             env=env,
         )
     try:
-        wait_for(lambda: _cache_files(dataset), 60, "the cache build to start (its file)", 0.05)
+        wait_for(lambda: _cache_files(dataset), 240, "the cache build to start (its file)", 0.05)
         time.sleep(0.5)
         assert process.poll() is None and not any(p.suffix == ".h5" for p in _cache_files(dataset)), "build too fast"
         process.send_signal(signum)
