@@ -57,25 +57,21 @@ class CrashOnRank(Callback):
         self.rank = rank
         self.step = step
 
+    def error(self, step: int) -> Exception:
+        return RuntimeError(f"rank {self.rank} crashed on purpose at step {step}")
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_rank == self.rank and trainer.global_step >= self.step:
-            raise RuntimeError(f"rank {self.rank} crashed on purpose at step {trainer.global_step}")
+            raise self.error(trainer.global_step)
 
 
-class OutOfMemoryOnRank(Callback):
+class OutOfMemoryOnRank(CrashOnRank):
     """Raises torch's out-of-memory error on one rank at one training step, as a too large batch would."""
 
-    def __init__(self, rank: int, step: int) -> None:
-        self.rank = rank
-        self.step = step
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (made by the test)")
+    def error(self, step: int) -> Exception:
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (made by the test)")
 
 
 def weights_digest(pl_module: LightningModule) -> str:
